@@ -1,0 +1,1 @@
+"""elastic_nb: run, watch and break PyTorch elastic jobs from a Jupyter notebook."""

@@ -1,0 +1,6 @@
+"""Rendezvous backends: the embedded c10d default and the etcd family.
+
+`c10d`, `etcd` and `etcd-v2` are torch's own handlers; `etcd3` is this
+project's backend on the etcd v3 API, registered into torch's rendezvous
+registry so that `torchrun --rdzv-backend etcd3` works too.
+"""
