@@ -1,1 +1,27 @@
-"""elastic_nb: run, watch and break PyTorch elastic jobs from a Jupyter notebook."""
+"""elastic_nb: run, watch and break PyTorch elastic jobs from a Jupyter notebook.
+
+    import elastic_nb as enb
+    job = enb.launch(train, nproc=4)      # returns at once
+    job.result()                          # {rank: return value}
+
+The engine is torch.distributed.elastic itself: one real LocalElasticAgent
+process per node, real rendezvous (c10d by default), real worker processes.
+"""
+
+from elastic_nb.api import BACKENDS, Node, launch, run
+from elastic_nb.errors import JobFailed, LaunchError, RankFailure
+from elastic_nb.events import Event
+from elastic_nb.job import Job, WorkerInfo
+
+__all__ = [
+    "BACKENDS",
+    "Event",
+    "Job",
+    "JobFailed",
+    "LaunchError",
+    "Node",
+    "RankFailure",
+    "WorkerInfo",
+    "launch",
+    "run",
+]

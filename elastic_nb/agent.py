@@ -1,0 +1,301 @@
+"""Agent process main: one node of a job.
+
+Each node runs here, in its own process and process group: a real torch
+``LocalElasticAgent`` whose only additions are reports to the Job (rendezvous
+result, ranks and pids per attempt, worker failures, restarts, final results)
+and a ``restart`` command. Rendezvous, restart policy, error files and
+shutdown are torch's.
+
+Started by the Job as ``python -m elastic_nb.agent FD`` with one end of a
+socketpair as FD; the first message on it is the node's ``AgentConfig``.
+When the Job's end closes (the kernel died), the node kills its whole
+process group, workers included.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+from torch.distributed.elastic.agent.server.api import (
+    RunResult,
+    WorkerGroup,
+    WorkerSpec,
+    WorkerState,
+)
+from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+from torch.distributed.elastic.multiprocessing import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+from torch.distributed.elastic.rendezvous import RendezvousParameters
+from torch.distributed.elastic.rendezvous import registry as rdzv_registry
+
+from elastic_nb import events, payload
+from elastic_nb.events import AgentConfig, Channel
+from elastic_nb.logs import NodeLogsSpecs
+
+_FAILED_STATES = (WorkerState.FAILED, WorkerState.UNHEALTHY)
+
+
+def failure_report(rank: int, failure: ProcessFailure, restart_count: int) -> dict[str, Any]:
+    """A worker failure as plain data: torch's error file, or what the exit code tells."""
+    data = failure.error_file_data or {}
+    message = data.get("message")
+    trace = None
+    if isinstance(message, dict):
+        trace = message.get("extraInfo", {}).get("py_callstack")
+        message = message.get("message")
+    signal_name = failure.signal_name() if failure.exitcode < 0 else None
+    if not message or failure.error_file == "<N/A>":
+        if signal_name:
+            message = f"killed by {signal_name} (pid {failure.pid})"
+        else:
+            message = (
+                f"exited with code {failure.exitcode} without an error report "
+                "(os._exit, sys.exit or a crash outside Python)"
+            )
+    return {
+        "rank": rank,
+        "local_rank": failure.local_rank,
+        "pid": failure.pid,
+        "exitcode": failure.exitcode,
+        "signal": signal_name,
+        "message": message,
+        "traceback": trace,
+        "timestamp": failure.timestamp,
+        "restart_count": restart_count,
+    }
+
+
+class ReportingAgent(LocalElasticAgent):
+    """torch's LocalElasticAgent, reporting what it does to the Job."""
+
+    def __init__(self, spec: WorkerSpec, logs_specs: NodeLogsSpecs, channel: Channel,
+                 node: int, **kwargs: Any) -> None:
+        super().__init__(spec, logs_specs, **kwargs)
+        self._channel = channel
+        self._node = node
+        self._node_logs = logs_specs
+        self._failure_reported = False
+        self._restart_reason: str | None = None
+        self._restart_requested = threading.Event()
+
+    def request_restart(self) -> None:
+        self._restart_requested.set()
+
+    @property
+    def restart_count(self) -> int:
+        return self._worker_group.spec.max_restarts - self._remaining_restarts
+
+    def _send(self, kind: str, **fields: Any) -> None:
+        self._channel.send(kind, node=self._node, **fields)
+
+    def _rendezvous(self, worker_group: WorkerGroup) -> None:
+        super()._rendezvous(worker_group)
+        self._send(
+            events.RENDEZVOUS,
+            group_rank=worker_group.group_rank,
+            group_world_size=worker_group.group_world_size,
+            world_size=worker_group.workers[0].world_size if worker_group.workers else 0,
+            master_addr=worker_group.master_addr,
+            master_port=worker_group.master_port,
+        )
+
+    def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
+        pids = super()._start_workers(worker_group)
+        pcontext = self._pcontext
+        workers = [
+            {
+                "rank": w.global_rank,
+                "local_rank": w.local_rank,
+                "role_rank": w.role_rank,
+                "world_size": w.world_size,
+                "role_world_size": w.role_world_size,
+                "pid": pids[w.local_rank],
+                "stdout": pcontext.stdouts[w.local_rank],
+                "stderr": pcontext.stderrs[w.local_rank],
+                "error_file": pcontext.error_files[w.local_rank],
+            }
+            for w in worker_group.workers
+        ]
+        self._failure_reported = False
+        self._send(
+            events.STARTED,
+            role=worker_group.spec.role,
+            attempt=self._node_logs.last_attempt,
+            restart_count=self.restart_count,
+            group_rank=worker_group.group_rank,
+            group_world_size=worker_group.group_world_size,
+            workers=workers,
+        )
+        return pids
+
+    def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
+        if self._restart_requested.is_set():
+            self._restart_requested.clear()
+            self._restart_reason = "user"
+            self._restart_workers(worker_group)
+            return RunResult(state=WorkerState.HEALTHY)
+        result = super()._monitor_workers(worker_group)
+        if result.state in _FAILED_STATES and not self._failure_reported:
+            self._failure_reported = True
+            self._send(
+                events.WORKER_FAILED,
+                restart_count=self.restart_count,
+                remaining_restarts=self._remaining_restarts,
+                failures=[
+                    failure_report(rank, f, self.restart_count)
+                    for rank, f in sorted(result.failures.items())
+                ],
+            )
+        return result
+
+    def _restart_workers(self, worker_group: WorkerGroup) -> None:
+        if self._restart_reason is not None:
+            reason, self._restart_reason = self._restart_reason, None
+        elif worker_group.state in _FAILED_STATES:
+            reason = "failure"
+        else:
+            reason = "membership"
+        self._send(
+            events.RESTARTING,
+            reason=reason,
+            remaining_restarts=self._remaining_restarts,
+            max_restarts=worker_group.spec.max_restarts,
+        )
+        super()._restart_workers(worker_group)
+
+
+def rendezvous_parameters(config: AgentConfig) -> RendezvousParameters:
+    configs: dict[str, Any] = {
+        "join_timeout": int(config.rdzv_timeout),
+        "timeout": int(config.rdzv_timeout),
+        "read_timeout": int(min(config.rdzv_timeout, 60)),
+        "last_call_timeout": 3,
+        "keep_alive_interval": 1,
+        "keep_alive_max_attempt": 3,
+    }
+    if config.backend == "c10d":
+        configs["is_host"] = False
+    configs.update(config.rdzv_configs)
+    return RendezvousParameters(
+        backend=config.backend,
+        endpoint=config.endpoint,
+        run_id=config.run_id,
+        min_nodes=config.min_nodes,
+        max_nodes=config.max_nodes,
+        local_addr=config.local_addr,
+        **configs,
+    )
+
+
+def _prepare_process(config: AgentConfig) -> None:
+    # torch 2.13 skips re-publishing MASTER_ADDR/PORT for a new rendezvous round
+    # when the node that hosts the shared TCP store stays rank 0, so a node that
+    # joins a running job waits forever. Without sharing, rank 0 publishes every
+    # round (see README, "Why TORCH_DISABLE_SHARE_RDZV_TCP_STORE").
+    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    if config.start_method == "forkserver":
+        multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "elastic_nb.payload"])
+
+
+def run_node(config: AgentConfig, channel: Channel) -> int:
+    """Run one node to completion, reporting to ``channel``; the process exit code."""
+    _prepare_process(config)
+    try:
+        handler = rdzv_registry.get_rendezvous_handler(rendezvous_parameters(config))
+    except Exception as exc:
+        channel.send(events.AGENT_ERROR, node=config.node, message=_describe(exc, config),
+                     traceback=traceback.format_exc())
+        return 1
+    spec = WorkerSpec(
+        role=config.role,
+        local_world_size=config.nproc,
+        entrypoint=payload.run_worker,
+        args=(config.payload,),
+        rdzv_handler=handler,
+        max_restarts=config.max_restarts,
+        monitor_interval=config.monitor_interval,
+        master_addr=config.master_addr,
+        master_port=config.master_port,
+        local_addr=config.local_addr,
+    )
+    agent = ReportingAgent(
+        spec,
+        NodeLogsSpecs(config.log_dir, tee=config.tee),
+        channel,
+        config.node,
+        start_method=config.start_method,
+        exit_barrier_timeout=config.exit_barrier_timeout,
+        log_line_prefix_template=config.log_line_prefix_template if config.tee else None,
+        shutdown_timeout=config.shutdown_timeout,
+    )
+    _listen_for_commands(channel, agent, kill_group_on_close=not config.tee)
+    shutdown_rendezvous = True
+    try:
+        result = agent.run()
+    except SignalException:
+        # As torchrun: a node stopped by a signal leaves the rendezvous open for the others.
+        shutdown_rendezvous = False
+        return 1
+    except Exception as exc:
+        channel.send(events.AGENT_ERROR, node=config.node, message=_describe(exc, config),
+                     traceback=traceback.format_exc())
+        return 1
+    finally:
+        if shutdown_rendezvous:
+            handler.shutdown()
+    if result is None:
+        channel.send(events.AGENT_ERROR, node=config.node,
+                     message="this node was not admitted to the rendezvous (the world is full)",
+                     traceback=None)
+        return 1
+    if result.is_failed():
+        channel.send(events.FAILED, node=config.node, failures=[
+            failure_report(rank, f, agent.restart_count)
+            for rank, f in sorted(result.failures.items())
+        ])
+        return 1
+    channel.send(events.SUCCEEDED, node=config.node, restart_count=agent.restart_count,
+                 return_values={str(rank): events.encode_bytes(value)
+                                for rank, value in result.return_values.items()})
+    return 0
+
+
+def _describe(exc: BaseException, config: AgentConfig) -> str:
+    return (f"node {config.node} ({config.backend} rendezvous at {config.endpoint}): "
+            f"{type(exc).__name__}: {exc}")
+
+
+def _listen_for_commands(channel: Channel, agent: ReportingAgent, kill_group_on_close: bool) -> None:
+    def listen() -> None:
+        while True:
+            message = channel.receive()
+            if message is None:
+                if kill_group_on_close:
+                    os.killpg(os.getpgid(0), signal.SIGKILL)
+                return
+            if message["kind"] == events.RESTART:
+                agent.request_restart()
+
+    threading.Thread(target=listen, name="elastic_nb-commands", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    fd = int(argv[0])
+    os.set_inheritable(fd, False)  # workers must not hold the Job's channel open
+    channel = Channel(socket.socket(fileno=fd))
+    message = channel.receive()
+    if message is None or message["kind"] != events.CONFIGURE:
+        return 2
+    return run_node(AgentConfig.from_message(message), channel)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""What can go wrong, as types: bad input, and a job whose ranks failed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+class LaunchError(ValueError):
+    """Bad input to ``launch``/``run``, raised before any process starts."""
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    """How one rank failed: torch's error file, or the signal or exit code that ended it."""
+
+    rank: int
+    local_rank: int
+    role: str
+    node: int
+    exitcode: int
+    signal: str | None
+    message: str
+    traceback: str | None
+    restart_count: int
+    time: float = field(default_factory=time.time)
+    pid: int | None = None
+
+    def summary(self) -> str:
+        return f"rank {self.rank} (node {self.node}, {self.role}) failed: {self.message}"
+
+
+class JobFailed(RuntimeError):
+    """A job ended in failure (or was stopped) before all ranks succeeded.
+
+    ``failures`` maps global rank to ``RankFailure``; it is empty when no rank
+    failed (a node could not join the rendezvous, or the job was stopped).
+    """
+
+    def __init__(self, message: str, failures: dict[int, RankFailure] | None = None) -> None:
+        super().__init__(message)
+        self.failures: dict[int, RankFailure] = dict(failures or {})
+
+    @classmethod
+    def from_failures(cls, failures: dict[int, RankFailure]) -> JobFailed:
+        first = min(failures.values(), key=lambda f: (f.time, f.rank))
+        text = first.summary()
+        if len(failures) > 1:
+            others = sorted(r for r in failures if r != first.rank)
+            text += f" (ranks {others} failed too)"
+        if first.traceback:
+            text += "\n\n" + first.traceback.rstrip()
+        return cls(text, failures)

@@ -1,0 +1,94 @@
+"""The trampoline every worker process runs.
+
+The kernel packs a function call with cloudpickle (``pack_call``); torch's
+agent starts each worker with ``run_worker(payload)``. The worker installs the
+notebook's source lines into linecache (so tracebacks show notebook code),
+arms a stack-dump signal, dies with its parent, runs the call and returns the
+result cloudpickled. An exception propagates to torch's ``record`` wrapper,
+which writes it to the rank's error file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import linecache
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+STACK_DUMP_SIGNAL = signal.SIGUSR1
+STACKS_FILE = "stacks.txt"
+_MAX_SOURCE_BYTES = 8 << 20
+_PR_SET_PDEATHSIG = 1
+
+
+def interactive_sources() -> dict[str, list[str]]:
+    """linecache entries with no file behind them: notebook cells, ``<stdin>``.
+
+    Shipping these lets a worker's traceback quote the notebook's lines.
+    """
+    sources: dict[str, list[str]] = {}
+    total = 0
+    for filename, entry in list(linecache.cache.items()):
+        if len(entry) != 4 or not entry[2] or os.path.exists(filename):
+            continue
+        total += sum(len(line) for line in entry[2])
+        if total > _MAX_SOURCE_BYTES:
+            break
+        sources[filename] = list(entry[2])
+    return sources
+
+
+def pack_call(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> bytes:
+    """Serialize one function call for the workers (raises if it cannot)."""
+    return cloudpickle.dumps(
+        {"fn": fn, "args": args, "kwargs": kwargs, "sources": interactive_sources()}
+    )
+
+
+def _install_sources(sources: dict[str, list[str]]) -> None:
+    for filename, lines in sources.items():
+        # mtime None: linecache.checkcache never evicts the entry.
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker if its parent (agent) dies first."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _arm_stack_dumps() -> None:
+    """SIGUSR1 appends every thread's Python stack to the rank's stacks file."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not error_file:
+        return
+    path = os.path.join(os.path.dirname(error_file), STACKS_FILE)
+    stacks = open(path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    faulthandler.register(STACK_DUMP_SIGNAL, file=stacks, all_threads=True)
+
+
+def run_worker(payload: bytes) -> bytes:
+    """Entry point of a worker process: run the packed call, return its result pickled."""
+    _die_with_parent()
+    _arm_stack_dumps()
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
+    call = cloudpickle.loads(payload)
+    _install_sources(call["sources"])
+    result = call["fn"](*call["args"], **call["kwargs"])
+    try:
+        return cloudpickle.dumps(result)
+    except Exception as exc:
+        rank = os.environ.get("RANK", "?")
+        raise TypeError(
+            f"rank {rank} returned a {type(result).__name__} that cannot be sent back "
+            f"to the notebook: {exc}. Return plain data (numbers, lists, dicts, tensors)."
+        ) from exc
