@@ -128,7 +128,7 @@ def launch(
     return Job(plan).start()
 
 
-def run(fn: Callable[..., Any], /, *args: Any, **options: Any) -> dict[int, Any]:
+def run(fn: Callable[..., Any] | None = None, /, *args: Any, **options: Any) -> dict[int, Any]:
     """Launch, wait, and return the values by global rank (raises JobFailed on failure)."""
     job = launch(fn, *args, **options)
     try:

@@ -1,0 +1,155 @@
+"""Worker functions for the seed scenarios (torch's local_elastic_agent_test), rewritten.
+
+They live in an importable module so cloudpickle sends them by reference:
+the workers import this file through the sys.path the Job propagates.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+TORCHRUN_ENV = (
+    "RANK", "LOCAL_RANK", "ROLE_RANK", "ROLE_NAME", "GROUP_RANK", "LOCAL_WORLD_SIZE",
+    "ROLE_WORLD_SIZE", "WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+    "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_USE_AGENT_STORE", "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+)
+
+
+def rank() -> int:
+    return int(os.environ["RANK"])
+
+
+def happy() -> None:
+    return None
+
+
+def sad() -> None:
+    raise RuntimeError("sad because i throw")
+
+
+def echo(message: str) -> str:
+    return message
+
+
+def dummy_compute() -> torch.Tensor:
+    return torch.rand(100, 100)
+
+
+def dummy_compute_fail_rank_one_once() -> torch.Tensor:
+    if rank() == 1 and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return torch.rand(100, 100)
+
+
+def fatal_signal(failing_rank: int, sig: int) -> None:
+    if rank() == failing_rank:
+        os.kill(os.getpid(), sig)
+
+
+def master_addr_port() -> tuple[str, int]:
+    return os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+
+
+def torchrun_env() -> dict[str, str]:
+    return {key: os.environ[key] for key in TORCHRUN_ENV}
+
+
+def env_value(key: str) -> str | None:
+    return os.environ.get(key)
+
+
+def bipolar() -> None:
+    if rank() % 2:
+        sad()
+
+
+def bipolar_sleep(seconds: float) -> int:
+    if rank() % 2:
+        sad()
+    return sleep(seconds)
+
+
+def dist_sum(wait: float = 0) -> int:
+    dist.init_process_group(backend="gloo")
+    try:
+        t = torch.tensor(rank())
+        time.sleep(wait)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        expected = sum(range(int(os.environ["WORLD_SIZE"])))
+        if t.item() != expected:
+            raise RuntimeError(f"expected rank sum {expected}, got {t.item()}")
+        print(f"rank {rank()} sum {t.item()}", flush=True)
+        return int(t.item())
+    finally:
+        dist.destroy_process_group()
+
+
+def sleep(seconds: float) -> int:
+    time.sleep(seconds)
+    return rank()
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    role_rank: int
+    group_rank: int
+    role_world_size: int
+    world_size: int
+    role: str
+
+
+def role_info() -> RankInfo:
+    env = os.environ
+    return RankInfo(int(env["RANK"]), int(env["ROLE_RANK"]), int(env["GROUP_RANK"]),
+                    int(env["ROLE_WORLD_SIZE"]), int(env["WORLD_SIZE"]), env["ROLE_NAME"])
+
+
+def _echo(message: str) -> str:
+    return message
+
+
+def rpc_master(message: str) -> str:
+    from torch.distributed import rpc
+
+    rpc.init_rpc("master", rank=rank(), world_size=int(os.environ["WORLD_SIZE"]))
+    reply = rpc.rpc_sync(to="worker", func=_echo, args=(message,))
+    rpc.shutdown()
+    return f"{reply} from worker"
+
+
+def rpc_worker() -> None:
+    from torch.distributed import rpc
+
+    rpc.init_rpc("worker", rank=rank(), world_size=int(os.environ["WORLD_SIZE"]))
+    rpc.shutdown()
+
+
+def sleep_unless_restarted(seconds: float) -> int:
+    """Attempt 0 sleeps (to be killed); later attempts return the rank at once."""
+    if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        time.sleep(seconds)
+    return rank()
+
+
+def tick_forever(prefix: str = "tick") -> None:
+    for i in range(100_000):
+        print(f"{prefix} {i}", flush=True)
+        time.sleep(0.2)
+
+
+def ignore_sigterm_and_sleep(seconds: float) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ignoring SIGTERM", flush=True)
+    time.sleep(seconds)
+
+
+def exit_without_report(code: int) -> None:
+    os._exit(code)
