@@ -78,6 +78,8 @@ def launch(
     if nodes is not None and nproc is not None:
         raise LaunchError("give either nproc=N (one node) or nodes=[Node(...), ...], not both")
     if nodes is None:
+        if nproc is not None:
+            _check_int("nproc", nproc, minimum=1)
         nodes = [Node(nproc=1 if nproc is None else nproc)]
     if not isinstance(nodes, (list, tuple)) or not nodes:
         raise LaunchError("nodes must be a non-empty list of elastic_nb.Node(nproc=..., role=...)")
@@ -195,15 +197,16 @@ def _check_number(name: str, value: Any, positive: bool) -> None:
 
 
 def _check_node_counts(count: int, min_nodes: int | None, max_nodes: int | None) -> tuple[int, int]:
+    if max_nodes is not None:
+        _check_int("max_nodes", max_nodes, minimum=1)
+        if count > max_nodes:
+            raise LaunchError(f"{count} nodes given but max_nodes={max_nodes}: raise max_nodes "
+                              "or start fewer nodes (add more later with job.add_node)")
     min_nodes = count if min_nodes is None else min_nodes
-    max_nodes = max(count, min_nodes) if max_nodes is None else max_nodes
     _check_int("min_nodes", min_nodes, minimum=1)
-    _check_int("max_nodes", max_nodes, minimum=1)
+    max_nodes = max(count, min_nodes) if max_nodes is None else max_nodes
     if min_nodes > max_nodes:
         raise LaunchError(f"min_nodes ({min_nodes}) must not exceed max_nodes ({max_nodes})")
-    if count > max_nodes:
-        raise LaunchError(f"{count} nodes given but max_nodes={max_nodes}: raise max_nodes "
-                          "or start fewer nodes (add more later with job.add_node)")
     return min_nodes, max_nodes
 
 

@@ -10,16 +10,21 @@ which writes it to the rank's error file.
 
 from __future__ import annotations
 
+import copyreg
 import ctypes
 import faulthandler
+import io
 import linecache
 import os
 import signal
 import sys
+import types
+from collections import ChainMap
 from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+import cloudpickle.cloudpickle as _cloudpickle_impl
 
 STACK_DUMP_SIGNAL = signal.SIGUSR1
 STACKS_FILE = "stacks.txt"
@@ -44,11 +49,29 @@ def interactive_sources() -> dict[str, list[str]]:
     return sources
 
 
+def _reduce_code_keeping_filename(code: types.CodeType) -> tuple:
+    # cloudpickle >= 3.1 renames every by-value code object's file to
+    # "<dynamic-code>" (for deterministic pickles); a worker's traceback then
+    # cannot find the notebook's lines. Keep the real name.
+    constructor, args = _cloudpickle_impl._code_reduce(code)
+    return constructor, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+class _SourceKeepingPickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap(
+        {types.CodeType: _reduce_code_keeping_filename},
+        cloudpickle.Pickler._dispatch_table,
+        copyreg.dispatch_table,
+    )
+
+
 def pack_call(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> bytes:
     """Serialize one function call for the workers (raises if it cannot)."""
-    return cloudpickle.dumps(
+    buffer = io.BytesIO()
+    _SourceKeepingPickler(buffer, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(
         {"fn": fn, "args": args, "kwargs": kwargs, "sources": interactive_sources()}
     )
+    return buffer.getvalue()
 
 
 def _install_sources(sources: dict[str, list[str]]) -> None:

@@ -23,6 +23,14 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
+def alive(pid: int) -> bool:
+    """True for a running process; a zombie (exited, not yet reaped) is not alive."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def job_processes(run_id: str | None = None) -> list[psutil.Process]:
     """Live processes started for an elastic_nb job (agents, forkservers, workers)."""
     found = []
