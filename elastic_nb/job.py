@@ -25,7 +25,7 @@ from typing import Any
 
 import cloudpickle
 
-from elastic_nb import controls, events
+from elastic_nb import controls, events, payload
 from elastic_nb.errors import JobFailed, RankFailure
 from elastic_nb.events import AgentConfig, Channel, Event
 from elastic_nb.logs import LogBook, LogLine, LogSource, LogTailer
@@ -121,6 +121,7 @@ class Job:
         self._changed = threading.Condition(self._lock)
         self._nodes: dict[int, _Node] = {}
         self._workers: dict[int, WorkerInfo] = {}
+        self._rank_dirs: dict[int, str] = {}
         self._events: list[Event] = []
         self._results: dict[int, Any] = {}
         self._failures: dict[int, RankFailure] = {}
@@ -374,6 +375,48 @@ class Job:
             self._record(events.KILLED, node=worker.node, rank=rank,
                          detail={"signal": signum.name, "pid": worker.pid})
 
+    def restart(self) -> None:
+        """Stop the current workers and start a new attempt now (reason ``user``).
+
+        A user restart does not use up the restart budget.
+        """
+        with self._lock:
+            if self.done:
+                raise RuntimeError(f"job {self.run_id} has already {self._state}")
+            for node in self._nodes.values():
+                if node.status == "running":
+                    node.channel.send(events.RESTART)
+
+    def stacks(self, timeout: float = 5) -> dict[int, str]:
+        """The live Python stack of every thread of every running rank.
+
+        Each worker dumps its stacks (faulthandler) when signalled; a rank that
+        does not answer within ``timeout`` maps to a line saying so.
+        """
+        with self._lock:
+            targets = {}
+            for rank, worker in self._workers.items():
+                path = os.path.join(self._rank_dirs[rank], payload.STACKS_FILE)
+                if worker.state == "running" and os.path.exists(path):
+                    targets[rank] = (worker.pid, path, os.path.getsize(path))
+        for pid, _, _ in targets.values():
+            controls.send_signal(pid, payload.STACK_DUMP_SIGNAL)
+        dumps: dict[int, str] = {}
+        deadline = time.monotonic() + timeout
+        sizes = {rank: -1 for rank in targets}
+        while len(dumps) < len(targets) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for rank, (_, path, start) in targets.items():
+                size = os.path.getsize(path)
+                if rank not in dumps and size > start and size == sizes[rank]:
+                    with open(path, "rb") as f:
+                        f.seek(start)
+                        dumps[rank] = f.read().decode("utf-8", errors="replace")
+                sizes[rank] = size
+        for rank, (pid, _, _) in targets.items():
+            dumps.setdefault(rank, f"rank {rank} (pid {pid}) did not dump its stacks within {timeout} s")
+        return dict(sorted(dumps.items()))
+
     def stop(self) -> None:
         """End the job now: SIGTERM each node, SIGKILL what is left; no process remains."""
         with self._lock:
@@ -489,6 +532,7 @@ class Job:
                 restart_count=msg["restart_count"], attempt=msg["attempt"],
                 world_size=w["world_size"])
             self._workers[info.rank] = info
+            self._rank_dirs[info.rank] = os.path.dirname(w["stdout"])
             for stream in ("stdout", "stderr"):
                 sources.append(LogSource(
                     path=w[stream], stream=stream, node=node.index, rank=info.rank,

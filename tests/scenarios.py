@@ -153,3 +153,21 @@ def ignore_sigterm_and_sleep(seconds: float) -> None:
 
 def exit_without_report(code: int) -> None:
     os._exit(code)
+
+
+def stuck_before_all_reduce(stuck_rank: int) -> int:
+    """Every rank but ``stuck_rank`` waits in an all-reduce that never completes."""
+    dist.init_process_group(backend="gloo")
+    if rank() == stuck_rank:
+        time.sleep(600)
+    t = torch.tensor(1)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def restart_counter() -> int:
+    """Sleeps on attempt 0 and 1 (waiting for a user restart); returns the restart count after."""
+    count = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+    print(f"attempt with restart count {count}", flush=True)
+    time.sleep(600)
+    return count

@@ -1,0 +1,46 @@
+"""Live controls on a running job: user restart and stack dumps of a hung rank."""
+
+from __future__ import annotations
+
+import scenarios
+from util import wait_until
+
+import elastic_nb as enb
+
+
+def test_stacks_show_where_a_hung_rank_waits():
+    job = enb.launch(scenarios.stuck_before_all_reduce, 1, nproc=2)
+    try:
+        wait_until(lambda: len([w for w in job.workers if w.state == "running"]) == 2,
+                   timeout=60, what="two running workers")
+
+        def both_dumped():
+            dumps = job.stacks(timeout=5)
+            return dumps if all("File" in text for text in dumps.values()) and len(dumps) == 2 else None
+
+        stacks = wait_until(both_dumped, timeout=60, what="stack dumps of both ranks")
+        assert "in stuck_before_all_reduce" in stacks[0]
+        assert "all_reduce" in stacks[0]
+        assert "in stuck_before_all_reduce" in stacks[1]
+        assert "sleep" in stacks[1] or "line" in stacks[1]
+        assert job.state == "running"
+    finally:
+        job.stop()
+
+
+def test_user_restart_starts_a_new_attempt_without_using_the_budget():
+    job = enb.launch(scenarios.restart_counter, nproc=2, max_restarts=0)
+    try:
+        wait_until(lambda: job.logs().count("attempt with restart count 0") == 2, timeout=60,
+                   what="attempt 0 to print")
+        job.restart()
+        wait_until(lambda: [w.attempt for w in job.workers if w.state == "running"] == [1, 1],
+                   timeout=60, what="attempt 1 to run")
+        restarting = [e for e in job.events if e.kind == "restarting"]
+        assert [e.detail["reason"] for e in restarting] == ["user"]
+        assert restarting[0].detail["remaining_restarts"] == 0
+        wait_until(lambda: job.logs(attempt=1).count("attempt with restart count 0") == 2,
+                   timeout=60, what="attempt 1's lines")
+        assert job.logs(attempt=0).count("attempt with restart count 0") == 2
+    finally:
+        job.stop()
