@@ -109,7 +109,7 @@ def launch(
     if rdzv_configs is not None and not isinstance(rdzv_configs, dict):
         raise LaunchError("rdzv_configs must be a dict of rendezvous options, e.g. {'last_call_timeout': 5}")
 
-    node_plans = [_plan_node(i, node, fn, args, kwargs) for i, node in enumerate(nodes)]
+    node_plans = [plan_node(i, node, fn, args, kwargs) for i, node in enumerate(nodes)]
 
     store = None
     if backend == "c10d" and endpoint is None:
@@ -125,7 +125,8 @@ def launch(
         rdzv_timeout=float(rdzv_timeout), rdzv_configs=dict(rdzv_configs or {}),
         start_method=start_method, log_dir=_make_log_dir(log_dir, run_id),
         log_line_prefix_template=template, env=env, master_addr=master_addr,
-        master_port=master_port, shutdown_timeout=shutdown_timeout, store=store,
+        master_port=master_port, shutdown_timeout=shutdown_timeout,
+        default_call=(fn, args, kwargs) if fn is not None else None, store=store,
     )
     return Job(plan).start()
 
@@ -259,8 +260,9 @@ def _make_log_dir(log_dir: str | None, run_id: str) -> str:
     return path
 
 
-def _plan_node(index: int, node: Node, fn: Callable[..., Any] | None,
-               args: tuple, kwargs: dict[str, Any]) -> NodePlan:
+def plan_node(index: int, node: Node, fn: Callable[..., Any] | None,
+              args: tuple, kwargs: dict[str, Any]) -> NodePlan:
+    """Check one node and pack the call its workers run (the node's own fn, or the job's)."""
     if not isinstance(node, Node):
         raise LaunchError(f"nodes[{index}] must be an elastic_nb.Node, got {type(node).__name__}")
     _check_int(f"nodes[{index}].nproc", node.nproc, minimum=1)

@@ -38,6 +38,9 @@ LAUNCHED = "launched"
 KILLED = "killed"
 STOPPED = "stopped"
 NODE_EXITED = "node_exited"
+NODE_KILLED = "node_killed"
+NODE_ADDED = "node_added"
+MEMBERSHIP_CHANGED = "membership_changed"
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ class JobPlan:
     master_addr: str | None
     master_port: int | None
     shutdown_timeout: int
+    default_call: tuple[Any, tuple, dict[str, Any]] | None = None  # fn, args, kwargs for added nodes
     store: Any = None  # the embedded c10d TCPStore, kept alive while the job runs
 
 
@@ -122,6 +123,7 @@ class Job:
         self._nodes: dict[int, _Node] = {}
         self._workers: dict[int, WorkerInfo] = {}
         self._rank_dirs: dict[int, str] = {}
+        self._group_world_size: int | None = None
         self._events: list[Event] = []
         self._results: dict[int, Any] = {}
         self._failures: dict[int, RankFailure] = {}
@@ -375,6 +377,43 @@ class Job:
             self._record(events.KILLED, node=worker.node, rank=rank,
                          detail={"signal": signum.name, "pid": worker.pid})
 
+    def kill_node(self, index: int) -> None:
+        """A machine lost: SIGKILL node ``index``'s agent and all its workers at once."""
+        with self._lock:
+            node = self._nodes.get(index)
+            if node is None or node.status not in ("starting", "running"):
+                live = sorted(i for i, n in self._nodes.items() if n.status in ("starting", "running"))
+                state = node.status if node else "unknown"
+                raise ValueError(f"node {index} is not running (status: {state}); live nodes: {live}")
+            node.status = "killed"
+            self._record(events.NODE_KILLED, node=index, detail={"pid": node.process.pid})
+        controls.kill_node(node.process)
+
+    def add_node(self, node: Any) -> int:
+        """Start another agent that joins at the next rendezvous round; its node index.
+
+        ``node`` is an ``elastic_nb.Node``; without its own ``fn`` it runs the
+        job's function.
+        """
+        from elastic_nb.api import plan_node  # api builds on job; imported at call time
+
+        with self._lock:
+            if self.done:
+                raise RuntimeError(f"job {self.run_id} has already {self._state}")
+            live = [i for i, n in self._nodes.items() if n.status in ("starting", "running")]
+            if len(live) >= self._plan.max_nodes:
+                raise ValueError(f"the job already has max_nodes={self._plan.max_nodes} live "
+                                 f"nodes {live}; launch with a larger max_nodes to scale up")
+            index = len(self._nodes)
+            default = self._plan.default_call or (None, (), {})
+            node_plan = plan_node(index, node, *default)
+            self._plan.nodes.append(node_plan)
+            self._start_node(index, node_plan)
+            self._record(events.NODE_ADDED, node=index, detail={
+                "nproc": node_plan.nproc, "role": node_plan.role})
+        self._wake()
+        return index
+
     def restart(self) -> None:
         """Stop the current workers and start a new attempt now (reason ``user``).
 
@@ -516,6 +555,11 @@ class Job:
         self._record(events.RENDEZVOUS, node=node.index, detail={
             "group_rank": msg["group_rank"], "group_world_size": msg["group_world_size"],
             "world_size": msg["world_size"]})
+        if self._group_world_size not in (None, msg["group_world_size"]):
+            self._record(events.MEMBERSHIP_CHANGED, detail={
+                "nodes": msg["group_world_size"], "world_size": msg["world_size"],
+                "previous_nodes": self._group_world_size})
+        self._group_world_size = msg["group_world_size"]
         if self._state == PENDING:
             self._set_state(RENDEZVOUS)
 

@@ -171,3 +171,21 @@ def restart_counter() -> int:
     print(f"attempt with restart count {count}", flush=True)
     time.sleep(600)
     return count
+
+
+def elastic_steps(steps: int, step_time: float, min_world: int = 0) -> dict[str, int]:
+    """All-reduce once per step; keep going while the world is smaller than ``min_world``."""
+    dist.init_process_group(backend="gloo")
+    world = dist.get_world_size()
+    step = 0
+    while step < steps or world < min_world:
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        if t.item() != world:
+            raise RuntimeError(f"all-reduce gave {t.item()} in a world of {world}")
+        print(f"step {step} world {world}", flush=True)
+        time.sleep(step_time)
+        step += 1
+    dist.destroy_process_group()
+    return {"world_size": int(os.environ["WORLD_SIZE"]),
+            "restart_count": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}
