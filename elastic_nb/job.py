@@ -198,6 +198,7 @@ class Job:
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         env["PYTHONUNBUFFERED"] = "1"
         env["ELASTIC_NB_RUN_ID"] = self.run_id  # marks every process of this job
+        env["ELASTIC_NB_KERNEL_PID"] = str(os.getpid())  # ... and the kernel that launched it
         if self.planned_world_size > 1 and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = "1"  # as torchrun: no oversubscription by default
         env.update(self._plan.env)

@@ -219,3 +219,28 @@ def test_agents_and_workers_die_with_the_kernel(tmp_path):
     finally:
         kernel.kill()
         kernel.wait()
+
+
+def test_interrupting_a_blocking_run_stops_the_job(tmp_path):
+    script = tmp_path / "interrupted.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import elastic_nb as enb, scenarios
+        try:
+            enb.run(scenarios.tick_forever, nproc=2)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """))
+    kernel = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_until(lambda: len(job_processes(kernel_pid=kernel.pid)) >= 3, timeout=60,
+                   what="the job's agent and workers")
+        kernel.send_signal(signal.SIGINT)
+        out, _ = kernel.communicate(timeout=60)
+        assert out.strip().splitlines()[-1] == "interrupted"
+        assert not job_processes(kernel_pid=kernel.pid)
+    finally:
+        kernel.kill()
+        kernel.wait()

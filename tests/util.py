@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -31,14 +32,25 @@ def alive(pid: int) -> bool:
         return False
 
 
-def job_processes(run_id: str | None = None) -> list[psutil.Process]:
-    """Live processes started for an elastic_nb job (agents, forkservers, workers)."""
+def job_processes(run_id: str | None = None, kernel_pid: int | None = None) -> list[psutil.Process]:
+    """Live processes of elastic_nb jobs (agents, forkservers, workers).
+
+    By default those launched by this process; with ``run_id``, that job's
+    wherever it was launched; with ``kernel_pid``, those another process launched.
+    """
+    if run_id is None and kernel_pid is None:
+        kernel_pid = os.getpid()
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            value = proc.environ().get("ELASTIC_NB_RUN_ID")
-            if value and (run_id is None or value == run_id) and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
+            env = proc.environ()
+            if "ELASTIC_NB_RUN_ID" not in env or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if run_id is not None and env["ELASTIC_NB_RUN_ID"] != run_id:
+                continue
+            if kernel_pid is not None and env.get("ELASTIC_NB_KERNEL_PID") != str(kernel_pid):
+                continue
+            found.append(proc)
         except psutil.Error:
             continue
     return found
