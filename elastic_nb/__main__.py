@@ -1,4 +1,4 @@
-"""Terminal entry point: ``python -m elastic_nb demo``."""
+"""Terminal entry point: ``python -m elastic_nb demo`` and ``python -m elastic_nb join``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="4 ranks, live prefixed logs, a rank killed, the group restarted")
     demo.add_argument("--nproc", type=int, default=4)
     demo.add_argument("--kill-rank", type=int, default=3)
+    join = commands.add_parser("join", help="run a node of a job launched elsewhere (e.g. a notebook)")
+    join.add_argument("--backend", required=True, choices=["c10d", "etcd", "etcd-v2", "etcd3"])
+    join.add_argument("--endpoint", required=True, help="the rendezvous endpoint, HOST:PORT")
+    join.add_argument("--run-id", required=True)
+    join.add_argument("--nproc", type=int, required=True, help="workers on this node")
+    join.add_argument("--role", default="default")
+    join.add_argument("--local-addr", default=None, help="this node's address as others reach it")
+    join.add_argument("--log-dir", default=None)
+    join.add_argument("--rdzv-conf", action="append", default=[], metavar="KEY=VALUE",
+                      help="rendezvous options, e.g. cacert=ca.pem user=root password=...")
+    join.add_argument("--timeout", type=float, default=60, help="seconds to find the job")
     args = parser.parse_args(argv)
     if args.command == "demo":
         from elastic_nb.demo import run_demo
@@ -20,6 +31,21 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= args.kill_rank < args.nproc:
             parser.error(f"--kill-rank must be between 0 and {args.nproc - 1}")
         run_demo(args.nproc, args.kill_rank)
+    elif args.command == "join":
+        from elastic_nb.join import JoinError, join as join_job
+
+        if args.nproc < 1:
+            parser.error("--nproc must be >= 1")
+        bad = [item for item in args.rdzv_conf if "=" not in item]
+        if bad:
+            parser.error(f"--rdzv-conf takes KEY=VALUE, not {bad[0]!r}")
+        try:
+            return join_job(args.backend, args.endpoint, args.run_id, args.nproc, args.role,
+                            args.local_addr, args.log_dir,
+                            dict(item.split("=", 1) for item in args.rdzv_conf), args.timeout)
+        except JoinError as exc:
+            print(f"elastic_nb join: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

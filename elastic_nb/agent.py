@@ -38,6 +38,7 @@ from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 from elastic_nb import events, payload
 from elastic_nb.events import AgentConfig, Channel
 from elastic_nb.logs import NodeLogsSpecs
+from elastic_nb.rendezvous import register_backends
 
 _FAILED_STATES = (WorkerState.FAILED, WorkerState.UNHEALTHY)
 
@@ -87,6 +88,10 @@ class ReportingAgent(LocalElasticAgent):
 
     def request_restart(self) -> None:
         self._restart_requested.set()
+
+    def worker_pids(self) -> set[int]:
+        pcontext = self._pcontext
+        return set(pcontext.pids().values()) if pcontext is not None else set()
 
     @property
     def restart_count(self) -> int:
@@ -208,6 +213,7 @@ def run_node(config: AgentConfig, channel: Channel) -> int:
     """Run one node to completion, reporting to ``channel``; the process exit code."""
     _prepare_process(config)
     try:
+        register_backends()
         handler = rdzv_registry.get_rendezvous_handler(rendezvous_parameters(config))
     except Exception as exc:
         channel.send(events.AGENT_ERROR, node=config.node, message=_describe(exc, config),
@@ -235,7 +241,7 @@ def run_node(config: AgentConfig, channel: Channel) -> int:
         log_line_prefix_template=config.log_line_prefix_template if config.tee else None,
         shutdown_timeout=config.shutdown_timeout,
     )
-    _listen_for_commands(channel, agent, kill_group_on_close=not config.tee)
+    _listen_for_commands(channel, agent, local=not config.tee)
     shutdown_rendezvous = True
     try:
         result = agent.run()
@@ -272,16 +278,22 @@ def _describe(exc: BaseException, config: AgentConfig) -> str:
             f"{type(exc).__name__}: {exc}")
 
 
-def _listen_for_commands(channel: Channel, agent: ReportingAgent, kill_group_on_close: bool) -> None:
+def _listen_for_commands(channel: Channel, agent: ReportingAgent, local: bool) -> None:
+    """Carry out the Job's commands; when the Job is gone, a local node dies with it."""
+
     def listen() -> None:
         while True:
             message = channel.receive()
-            if message is None:
-                if kill_group_on_close:
-                    os.killpg(os.getpgid(0), signal.SIGKILL)
+            kind = message["kind"] if message else None
+            if kind is None and local or kind == events.KILL:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+            if kind is None or kind == events.STOP:
+                os.kill(os.getpid(), signal.SIGTERM)  # torch stops the workers, then exits
                 return
-            if message["kind"] == events.RESTART:
+            if kind == events.RESTART:
                 agent.request_restart()
+            elif kind == events.SIGNAL and message["pid"] in agent.worker_pids():
+                os.kill(message["pid"], signal.Signals[message["signal"]])
 
     threading.Thread(target=listen, name="elastic_nb-commands", daemon=True).start()
 

@@ -67,12 +67,16 @@ def launch(
     master_port: int | None = None,
     rdzv_configs: dict[str, Any] | None = None,
     shutdown_timeout: int = 5,
+    listen_addr: str = "127.0.0.1",
     **kwargs: Any,
 ) -> Job:
     """Start ``fn(*args, **kwargs)`` on every rank of a new elastic job; return its Job at once.
 
     ``nproc=N`` is one node of N workers; ``nodes=[Node(...), ...]`` is one
     agent process per node. Keyword arguments that are not options go to ``fn``.
+    ``listen_addr`` is where this kernel serves the embedded c10d store and
+    accepts nodes joining from other machines (``python -m elastic_nb join``);
+    the default accepts them from this machine only.
     """
     _check_unknown_options(fn, kwargs)
     if nodes is not None and nproc is not None:
@@ -109,14 +113,16 @@ def launch(
     if rdzv_configs is not None and not isinstance(rdzv_configs, dict):
         raise LaunchError("rdzv_configs must be a dict of rendezvous options, e.g. {'last_call_timeout': 5}")
 
-    node_plans = [plan_node(i, node, fn, args, kwargs) for i, node in enumerate(nodes)]
+    default_payload = _pack(fn, args, kwargs) if fn is not None else None
+    node_plans = [plan_node(i, node, fn, args, kwargs, default_payload)
+                  for i, node in enumerate(nodes)]
 
     store = None
     if backend == "c10d" and endpoint is None:
-        store = embedded.host_store()
-        endpoint = f"127.0.0.1:{store.port}"
+        store = embedded.host_store(listen_addr)
+        endpoint = f"{listen_addr}:{store.port}"
     else:
-        endpoint = _check_endpoint(backend, endpoint)
+        endpoint, rdzv_configs = _check_endpoint(backend, endpoint, rdzv_configs)
 
     plan = JobPlan(
         run_id=run_id, backend=backend, endpoint=endpoint, nodes=node_plans,
@@ -126,7 +132,8 @@ def launch(
         start_method=start_method, log_dir=_make_log_dir(log_dir, run_id),
         log_line_prefix_template=template, env=env, master_addr=master_addr,
         master_port=master_port, shutdown_timeout=shutdown_timeout,
-        default_call=(fn, args, kwargs) if fn is not None else None, store=store,
+        listen_addr=listen_addr, default_call=(fn, args, kwargs) if fn is not None else None,
+        default_payload=default_payload, store=store,
     )
     return Job(plan).start()
 
@@ -236,7 +243,9 @@ def _check_env(env: dict[str, str] | None) -> dict[str, str]:
     return dict(env)
 
 
-def _check_endpoint(backend: str, endpoint: str | None) -> str:
+def _check_endpoint(backend: str, endpoint: str | None,
+                    rdzv_configs: dict[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """A valid endpoint; torch's etcd backends take the scheme as a ``protocol`` config."""
     if not endpoint:
         raise LaunchError(f"backend {backend!r} needs endpoint='host:port' of a running etcd "
                           "server (start one with elastic_nb.EtcdServer())")
@@ -246,7 +255,10 @@ def _check_endpoint(backend: str, endpoint: str | None) -> str:
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise LaunchError(f"endpoint {endpoint!r} must be 'host:port' or 'http(s)://host:port'")
-    return endpoint
+    scheme = endpoint.split("://", 1)[0] if "://" in endpoint else None
+    if backend in ("etcd", "etcd-v2") and scheme:
+        return hostport, {"protocol": scheme, **(rdzv_configs or {})}
+    return endpoint, rdzv_configs
 
 
 def _make_log_dir(log_dir: str | None, run_id: str) -> str:
@@ -261,28 +273,34 @@ def _make_log_dir(log_dir: str | None, run_id: str) -> str:
 
 
 def plan_node(index: int, node: Node, fn: Callable[..., Any] | None,
-              args: tuple, kwargs: dict[str, Any]) -> NodePlan:
+              args: tuple, kwargs: dict[str, Any], default_payload: bytes | None = None) -> NodePlan:
     """Check one node and pack the call its workers run (the node's own fn, or the job's)."""
     if not isinstance(node, Node):
         raise LaunchError(f"nodes[{index}] must be an elastic_nb.Node, got {type(node).__name__}")
     _check_int(f"nodes[{index}].nproc", node.nproc, minimum=1)
     if not isinstance(node.role, str) or not node.role:
         raise LaunchError(f"nodes[{index}].role must be a non-empty string")
-    if node.fn is not None:
-        node_fn, node_args, node_kwargs = node.fn, tuple(node.args), dict(node.kwargs or {})
-    else:
-        node_fn, node_args, node_kwargs = fn, tuple(args), dict(kwargs)
-    if not callable(node_fn):
-        raise LaunchError(f"nodes[{index}].fn must be callable, got {type(node_fn).__name__}")
-    _check_binding(node_fn, node_args, node_kwargs)
+    if node.fn is None:
+        if fn is None:
+            raise LaunchError(f"nodes[{index}] has no fn and the job has no default function")
+        payload = default_payload if default_payload is not None else _pack(fn, args, kwargs)
+        return NodePlan(nproc=node.nproc, role=node.role, payload=payload)
+    if not callable(node.fn):
+        raise LaunchError(f"nodes[{index}].fn must be callable, got {type(node.fn).__name__}")
+    payload = _pack(node.fn, tuple(node.args), dict(node.kwargs or {}))
+    return NodePlan(nproc=node.nproc, role=node.role, payload=payload)
+
+
+def _pack(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> bytes:
+    """Check that the call fits the function, then pack it (naming what cannot be pickled)."""
+    _check_binding(fn, args, kwargs)
     try:
-        payload = pack_call(node_fn, node_args, node_kwargs)
+        return pack_call(fn, args, kwargs)
     except Exception as exc:
-        culprit = _find_unpicklable(node_fn, node_args, node_kwargs)
+        culprit = _find_unpicklable(fn, args, kwargs)
         raise LaunchError(f"cannot send {culprit} to the workers with cloudpickle: "
                           f"{type(exc).__name__}: {exc}. Create it inside the function instead, "
                           "or pass something picklable.") from exc
-    return NodePlan(nproc=node.nproc, role=node.role, payload=payload)
 
 
 def _check_binding(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:

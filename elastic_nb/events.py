@@ -32,6 +32,14 @@ AGENT_ERROR = "agent_error"
 
 # Commands the Job sends to an agent.
 RESTART = "restart"
+SIGNAL = "signal"  # signal one of the node's workers (pid, signal)
+KILL = "kill"  # SIGKILL the whole node at once
+STOP = "stop"  # shut the node down as torch does on SIGTERM
+
+# The handshake of a node that joins from another machine.
+JOIN = "join"
+ACCEPTED = "accepted"
+REJECTED = "rejected"
 
 # Event kinds the Job adds on its own.
 LAUNCHED = "launched"
@@ -41,6 +49,7 @@ NODE_EXITED = "node_exited"
 NODE_KILLED = "node_killed"
 NODE_ADDED = "node_added"
 MEMBERSHIP_CHANGED = "membership_changed"
+JOIN_UNAVAILABLE = "join_unavailable"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import queue
+import secrets
 import selectors
 import signal
 import socket
@@ -29,6 +30,7 @@ from elastic_nb import controls, events, payload
 from elastic_nb.errors import JobFailed, RankFailure
 from elastic_nb.events import AgentConfig, Channel, Event
 from elastic_nb.logs import LogBook, LogLine, LogSource, LogTailer
+from elastic_nb.rendezvous import discovery
 
 PENDING = "pending"
 RENDEZVOUS = "rendezvous"
@@ -89,21 +91,34 @@ class JobPlan:
     master_addr: str | None
     master_port: int | None
     shutdown_timeout: int
+    listen_addr: str = "127.0.0.1"  # where the Job accepts nodes from other machines
     default_call: tuple[Any, tuple, dict[str, Any]] | None = None  # fn, args, kwargs for added nodes
+    default_payload: bytes | None = None  # default_call packed: what a joining node runs
     store: Any = None  # the embedded c10d TCPStore, kept alive while the job runs
 
 
 @dataclass
 class _Node:
+    """A node's agent: a local process, or (``process`` None) one that joined from ``host``."""
+
     index: int
     plan: NodePlan
-    process: subprocess.Popen
+    process: subprocess.Popen | None
     channel: Channel
+    host: str = "localhost"
     status: str = "starting"  # starting, running, succeeded, failed, killed, exited
     error: str | None = None
-    sources: list[LogSource] = field(default_factory=list)
+    gone: bool = False  # its channel has closed
+
+    @property
+    def local(self) -> bool:
+        return self.process is not None
+
+    def alive(self) -> bool:
+        return self.process.poll() is None if self.process is not None else not self.gone
 
 
+_LISTENER = "listener"
 _live_jobs: weakref.WeakSet[Job] = weakref.WeakSet()
 
 
@@ -139,6 +154,9 @@ class Job:
         self._selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
+        self._join_token = secrets.token_hex(16)
+        self._listener = socket.create_server((plan.listen_addr, 0))
+        self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
         self._pump = threading.Thread(target=self._pump_loop, name=f"elastic_nb-{plan.run_id}",
                                       daemon=True)
 
@@ -154,7 +172,48 @@ class Job:
             self._set_state(RENDEZVOUS)
         _live_jobs.add(self)
         self._pump.start()
+        if self._plan.default_payload is not None:
+            threading.Thread(target=self._publish_join_descriptor, daemon=True,
+                             name=f"elastic_nb-publish-{self.run_id}").start()
         return self
+
+    @property
+    def join_address(self) -> str:
+        """Where nodes from other machines connect (published in the rendezvous store)."""
+        host, port = self._listener.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            host = socket.getfqdn()
+        return f"{host}:{port}"
+
+    def join_command(self) -> str:
+        """The command that joins this job from another terminal or machine."""
+        return (f"python -m elastic_nb join --backend {self.backend} --endpoint {self.endpoint} "
+                f"--run-id {self.run_id} --nproc N")
+
+    def _publish_join_descriptor(self) -> None:
+        plan = self._plan
+        descriptor = {
+            "payload": events.encode_bytes(plan.default_payload),
+            "job_address": self.join_address,
+            "token": self._join_token,
+            "options": {
+                "min_nodes": plan.min_nodes, "max_nodes": plan.max_nodes,
+                "max_restarts": plan.max_restarts, "monitor_interval": plan.monitor_interval,
+                "exit_barrier_timeout": plan.exit_barrier_timeout,
+                "rdzv_timeout": plan.rdzv_timeout, "rdzv_configs": plan.rdzv_configs,
+                "start_method": plan.start_method,
+                "log_line_prefix_template": plan.log_line_prefix_template,
+                "master_addr": plan.master_addr, "master_port": plan.master_port,
+                "shutdown_timeout": plan.shutdown_timeout,
+            },
+        }
+        try:
+            store = plan.store or discovery.open_store(
+                self.backend, self.endpoint, self.run_id, plan.rdzv_configs, plan.rdzv_timeout)
+            discovery.publish(store, self.run_id, descriptor)
+        except Exception as exc:  # the job runs on; only joining from elsewhere is off
+            with self._lock:
+                self._record(events.JOIN_UNAVAILABLE, detail={"error": f"{type(exc).__name__}: {exc}"})
 
     def _start_node(self, index: int, node_plan: NodePlan) -> None:
         ours, theirs = socket.socketpair()
@@ -374,7 +433,11 @@ class Job:
                 state = worker.state if worker else "unknown"
                 raise ValueError(f"rank {rank} is not running (state: {state}); "
                                  f"running ranks: {running}")
-            controls.send_signal(worker.pid, signum)
+            node = self._nodes[worker.node]
+            if node.local:
+                controls.send_signal(worker.pid, signum)
+            else:
+                node.channel.send(events.SIGNAL, pid=worker.pid, signal=signum.name)
             self._record(events.KILLED, node=worker.node, rank=rank,
                          detail={"signal": signum.name, "pid": worker.pid})
 
@@ -387,7 +450,10 @@ class Job:
                 state = node.status if node else "unknown"
                 raise ValueError(f"node {index} is not running (status: {state}); live nodes: {live}")
             node.status = "killed"
-            self._record(events.NODE_KILLED, node=index, detail={"pid": node.process.pid})
+            self._record(events.NODE_KILLED, node=index, detail={"host": node.host})
+            if not node.local:
+                node.channel.send(events.KILL)
+                return
         controls.kill_node(node.process)
 
     def add_node(self, node: Any) -> int:
@@ -407,7 +473,7 @@ class Job:
                                  f"nodes {live}; launch with a larger max_nodes to scale up")
             index = len(self._nodes)
             default = self._plan.default_call or (None, (), {})
-            node_plan = plan_node(index, node, *default)
+            node_plan = plan_node(index, node, *default, self._plan.default_payload)
             self._plan.nodes.append(node_plan)
             self._start_node(index, node_plan)
             self._record(events.NODE_ADDED, node=index, detail={
@@ -437,7 +503,8 @@ class Job:
             targets = {}
             for rank, worker in self._workers.items():
                 path = os.path.join(self._rank_dirs[rank], payload.STACKS_FILE)
-                if worker.state == "running" and os.path.exists(path):
+                if (worker.state == "running" and self._nodes[worker.node].local
+                        and os.path.exists(path)):
                     targets[rank] = (worker.pid, path, os.path.getsize(path))
         for pid, _, _ in targets.values():
             controls.send_signal(pid, payload.STACK_DUMP_SIGNAL)
@@ -461,16 +528,36 @@ class Job:
         """End the job now: SIGTERM each node, SIGKILL what is left; no process remains."""
         with self._lock:
             self._stop_requested = True
-            nodes = [n for n in self._nodes.values() if n.process.returncode is None]
+            nodes = [n for n in self._nodes.values() if n.alive()]
             self._check_finished()
-        for node in nodes:
-            controls.stop_node(node.process, grace=self._plan.shutdown_timeout + 2)
+        self._stop_nodes(nodes)
         with self._lock:
             if not self.done:
                 self._finish(STOPPED)
         if self._pump.is_alive() and threading.current_thread() is not self._pump:
             self._wake()
             self._pump.join()
+
+    def _stop_nodes(self, nodes: list[_Node]) -> None:
+        """Stop local nodes (SIGTERM, then SIGKILL); ask remote ones to stop, then let go."""
+        grace = self._plan.shutdown_timeout + 2
+        for node in nodes:
+            if not node.local:
+                try:
+                    node.channel.send(events.STOP)
+                except OSError:
+                    pass
+        for node in nodes:
+            if node.local:
+                controls.stop_node(node.process, grace=grace)
+        deadline = time.monotonic() + grace
+        with self._changed:
+            while any(not n.gone for n in nodes if not n.local) and time.monotonic() < deadline:
+                self._changed.wait(0.1)
+            for node in nodes:
+                if not node.local and not node.gone:
+                    node.gone = True  # unresponsive: its agent stops when it loses us
+                    node.channel.socket.shutdown(socket.SHUT_RDWR)
 
     # ------------------------------------------------------ the pump thread
 
@@ -487,6 +574,12 @@ class Job:
                     if key.data is None:
                         self._wakeup_r.recv(4096)
                         continue
+                    if key.data == _LISTENER:
+                        self._accept()
+                        continue
+                    if isinstance(key.data, Channel):
+                        self._handshake(key.data)
+                        continue
                     node: _Node = key.data
                     try:
                         messages, ended = node.channel.receive_ready()
@@ -499,7 +592,8 @@ class Job:
                         self._on_node_gone(node)
                 self._tailer.poll()
                 with self._lock:
-                    if self.done and not self._selector.get_map().keys() - {self._wakeup_r.fileno()}:
+                    if self.done and not any(isinstance(k.data, _Node)
+                                             for k in self._selector.get_map().values()):
                         break
                     if self.done:
                         self._reap_finished_nodes()
@@ -508,9 +602,59 @@ class Job:
             self._tailer.poll()
             self._close()
 
+    def _accept(self) -> None:
+        connection, _ = self._listener.accept()
+        connection.settimeout(5)  # a peer that connects and says nothing cannot stall the pump
+        self._selector.register(connection, selectors.EVENT_READ, Channel(connection))
+
+    def _handshake(self, channel: Channel) -> None:
+        """A node from another machine asks to join: check its token, give it an index."""
+        self._selector.unregister(channel.socket)
+        try:
+            messages, ended = channel.receive_ready()
+            while not messages and not ended:
+                messages, ended = channel.receive_ready()
+        except (OSError, ValueError):
+            channel.close()
+            return
+        channel.socket.settimeout(None)
+        request = messages[0] if messages else {}
+        with self._lock:
+            reason = self._refuse_join(request)
+            if reason:
+                try:
+                    channel.send(events.REJECTED, reason=reason)
+                finally:
+                    channel.close()
+                return
+            index = len(self._nodes)
+            node_plan = NodePlan(nproc=int(request["nproc"]), role=str(request["role"]),
+                                 payload=self._plan.default_payload)
+            self._plan.nodes.append(node_plan)
+            node = _Node(index, node_plan, None, channel, host=str(request.get("host", "?")))
+            self._nodes[index] = node
+            self._selector.register(channel.socket, selectors.EVENT_READ, node)
+            channel.send(events.ACCEPTED, node=index)
+            self._record(events.NODE_ADDED, node=index, detail={
+                "nproc": node_plan.nproc, "role": node_plan.role, "host": node.host})
+
+    def _refuse_join(self, request: dict[str, Any]) -> str | None:
+        if request.get("kind") != events.JOIN:
+            return "expected a join request"
+        if not secrets.compare_digest(str(request.get("token", "")), self._join_token):
+            return "wrong join token (read it from the rendezvous store of this run)"
+        if self.done:
+            return f"job {self.run_id} has already {self._state}"
+        live = sum(1 for n in self._nodes.values() if n.alive())
+        if live >= self._plan.max_nodes:
+            return f"job {self.run_id} already has max_nodes={self._plan.max_nodes} live nodes"
+        if not isinstance(request.get("nproc"), int) or request["nproc"] < 1:
+            return "nproc must be an int >= 1"
+        return None
+
     def _reap_finished_nodes(self) -> None:
         for node in self._nodes.values():
-            if node.process.poll() is not None:
+            if node.local and node.process.poll() is not None:
                 try:
                     self._selector.unregister(node.channel.socket)
                 except (KeyError, ValueError):
@@ -521,6 +665,10 @@ class Job:
         with self._lock:
             for node in self._nodes.values():
                 node.channel.close()
+            for key in list(self._selector.get_map().values()):
+                if isinstance(key.data, Channel):
+                    key.data.close()
+            self._listener.close()
             self._selector.close()
             self._wakeup_r.close()
             self._wakeup_w.close()
@@ -583,7 +731,8 @@ class Job:
                     path=w[stream], stream=stream, node=node.index, rank=info.rank,
                     local_rank=info.local_rank, role=info.role, group_rank=info.group_rank,
                     attempt=info.attempt, restart_count=info.restart_count))
-        self._tailer.follow(sources)
+        if node.local:  # a remote node's logs print in its own terminal
+            self._tailer.follow(sources)
         self._record(events.STARTED, node=node.index, detail={
             "attempt": msg["attempt"], "restart_count": msg["restart_count"],
             "ranks": [w["rank"] for w in msg["workers"]],
@@ -644,15 +793,18 @@ class Job:
 
     def _on_node_gone(self, node: _Node) -> None:
         """The agent's channel closed: it exited, was killed, or crashed."""
-        returncode = node.process.wait()
+        returncode = node.process.wait() if node.local else None
         with self._lock:
+            node.gone = True
             if node.status in ("starting", "running"):
                 if self._stop_requested or node.status == "killed":
                     node.status = "killed"
                 else:
                     node.status = "failed"
+                    where = (f"see {self.log_dir}/node_{node.index}/agent.log" if node.local
+                             else f"on {node.host}")
                     node.error = (f"the agent of node {node.index} exited unexpectedly "
-                                  f"(exit code {returncode}); see {self.log_dir}/node_{node.index}/agent.log")
+                                  f"(exit code {returncode}); {where}")
                     self._error = self._error or node.error
             for worker in self._workers.values():
                 if worker.node == node.index and worker.state in ("running", "restarting"):
@@ -694,13 +846,12 @@ class Job:
 
     def _stop_remaining_nodes(self) -> None:
         """A failed job ends promptly: stop the nodes still running, off the pump thread."""
-        running = [n for n in self._nodes.values() if n.process.poll() is None]
+        running = [n for n in self._nodes.values() if n.alive()]
         if not running:
             return
 
         def stop_all() -> None:
-            for node in running:
-                controls.stop_node(node.process, grace=self._plan.shutdown_timeout + 2)
+            self._stop_nodes(running)
             self._wake()
 
         threading.Thread(target=stop_all, name="elastic_nb-stop", daemon=True).start()
@@ -726,3 +877,14 @@ class Job:
 
     def __repr__(self) -> str:
         return self.summary()
+
+    def show(self) -> None:
+        """Display the live dashboard (the text summary outside a Jupyter kernel)."""
+        from elastic_nb import widgets
+
+        widgets.show(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from elastic_nb import widgets
+
+        return widgets.mimebundle(self, include, exclude)

@@ -1,0 +1,86 @@
+"""A node joins a notebook's job from another terminal: `python -m elastic_nb join`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from util import job_processes, wait_until
+
+import elastic_nb as enb
+
+
+def make_sum():
+    """A cell-style function (pickled by value: the joining node has no copy of this file)."""
+
+    def gloo_sum(offset):
+        import os
+
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        t = torch.tensor(int(os.environ["RANK"]) + offset)
+        dist.all_reduce(t)
+        print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} sum {t.item()}", flush=True)
+        dist.destroy_process_group()
+        return int(t.item())
+
+    return gloo_sum
+
+
+def join_command(job: enb.Job, nproc: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "elastic_nb", "join", "--backend", job.backend,
+            "--endpoint", job.endpoint, "--run-id", job.run_id, "--nproc", str(nproc),
+            "--local-addr", "127.0.0.1", "--role", "remote", *extra]
+
+
+def test_a_node_joins_from_another_terminal(rdzv, tmp_path):
+    job = enb.launch(make_sum(), 10, nproc=2, min_nodes=2, max_nodes=2, **rdzv)
+    terminal = subprocess.run(join_command(job, 2, "--log-dir", str(tmp_path)), capture_output=True,
+                              text=True, timeout=180)
+    assert terminal.returncode == 0, terminal.stderr[-3000:]
+    assert job.result(timeout=60) == {r: 46 for r in range(4)}
+    out = terminal.stdout.splitlines()
+    assert out[0].startswith(f"joined job {job.run_id} as node 1 (2 x remote)")
+    assert "[remote2]:rank 2 of 4 sum 46" in out and "[remote3]:rank 3 of 4 sum 46" in out
+    joined = [w for w in job.workers if w.node == 1]
+    assert [(w.rank, w.role) for w in joined] == [(2, "remote"), (3, "remote")]
+    added = next(e for e in job.events if e.kind == "node_added")
+    assert added.node == 1 and added.detail["role"] == "remote"
+    assert (tmp_path / "attempt_0" / "1" / "stdout.log").read_text() == "rank 3 of 4 sum 46\n"
+    assert "[default0]:rank 0 of 4 sum 46" in job.logs()
+
+
+def test_join_refuses_an_unknown_job(rdzv):
+    job = enb.launch(make_sum(), 0, nproc=1, **rdzv)
+    try:
+        command = join_command(job, 1, "--timeout", "3")
+        command[command.index("--run-id") + 1] = "no-such-run"
+        terminal = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert terminal.returncode == 2
+        assert "no job 'no-such-run' found through the" in terminal.stderr
+        assert job.endpoint in terminal.stderr
+    finally:
+        job.stop()
+
+
+def test_join_refuses_a_full_job(rdzv):
+    running = enb.launch(lambda: __import__("time").sleep(60), nproc=1, max_nodes=1, **rdzv)
+    try:
+        wait_until(lambda: running.state == "running", timeout=60, what="the job to run")
+        terminal = subprocess.run(join_command(running, 1), capture_output=True, text=True,
+                                  timeout=60)
+        assert terminal.returncode == 2
+        assert "refused this node: job" in terminal.stderr
+        assert "already has max_nodes=1 live nodes" in terminal.stderr
+    finally:
+        running.stop()
+    assert not job_processes(running.run_id)
+
+
+def test_join_rejects_malformed_rendezvous_options():
+    out = subprocess.run([sys.executable, "-m", "elastic_nb", "join", "--backend", "c10d",
+                          "--endpoint", "127.0.0.1:1", "--run-id", "x", "--nproc", "1",
+                          "--rdzv-conf", "nokey"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--rdzv-conf takes KEY=VALUE" in out.stderr
