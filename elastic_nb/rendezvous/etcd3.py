@@ -644,8 +644,8 @@ class Etcd3Store(dist.Store):
         def watch(client: Any) -> object:
             try:
                 return client.watch_once_response(key, timeout=seconds, start_revision=revision + 1)
-            except pyetcd.exceptions.WatchTimedOut:
-                return None
+            except (pyetcd.exceptions.WatchTimedOut, pyetcd.exceptions.RevisionCompactedError):
+                return None  # nothing happened, or history is gone: read again
 
         outcome = self._call(f"watch {key!r}", watch)
         if isinstance(outcome, Exception):
