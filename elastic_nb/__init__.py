@@ -12,9 +12,11 @@ from elastic_nb.api import BACKENDS, Node, launch, run
 from elastic_nb.errors import JobFailed, LaunchError, RankFailure
 from elastic_nb.events import Event
 from elastic_nb.job import Job, WorkerInfo
+from elastic_nb.rendezvous.etcd_server import EtcdServer
 
 __all__ = [
     "BACKENDS",
+    "EtcdServer",
     "Event",
     "Job",
     "JobFailed",

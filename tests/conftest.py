@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from etcd_fixtures import *  # noqa: F403 - session etcd servers: etcd_v2_server, etcd_v3_server
 from util import job_processes, wait_until
 
 
@@ -19,7 +20,14 @@ def no_leftover_processes():
         pytest.fail(f"processes left behind: {leftovers}")
 
 
-@pytest.fixture(params=["c10d"])
+@pytest.fixture(params=["c10d", "etcd", "etcd-v2", "etcd3"])
 def rdzv(request) -> dict:
-    """launch() keyword arguments selecting each rendezvous backend in turn."""
-    return {"backend": request.param}
+    """launch() keyword arguments selecting each rendezvous backend in turn.
+
+    etcd and etcd-v2 (torch's, v2 API) share one etcd started with --enable-v2;
+    etcd3 (ours, v3 API) runs against one without it.
+    """
+    if request.param == "c10d":
+        return {"backend": "c10d"}
+    server = request.getfixturevalue("etcd_v3_server" if request.param == "etcd3" else "etcd_v2_server")
+    return {"backend": request.param, "endpoint": server.endpoint}
