@@ -1,0 +1,221 @@
+"""The dashboard in-process: its model over real jobs, and the widget's buttons and throttling.
+
+No frontend is needed: the model is plain Python, and a button click is
+``button.click()``, which runs the same handler a browser click does.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import dashboard_workers as workers
+import pytest
+from util import wait_until
+
+import elastic_nb as enb
+from elastic_nb import widgets
+
+
+def running(job: enb.Job, count: int, attempt: int = 0) -> None:
+    wait_until(lambda: len([w for w in job.workers if w.state == "running" and w.attempt == attempt])
+               == count, timeout=90, what=f"{count} running workers in attempt {attempt}")
+
+
+@pytest.fixture
+def board():
+    """Build dashboards that are closed (thread joined, listeners removed) after the test."""
+    made: list[widgets.Dashboard] = []
+
+    def make(job: enb.Job, **options) -> widgets.Dashboard:
+        made.append(widgets.Dashboard(job, **options))
+        return made[-1]
+
+    yield make
+    for dashboard in made:
+        dashboard.job.stop()
+        dashboard.close()
+
+
+def test_model_shows_header_tiles_and_filtered_logs():
+    job = enb.launch(workers.chatty, 3, nproc=2, log_line_prefix_template="[r${rank}]:")
+    model = widgets.DashboardModel(job)
+    try:
+        assert job.result(timeout=90) == {0: 0, 1: 1}
+        head = model.header()
+        assert (head.run_id, head.backend, head.state, head.world_size) == (job.run_id, "c10d", "succeeded", 2)
+        assert (head.attempt, head.restarts_used, head.max_restarts) == (0, 0, 0)
+        assert head.color == widgets.JOB_COLORS["succeeded"]
+        assert [(t.rank, t.state, t.pid) for t in model.tiles()] == [
+            (w.rank, "done", w.pid) for w in job.workers]
+
+        merged = model.log_text()
+        assert "[r0]:rank 0 line 2" in merged and "[r1]:rank 1 line 2" in merged
+        assert "[r1]:rank 1 says goodbye" in merged
+        assert merged.splitlines()[0].startswith("──────── attempt 0")
+        only_one = model.log_text(rank=1)
+        assert "rank 1 line 0" in only_one and "rank 0" not in only_one
+        goodbyes = [line for line in model.log_text(text="goodbye").splitlines() if "attempt" not in line]
+        assert sorted(goodbyes) == ["[r0]:rank 0 says goodbye", "[r1]:rank 1 says goodbye"]
+    finally:
+        model.close()
+
+
+def test_model_keeps_the_lines_before_a_crash_in_their_own_attempt():
+    job = enb.launch(workers.wait_for_kill, 120, nproc=2, max_restarts=1)
+    model = widgets.DashboardModel(job)
+    try:
+        running(job, 2)
+        wait_until(lambda: "restart count 0" in model.log_text(rank=1), timeout=30, what="rank 1's line")
+        job.kill(1, "SIGKILL")
+        assert job.result(timeout=90) == {0: 0, 1: 1}
+        text = model.log_text(rank=1)
+        first, second = text.index("──────── attempt 0"), text.index("──────── attempt 1")
+        assert first < text.index("restart count 0") < second < text.index("restart count 1")
+        assert "restart count 1" not in model.log_text(rank=1, attempt=0)
+        assert "restart count 0" not in model.log_text(rank=1, attempt=1)
+        assert model.logs.attempts() == [0, 1]
+        head = model.header()
+        assert (head.attempt, head.restarts_used, head.max_restarts) == (1, 1, 1)
+        assert [t.state for t in model.tiles()] == ["done", "done"]
+
+        entries = model.timeline()
+        assert [e.offset for e in entries] == sorted(e.offset for e in entries)
+        failed = [e for e in entries if e.event.kind == "worker_failed"]
+        assert len(failed) == 1 and failed[0].event.rank == 1
+        assert "SIGKILL" in failed[0].details
+        assert any(e.event.kind == "restarting" for e in entries)
+    finally:
+        model.close()
+
+
+def test_timeline_entry_of_a_python_failure_holds_its_traceback():
+    job = enb.launch(workers.raise_on_rank, 1, nproc=2)
+    model = widgets.DashboardModel(job)
+    try:
+        assert job.wait(timeout=90) == "failed"
+        failed = [e for e in model.timeline() if e.event.kind == "worker_failed"]
+        assert failed and "Traceback" in failed[0].details
+        assert "ValueError: rank 1 refuses" in failed[0].details
+        assert [t.state for t in model.tiles() if t.rank == 1] == ["failed"]
+        assert model.header().color == widgets.JOB_COLORS["failed"]
+    finally:
+        model.close()
+
+
+def test_a_rank_silent_much_longer_than_the_others_is_flagged():
+    job = enb.launch(workers.one_rank_silent, 60, nproc=2)
+    model = widgets.DashboardModel(job, hung_after=1.5, hung_factor=3)
+    try:
+        running(job, 2)
+        tiles = wait_until(lambda: (t := model.tiles()) and t[1].hung and t, timeout=30,
+                           what="rank 1 flagged as possibly hung")
+        assert not tiles[0].hung
+        assert tiles[1].silent_for >= 1.5 > tiles[0].silent_for
+        assert "possibly hung" in widgets.tile_html(tiles[1])
+        assert "possibly hung" not in widgets.tile_html(tiles[0])
+        model.refresh_stats()
+        assert all(t.rss and t.rss > 10 << 20 and t.cpu_percent is not None for t in model.tiles())
+    finally:
+        job.stop()
+        model.close()
+
+
+def test_a_flood_of_output_costs_a_bounded_number_of_widget_updates(board):
+    lines = 30_000
+    job = enb.launch(workers.flood, lines, nproc=2)
+    dashboard = board(job, interval=0.25)
+    log_updates = []
+    dashboard.log_area.observe(lambda change: log_updates.append(change["new"]), names="value")
+    started = threading.Event()
+    job.log_book.add_listener(lambda _: started.set())
+    assert job.result(timeout=120) == {0: lines, 1: lines}
+    assert dashboard.wait_closed(timeout=30), "the update thread must end with the job"
+    seconds = job.elapsed
+    assert started.is_set()
+    assert len(log_updates) <= seconds / 0.25 + 3, (len(log_updates), seconds)
+    assert dashboard.updates <= seconds / 0.25 + 3
+    final = log_updates[-1]
+    assert final.count("\n") <= widgets.MAX_LOG_LINES + 5, "only the last lines are rendered"
+    assert "earlier lines not shown" in final
+    assert "flood 0 done" in final or "flood 1 done" in final
+    for rank in (0, 1):
+        assert dashboard.model.log_text(rank=rank).endswith(f"flood {rank} done")
+    assert all(len(buf) <= widgets.KEEP_LINES_PER_RANK for buf in dashboard.model.logs._by_rank.values())
+
+
+def test_kill_button_restarts_the_rank_and_the_tile_shows_it(board):
+    job = enb.launch(workers.wait_for_kill, 120, nproc=2, max_restarts=2)
+    dashboard = board(job)
+    running(job, 2)
+    wait_until(lambda: 1 in dashboard._tile_widgets and not dashboard.tile_button(1).disabled,
+               timeout=10, what="rank 1's kill button")
+    assert dashboard.tile_button(1).description == "kill rank 1"
+    dashboard.signal.value = "SIGSEGV"
+    dashboard.tile_button(1).click()
+    wait_until(lambda: "sent SIGSEGV to rank 1" in dashboard._status.value, timeout=10,
+               what="the kill to be reported")
+    assert job.result(timeout=90) == {0: 0, 1: 1}
+    assert any(e.kind == "restarting" and e.detail["reason"] == "failure" for e in job.events)
+    assert [w.attempt for w in job.workers] == [1, 1]
+    killed = [e for e in job.events if e.kind == "killed"]
+    assert [(e.rank, e.detail["signal"]) for e in killed] == [(1, "SIGSEGV")]
+    dashboard.wait_closed(timeout=30)
+    assert "restarts 1/2" in dashboard._header.value
+    failure = dashboard.event_list.value
+    assert dashboard.model.timeline()[failure].event.kind == "worker_failed"
+    assert "SIGSEGV" in dashboard.event_details.value
+
+
+def test_restart_stacks_and_stop_buttons_call_the_job(board):
+    job = enb.launch(workers.wait_forever, nproc=2)
+    dashboard = board(job)
+    running(job, 2)
+    wait_until(lambda: dashboard.model.log_text().count("waiting") == 2, timeout=30, what="first lines")
+
+    dashboard.restart_button.click()
+    running(job, 2, attempt=1)
+    assert [e.detail["reason"] for e in job.events if e.kind == "restarting"] == ["user"]
+    wait_until(lambda: dashboard.model.log_text(attempt=1).count("waiting") == 2, timeout=30,
+               what="attempt 1's first lines")
+
+    dashboard.stacks_button.click()
+    wait_until(lambda: "stacks of 2 ranks dumped" in dashboard._status.value, timeout=30,
+               what="stack dumps of both ranks")
+    wait_until(lambda: "rank 1" in dashboard.stacks_area.value, timeout=10, what="stacks shown")
+    assert "rank 0" in dashboard.stacks_area.value
+    assert dashboard.stacks_area.value.count("in wait_forever") == 2
+    assert dashboard._tabs.selected_index == 2
+
+    dashboard.stop_button.click()
+    assert job.wait(timeout=30) == "stopped"
+    wait_until(lambda: "job stopped" in dashboard._status.value, timeout=30, what="stop to be reported")
+    assert dashboard.wait_closed(timeout=30)
+    assert dashboard.stop_button.disabled and dashboard.tile_button(0).disabled
+
+    dashboard.tile_button(0).click()  # the tile button is disabled in a browser; a forced click is refused
+    assert "ValueError" in dashboard._status.value and "not running" in dashboard._status.value
+
+
+def test_log_filters_in_the_widget(board):
+    job = enb.launch(workers.chatty, 5, nproc=2)
+    dashboard = board(job)
+    assert job.result(timeout=90) == {0: 0, 1: 1}
+    dashboard.wait_closed(timeout=30)
+    assert [v for _, v in dashboard.log_rank.options] == [None, 0, 1]
+    dashboard.log_rank.value = 1
+    dashboard.log_filter.value = "line 3"
+    dashboard.render()
+    assert "rank 1 line 3" in dashboard.log_area.value
+    assert "rank 0" not in dashboard.log_area.value and "line 2" not in dashboard.log_area.value
+
+
+def test_outside_a_kernel_a_job_displays_as_text_and_html():
+    job = enb.launch(workers.chatty, 1, nproc=2)
+    assert job.result(timeout=90) == {0: 0, 1: 1}
+    bundle = widgets.mimebundle(job)
+    assert "application/vnd.jupyter.widget-view+json" not in bundle
+    assert bundle["text/plain"] == job.summary()
+    page = bundle["text/html"]
+    assert job.run_id in page and "succeeded" in page
+    assert page.count("<tr><td>") == 2
+    assert job._repr_mimebundle_()["text/plain"] == job.summary()
