@@ -42,6 +42,7 @@ TICK_INTERVAL = 0.25
 STATS_INTERVAL = 1.0
 MAX_LOG_LINES = 200
 KEEP_LINES_PER_RANK = 2000
+ALL = -1  # the "all ranks" / "all attempts" choice of the log filters
 
 JOB_COLORS = {
     "pending": "#7f8c8d", "rendezvous": "#8e44ad", "running": "#27ae60",
@@ -455,15 +456,16 @@ class Dashboard(widgets.VBox):
             self.add_nproc, self.add_node_button, self.stacks_button],
             layout=widgets.Layout(flex_flow="row wrap"))
         self._status = widgets.HTML()
-        self.log_rank = widgets.Dropdown(options=[("all ranks (merged)", None)], value=None,
+        self.log_rank = widgets.Dropdown(options=[("all ranks (merged)", ALL)], value=ALL,
                                          description="rank", layout=widgets.Layout(width="220px"))
-        self.log_attempt = widgets.Dropdown(options=[("all attempts", None)], value=None,
+        self.log_attempt = widgets.Dropdown(options=[("all attempts", ALL)], value=ALL,
                                             description="attempt", layout=widgets.Layout(width="200px"))
         self.log_filter = widgets.Text(placeholder="only lines containing…", description="filter",
                                        continuous_update=True)
         for control in (self.log_rank, self.log_attempt, self.log_filter):
             control.observe(lambda _: self._dirty.set(), names="value")
-        self.log_area = widgets.HTML(layout=widgets.Layout(max_height="320px", overflow="auto"))
+        self.log_area = widgets.HTML(layout=widgets.Layout(  # column-reverse: scrolled to the newest line
+            max_height="320px", overflow="auto", display="flex", flex_flow="column-reverse"))
         self.log_area.add_class("enb-logs")
         logs = widgets.VBox([widgets.HBox([self.log_rank, self.log_attempt, self.log_filter]),
                              self.log_area])
@@ -595,6 +597,8 @@ class Dashboard(widgets.VBox):
         values = [value for _, value in options] if options and isinstance(options[0], tuple) else options
         if chosen in values:
             widget.value = chosen
+        elif values:
+            widget.value = values[0]
         return True
 
     @staticmethod
@@ -629,11 +633,12 @@ class Dashboard(widgets.VBox):
         return changed
 
     def _render_logs(self) -> bool:
-        ranks = [("all ranks (merged)", None)] + [(f"rank {r}", r) for r in self.model.logs.ranks()]
-        attempts = [("all attempts", None)] + [(f"attempt {a}", a) for a in self.model.logs.attempts()]
+        ranks = [("all ranks (merged)", ALL)] + [(f"rank {r}", r) for r in self.model.logs.ranks()]
+        attempts = [("all attempts", ALL)] + [(f"attempt {a}", a) for a in self.model.logs.attempts()]
         changed = self._set_options(self.log_rank, ranks)
         changed |= self._set_options(self.log_attempt, attempts)
-        text = self.model.log_text(self.log_rank.value, self.log_filter.value, self.log_attempt.value)
+        rank, attempt = (None if v == ALL else v for v in (self.log_rank.value, self.log_attempt.value))
+        text = self.model.log_text(rank, self.log_filter.value, attempt)
         body = (f"<pre style='margin:0;font-size:12px;line-height:1.3'>{html.escape(text)}</pre>"
                 if text else "<i>no output yet</i>")
         return changed | self._set(self.log_area, "value", body)

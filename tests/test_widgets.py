@@ -201,7 +201,8 @@ def test_log_filters_in_the_widget(board):
     dashboard = board(job)
     assert job.result(timeout=90) == {0: 0, 1: 1}
     dashboard.wait_closed(timeout=30)
-    assert [v for _, v in dashboard.log_rank.options] == [None, 0, 1]
+    assert [v for _, v in dashboard.log_rank.options] == [widgets.ALL, 0, 1]
+    assert "rank 0 line 4" in dashboard.log_area.value and "rank 1 line 4" in dashboard.log_area.value
     dashboard.log_rank.value = 1
     dashboard.log_filter.value = "line 3"
     dashboard.render()

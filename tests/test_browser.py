@@ -1,0 +1,167 @@
+"""The dashboard in a real browser: JupyterLab on 127.0.0.1, headless Debian Chromium, Playwright.
+
+Opens a copy of the quickstart notebook, runs all cells, checks that the live
+dashboard shows every rank, clicks "kill rank 1" like a user and waits for the
+tile to show the restart. A screenshot is saved under test-artifacts/.
+
+Chromium comes from Debian (``scripts/install-browser``); Playwright's own
+browser download is never used. A missing browser fails the test, so CI
+cannot pass without running it; set ELASTIC_NB_SKIP_BROWSER=1 to skip it
+locally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from kernel_util import ROOT
+from util import wait_until
+
+CHROMIUM = os.environ.get("ELASTIC_NB_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def chromium() -> str:
+    if os.environ.get("ELASTIC_NB_SKIP_BROWSER") == "1":
+        pytest.skip("ELASTIC_NB_SKIP_BROWSER=1")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/install-browser "
+                    "(or set ELASTIC_NB_SKIP_BROWSER=1 to skip this test locally)")
+    return CHROMIUM
+
+
+def write_settings(directory: Path) -> None:
+    """Start the notebook's kernel without asking, and no news pop-up over the page."""
+    settings = {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"autoStartDefaultKernel": True},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
+    }
+    for name, values in settings.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    """A JupyterLab server on a free loopback port with a token, serving a copy of the course."""
+    root = tmp_path / "lab"
+    root.mkdir()
+    shutil.copy(ROOT / "notebooks" / "01_quickstart.ipynb", root)
+    port, token = free_port(), secrets.token_hex(16)
+    settings = tmp_path / "settings"
+    write_settings(settings)
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               JUPYTER_CONFIG_DIR=str(tmp_path / "config"), JUPYTERLAB_SETTINGS_DIR=str(settings),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    log = open(tmp_path / "jupyterlab.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+         f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--LabApp.extension_manager=readonly", "--ServerApp.open_browser=False",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2):
+                return True
+        except OSError:
+            assert server.poll() is None, (tmp_path / "jupyterlab.log").read_text()
+            return False
+
+    try:
+        wait_until(ready, timeout=120, what="JupyterLab to serve", interval=0.5)
+        yield f"http://127.0.0.1:{port}", token
+    finally:
+        server.send_signal(signal.SIGINT)  # a clean shutdown also shuts down the kernels
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def test_quickstart_dashboard_in_jupyterlab(chromium, jupyterlab):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, token = jupyterlab
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "browser-quickstart.png"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            try:
+                drive_quickstart(page, url, token, shot)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "browser-failure.png"))
+                print(f"screenshot of the failure: {ARTIFACTS / 'browser-failure.png'}")
+                raise
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+
+
+def drive_quickstart(page, url: str, token: str, shot: Path) -> None:
+    """Run the quickstart in JupyterLab, kill rank 1 from the dashboard, stop the job."""
+    from playwright.sync_api import expect
+
+    with page.expect_websocket(lambda ws: "/api/kernels/" in ws.url, timeout=120_000):
+        page.goto(f"{url}/lab/tree/01_quickstart.ipynb?token={token}")
+    expect(page.locator(".jp-Notebook")).to_be_visible(timeout=120_000)
+    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(
+        1, timeout=120_000)
+    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+    page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+
+    dashboards = page.locator(".enb-dashboard")
+    expect(dashboards).to_have_count(2, timeout=180_000)  # the first job's and the playground's
+    playground = dashboards.last
+    for rank in (0, 1):
+        expect(playground.locator(f".enb-tile[data-rank='{rank}']")).to_be_visible(timeout=120_000)
+    expect(dashboards.first.locator(".enb-tile.enb-done")).to_have_count(2, timeout=120_000)
+    expect(playground.locator(".enb-tile.enb-running")).to_have_count(2, timeout=120_000)
+
+    logs = playground.locator(".enb-logs")
+    expect(logs).to_contain_text("[default1]:step 3 ", timeout=120_000)
+    kill = playground.get_by_role("button", name="kill rank 1")
+    expect(kill).to_be_enabled(timeout=30_000)
+    kill.click()
+    restarted = playground.locator(
+        ".enb-tile[data-rank='1'].enb-restarting, .enb-tile[data-rank='1'].enb-restarted")
+    expect(restarted).to_have_count(1, timeout=120_000)
+    expect(playground.locator(".enb-tile.enb-restarted")).to_have_count(2, timeout=120_000)
+    expect(playground.locator(".enb-header")).to_contain_text("restarts 1/3")
+    expect(logs).to_contain_text("attempt 1 (restart count 1)", timeout=120_000)
+    expect(logs).to_contain_text("attempt 0 (restart count 0)")
+    playground.scroll_into_view_if_needed()
+    page.screenshot(path=str(shot), full_page=False)
+    print(f"screenshot: {shot}")
+
+    playground.get_by_role("button", name="stop").click()
+    expect(playground.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
