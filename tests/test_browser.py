@@ -107,7 +107,7 @@ def jupyterlab(tmp_path):
 
 
 def test_quickstart_dashboard_in_jupyterlab(chromium, jupyterlab):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     url, token = jupyterlab
     ARTIFACTS.mkdir(exist_ok=True)
