@@ -20,6 +20,8 @@ demo: setup
 	$(PY) -m elastic_nb demo
 
 test: setup
+	# The browser test drives Debian's Chromium; ELASTIC_NB_SKIP_BROWSER=1 skips it locally.
+	if [ "$$ELASTIC_NB_SKIP_BROWSER" != 1 ]; then scripts/install-browser; fi
 	$(PY) -m pytest
 
 bench: setup

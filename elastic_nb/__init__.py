@@ -27,3 +27,10 @@ __all__ = [
     "launch",
     "run",
 ]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext elastic_nb``: the ``%elastic_run`` / ``%%elastic_run`` magics."""
+    from elastic_nb.magics import load_ipython_extension as load
+
+    load(ipython)

@@ -18,6 +18,11 @@ import elastic_nb as enb
 from elastic_nb.rendezvous.embedded import free_port
 
 
+def forkserver(rdzv: dict) -> dict:
+    """The backend's options with workers forked from a torch-preloaded server (big worlds)."""
+    return {**rdzv, "start_method": "forkserver"}
+
+
 def test_dummy_compute(rdzv):
     results = enb.run(scenarios.dummy_compute, nproc=2, **rdzv)
     assert sorted(results) == [0, 1]
@@ -96,13 +101,13 @@ def test_simple_dist_sum(rdzv):
 
 def test_distributed_sum_homogeneous(rdzv):
     nodes = [enb.Node(4, role="sum"), enb.Node(4, role="sum")]
-    results = enb.run(scenarios.dist_sum, nodes=nodes, start_method="forkserver", **rdzv)
+    results = enb.run(scenarios.dist_sum, nodes=nodes, **forkserver(rdzv))
     assert results == {rank: sum(range(8)) for rank in range(8)}
 
 
 def test_distributed_sum_heterogeneous(rdzv):
     nodes = [enb.Node(1, role="sum"), enb.Node(2, role="sum"), enb.Node(3, role="sum")]
-    results = enb.run(scenarios.dist_sum, nodes=nodes, start_method="forkserver", **rdzv)
+    results = enb.run(scenarios.dist_sum, nodes=nodes, **forkserver(rdzv))
     assert results == {rank: 15 for rank in range(6)}
 
 
@@ -110,7 +115,7 @@ def test_custom_log_line_prefix(rdzv):
     template = "[${role_name}-${local_rank}:${rank}]:"
     nodes = [enb.Node(2, role="trainer"), enb.Node(2, role="trainer")]
     job = enb.launch(scenarios.dist_sum, nodes=nodes, log_line_prefix_template=template,
-                     start_method="forkserver", **rdzv)
+                     **forkserver(rdzv))
     job.result(timeout=120)
     logs = job.logs()
     for rank in range(4):
@@ -198,14 +203,14 @@ def _assert_rank_consistency(results: dict, expected_role_sizes: dict[str, int])
 def test_correct_rank_assignment_homogeneous(rdzv):
     sizes = [("master", 1), ("trainer", 2), ("trainer", 2), ("ps", 1), ("ps", 1)]
     nodes = [enb.Node(n, role=role) for role, n in sizes]
-    results = enb.run(scenarios.role_info, nodes=nodes, start_method="forkserver", **rdzv)
+    results = enb.run(scenarios.role_info, nodes=nodes, **forkserver(rdzv))
     _assert_rank_consistency(results, {"master": 1, "trainer": 4, "ps": 2})
 
 
 def test_correct_rank_assignment_heterogeneous(rdzv):
     sizes = [("master", 3), ("trainer", 1), ("trainer", 2), ("ps", 2), ("ps", 1)]
     nodes = [enb.Node(n, role=role) for role, n in sizes]
-    results = enb.run(scenarios.role_info, nodes=nodes, start_method="forkserver", **rdzv)
+    results = enb.run(scenarios.role_info, nodes=nodes, **forkserver(rdzv))
     _assert_rank_consistency(results, {"master": 3, "trainer": 3, "ps": 3})
 
 

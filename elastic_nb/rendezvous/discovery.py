@@ -35,7 +35,9 @@ def open_store(backend: str, endpoint: str, run_id: str, rdzv_configs: dict[str,
         return create_etcd3_backend(params)[1]
     from torch.distributed.elastic.rendezvous.etcd_rendezvous_backend import create_backend
 
-    return create_backend(params)[1]
+    store = create_backend(params)[1]
+    store.set_timeout(timedelta(seconds=timeout))  # torch's EtcdStore waits 300 s otherwise
+    return store
 
 
 def _key(run_id: str) -> str:
