@@ -177,23 +177,24 @@ class ReportingAgent(LocalElasticAgent):
 
 
 def rendezvous_parameters(config: AgentConfig) -> RendezvousParameters:
+    options = config.options
     configs: dict[str, Any] = {
-        "join_timeout": int(config.rdzv_timeout),
-        "timeout": int(config.rdzv_timeout),
-        "read_timeout": int(min(config.rdzv_timeout, 60)),
+        "join_timeout": int(options.rdzv_timeout),
+        "timeout": int(options.rdzv_timeout),
+        "read_timeout": int(min(options.rdzv_timeout, 60)),
         "last_call_timeout": 3,
         "keep_alive_interval": 1,
         "keep_alive_max_attempt": 3,
     }
     if config.backend == "c10d":
         configs["is_host"] = False
-    configs.update(config.rdzv_configs)
+    configs.update(options.rdzv_configs)
     return RendezvousParameters(
         backend=config.backend,
         endpoint=config.endpoint,
         run_id=config.run_id,
-        min_nodes=config.min_nodes,
-        max_nodes=config.max_nodes,
+        min_nodes=options.min_nodes,
+        max_nodes=options.max_nodes,
         local_addr=config.local_addr,
         **configs,
     )
@@ -205,7 +206,7 @@ def _prepare_process(config: AgentConfig) -> None:
     # joins a running job waits forever. Without sharing, rank 0 publishes every
     # round (see README, "Why TORCH_DISABLE_SHARE_RDZV_TCP_STORE").
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-    if config.start_method == "forkserver":
+    if config.options.start_method == "forkserver":
         multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "elastic_nb.payload"])
 
 
@@ -219,16 +220,17 @@ def run_node(config: AgentConfig, channel: Channel) -> int:
         channel.send(events.AGENT_ERROR, node=config.node, message=_describe(exc, config),
                      traceback=traceback.format_exc())
         return 1
+    options = config.options
     spec = WorkerSpec(
         role=config.role,
         local_world_size=config.nproc,
         entrypoint=payload.run_worker,
         args=(config.payload,),
         rdzv_handler=handler,
-        max_restarts=config.max_restarts,
-        monitor_interval=config.monitor_interval,
-        master_addr=config.master_addr,
-        master_port=config.master_port,
+        max_restarts=options.max_restarts,
+        monitor_interval=options.monitor_interval,
+        master_addr=options.master_addr,
+        master_port=options.master_port,
         local_addr=config.local_addr,
     )
     agent = ReportingAgent(
@@ -236,10 +238,10 @@ def run_node(config: AgentConfig, channel: Channel) -> int:
         NodeLogsSpecs(config.log_dir, tee=config.tee),
         channel,
         config.node,
-        start_method=config.start_method,
-        exit_barrier_timeout=config.exit_barrier_timeout,
-        log_line_prefix_template=config.log_line_prefix_template if config.tee else None,
-        shutdown_timeout=config.shutdown_timeout,
+        start_method=options.start_method,
+        exit_barrier_timeout=options.exit_barrier_timeout,
+        log_line_prefix_template=options.log_line_prefix_template if config.tee else None,
+        shutdown_timeout=options.shutdown_timeout,
     )
     _listen_for_commands(channel, agent, local=not config.tee)
     shutdown_rendezvous = True

@@ -19,6 +19,7 @@ from typing import Any
 import cloudpickle
 
 from elastic_nb.errors import LaunchError
+from elastic_nb.events import JobOptions
 from elastic_nb.job import Job, JobPlan, NodePlan
 from elastic_nb.logs import DEFAULT_PREFIX_TEMPLATE, PREFIX_FIELDS, template_fields
 from elastic_nb.payload import pack_call
@@ -126,12 +127,14 @@ def launch(
 
     plan = JobPlan(
         run_id=run_id, backend=backend, endpoint=endpoint, nodes=node_plans,
-        min_nodes=min_nodes, max_nodes=max_nodes, max_restarts=max_restarts,
-        monitor_interval=float(monitor_interval), exit_barrier_timeout=float(exit_barrier_timeout),
-        rdzv_timeout=float(rdzv_timeout), rdzv_configs=dict(rdzv_configs or {}),
-        start_method=start_method, log_dir=_make_log_dir(log_dir, run_id),
-        log_line_prefix_template=template, env=env, master_addr=master_addr,
-        master_port=master_port, shutdown_timeout=shutdown_timeout,
+        options=JobOptions(
+            min_nodes=min_nodes, max_nodes=max_nodes, max_restarts=max_restarts,
+            monitor_interval=float(monitor_interval),
+            exit_barrier_timeout=float(exit_barrier_timeout), rdzv_timeout=float(rdzv_timeout),
+            rdzv_configs=dict(rdzv_configs or {}), start_method=start_method,
+            log_line_prefix_template=template, master_addr=master_addr, master_port=master_port,
+            shutdown_timeout=shutdown_timeout),
+        log_dir=_make_log_dir(log_dir, run_id), env=env,
         listen_addr=listen_addr, default_call=(fn, args, kwargs) if fn is not None else None,
         default_payload=default_payload, store=store,
     )

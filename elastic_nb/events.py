@@ -147,11 +147,41 @@ class Channel:
 
 
 @dataclass
+class JobOptions:
+    """The settings every node of one job shares, whoever started the node.
+
+    The Job builds it once from ``launch()``'s arguments; each agent's
+    ``AgentConfig`` carries it, and the join descriptor publishes it for
+    nodes that join from another machine.
+    """
+
+    min_nodes: int
+    max_nodes: int
+    max_restarts: int
+    monitor_interval: float
+    exit_barrier_timeout: float
+    rdzv_timeout: float
+    rdzv_configs: dict[str, Any]
+    start_method: str
+    log_line_prefix_template: str | None
+    master_addr: str | None
+    master_port: int | None
+    shutdown_timeout: int
+
+    def to_message(self) -> dict[str, Any]:
+        return {**self.__dict__, "rdzv_configs": dict(self.rdzv_configs)}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> JobOptions:
+        return cls(**message)
+
+
+@dataclass
 class AgentConfig:
     """Everything an agent process needs to run one node of a job.
 
     The Job sends it as the first message on the channel (kind ``configure``);
-    a node joining from another machine reads it from the rendezvous.
+    a node joining from another machine builds it from the join descriptor.
     ``payload`` is the cloudpickled function call the workers run.
     """
 
@@ -162,31 +192,20 @@ class AgentConfig:
     run_id: str
     backend: str
     endpoint: str
-    min_nodes: int
-    max_nodes: int
-    max_restarts: int
-    monitor_interval: float
-    exit_barrier_timeout: float
-    rdzv_timeout: float
-    rdzv_configs: dict[str, Any]
-    start_method: str
+    options: JobOptions
     log_dir: str
-    log_line_prefix_template: str | None
-    master_addr: str | None
-    master_port: int | None
     local_addr: str | None
-    shutdown_timeout: int
     tee: bool = False
 
     def to_message(self) -> dict[str, Any]:
-        fields = dict(self.__dict__)
-        fields["payload"] = encode_bytes(self.payload)
-        return fields
+        return {**self.__dict__, "payload": encode_bytes(self.payload),
+                "options": self.options.to_message()}
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> AgentConfig:
         fields = {k: v for k, v in message.items() if k != "kind"}
         fields["payload"] = decode_bytes(fields["payload"])
+        fields["options"] = JobOptions.from_message(fields["options"])
         return cls(**fields)
 
 

@@ -28,7 +28,7 @@ import cloudpickle
 
 from elastic_nb import controls, events, payload
 from elastic_nb.errors import JobFailed, RankFailure
-from elastic_nb.events import AgentConfig, Channel, Event
+from elastic_nb.events import AgentConfig, Channel, Event, JobOptions
 from elastic_nb.logs import LogBook, LogLine, LogSource, LogTailer
 from elastic_nb.rendezvous import discovery
 
@@ -77,20 +77,9 @@ class JobPlan:
     backend: str
     endpoint: str
     nodes: list[NodePlan]
-    min_nodes: int
-    max_nodes: int
-    max_restarts: int
-    monitor_interval: float
-    exit_barrier_timeout: float
-    rdzv_timeout: float
-    rdzv_configs: dict[str, Any]
-    start_method: str
+    options: JobOptions
     log_dir: str
-    log_line_prefix_template: str
     env: dict[str, str]
-    master_addr: str | None
-    master_port: int | None
-    shutdown_timeout: int
     listen_addr: str = "127.0.0.1"  # where the Job accepts nodes from other machines
     default_call: tuple[Any, tuple, dict[str, Any]] | None = None  # fn, args, kwargs for added nodes
     default_payload: bytes | None = None  # default_call packed: what a joining node runs
@@ -196,20 +185,12 @@ class Job:
             "payload": events.encode_bytes(plan.default_payload),
             "job_address": self.join_address,
             "token": self._join_token,
-            "options": {
-                "min_nodes": plan.min_nodes, "max_nodes": plan.max_nodes,
-                "max_restarts": plan.max_restarts, "monitor_interval": plan.monitor_interval,
-                "exit_barrier_timeout": plan.exit_barrier_timeout,
-                "rdzv_timeout": plan.rdzv_timeout, "rdzv_configs": plan.rdzv_configs,
-                "start_method": plan.start_method,
-                "log_line_prefix_template": plan.log_line_prefix_template,
-                "master_addr": plan.master_addr, "master_port": plan.master_port,
-                "shutdown_timeout": plan.shutdown_timeout,
-            },
+            "options": plan.options.to_message(),
         }
         try:
             store = plan.store or discovery.open_store(
-                self.backend, self.endpoint, self.run_id, plan.rdzv_configs, plan.rdzv_timeout)
+                self.backend, self.endpoint, self.run_id, plan.options.rdzv_configs,
+                plan.options.rdzv_timeout)
             discovery.publish(store, self.run_id, descriptor)
         except Exception as exc:  # the job runs on; only joining from elsewhere is off
             with self._lock:
@@ -235,14 +216,7 @@ class Job:
         config = AgentConfig(
             node=index, role=node_plan.role, nproc=node_plan.nproc, payload=node_plan.payload,
             run_id=self.run_id, backend=self.backend, endpoint=self.endpoint,
-            min_nodes=self._plan.min_nodes, max_nodes=self._plan.max_nodes,
-            max_restarts=self._plan.max_restarts, monitor_interval=self._plan.monitor_interval,
-            exit_barrier_timeout=self._plan.exit_barrier_timeout,
-            rdzv_timeout=self._plan.rdzv_timeout, rdzv_configs=self._plan.rdzv_configs,
-            start_method=self._plan.start_method, log_dir=node_dir,
-            log_line_prefix_template=self._plan.log_line_prefix_template,
-            master_addr=self._plan.master_addr, master_port=self._plan.master_port,
-            local_addr="127.0.0.1", shutdown_timeout=self._plan.shutdown_timeout,
+            options=self._plan.options, log_dir=node_dir, local_addr="127.0.0.1",
         )
         channel.send(events.CONFIGURE, **config.to_message())
         node = _Node(index, node_plan, process, channel)
@@ -283,11 +257,11 @@ class Job:
 
     @property
     def max_restarts(self) -> int:
-        return self._plan.max_restarts
+        return self._plan.options.max_restarts
 
     @property
     def log_line_prefix_template(self) -> str:
-        return self._plan.log_line_prefix_template
+        return self._plan.options.log_line_prefix_template
 
     @property
     def planned_world_size(self) -> int:
@@ -392,7 +366,7 @@ class Job:
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
         if self.done and threading.current_thread() is not self._pump:
             self._pump.join()
-        template = self._plan.log_line_prefix_template
+        template = self._plan.options.log_line_prefix_template
         lines = [line.render(template) for line in self._book.lines(rank, stream, attempt)]
         dropped = self._book.dropped(rank)
         if dropped:
@@ -404,7 +378,7 @@ class Job:
         """Yield each rank's lines, prefixed, as they arrive, until the job ends."""
         pending: queue.SimpleQueue[list[LogLine]] = queue.SimpleQueue()
         self._book.add_listener(pending.put)
-        template = self._plan.log_line_prefix_template
+        template = self._plan.options.log_line_prefix_template
         try:
             while True:
                 try:
@@ -468,8 +442,8 @@ class Job:
             if self.done:
                 raise RuntimeError(f"job {self.run_id} has already {self._state}")
             live = [i for i, n in self._nodes.items() if n.status in ("starting", "running")]
-            if len(live) >= self._plan.max_nodes:
-                raise ValueError(f"the job already has max_nodes={self._plan.max_nodes} live "
+            if len(live) >= self._plan.options.max_nodes:
+                raise ValueError(f"the job already has max_nodes={self._plan.options.max_nodes} live "
                                  f"nodes {live}; launch with a larger max_nodes to scale up")
             index = len(self._nodes)
             default = self._plan.default_call or (None, (), {})
@@ -540,7 +514,7 @@ class Job:
 
     def _stop_nodes(self, nodes: list[_Node]) -> None:
         """Stop local nodes (SIGTERM, then SIGKILL); ask remote ones to stop, then let go."""
-        grace = self._plan.shutdown_timeout + 2
+        grace = self._plan.options.shutdown_timeout + 2
         for node in nodes:
             if not node.local:
                 try:
@@ -646,8 +620,8 @@ class Job:
         if self.done:
             return f"job {self.run_id} has already {self._state}"
         live = sum(1 for n in self._nodes.values() if n.alive())
-        if live >= self._plan.max_nodes:
-            return f"job {self.run_id} already has max_nodes={self._plan.max_nodes} live nodes"
+        if live >= self._plan.options.max_nodes:
+            return f"job {self.run_id} already has max_nodes={self._plan.options.max_nodes} live nodes"
         if not isinstance(request.get("nproc"), int) or request["nproc"] < 1:
             return "nproc must be an int >= 1"
         return None

@@ -13,7 +13,7 @@ import socket
 import tempfile
 
 from elastic_nb import agent, events
-from elastic_nb.events import AgentConfig, Channel
+from elastic_nb.events import AgentConfig, Channel, JobOptions
 from elastic_nb.rendezvous import discovery, register_backends
 
 
@@ -48,13 +48,14 @@ def join(backend: str, endpoint: str, run_id: str, nproc: int, role: str = "defa
     if reply is None or reply["kind"] != events.ACCEPTED:
         reason = reply["reason"] if reply else "the job closed the connection"
         raise JoinError(f"job {run_id} refused this node: {reason}")
-    options = descriptor["options"]
-    options["rdzv_configs"] = {**options["rdzv_configs"], **rdzv_configs}
+    options = JobOptions.from_message(descriptor["options"])
+    options.rdzv_configs.update(rdzv_configs)  # this machine's client settings (TLS, auth) win
     config = AgentConfig(
         node=reply["node"], role=role, nproc=nproc,
         payload=events.decode_bytes(descriptor["payload"]), run_id=run_id, backend=backend,
-        endpoint=endpoint, log_dir=log_dir or tempfile.mkdtemp(prefix=f"elastic_nb-{run_id}-"),
-        local_addr=local_addr, tee=True, **options)
+        endpoint=endpoint, options=options,
+        log_dir=log_dir or tempfile.mkdtemp(prefix=f"elastic_nb-{run_id}-"),
+        local_addr=local_addr, tee=True)
     print(f"joined job {run_id} as node {config.node} ({nproc} x {role}); logs in {config.log_dir}",
           flush=True)
     return agent.run_node(config, channel)
