@@ -127,7 +127,8 @@ class Job:
         self._nodes: dict[int, _Node] = {}
         self._workers: dict[int, WorkerInfo] = {}
         self._rank_dirs: dict[int, str] = {}
-        self._group_world_size: int | None = None
+        self._members: list[int] | None = None  # the nodes of the last world formed, by group rank
+        self._forming: dict[int, int] = {}  # group rank -> node, of the round being reported
         self._events: list[Event] = []
         self._results: dict[int, Any] = {}
         self._failures: dict[int, RankFailure] = {}
@@ -674,15 +675,30 @@ class Job:
                 handler(node, message)
             self._check_finished()
 
+    def _note_round_member(self, node: int, group_rank: int, group_world_size: int,
+                           world_size: int) -> None:
+        """Once every node of a round has reported, compare its nodes with the last world's."""
+        if group_rank in self._forming or any(rank >= group_world_size for rank in self._forming):
+            self._forming = {}  # a new round began before the last one was fully reported
+        self._forming[group_rank] = node
+        if len(self._forming) < group_world_size:
+            return
+        members = [self._forming[rank] for rank in sorted(self._forming)]
+        self._forming = {}
+        if self._members is not None and sorted(members) != sorted(self._members):
+            self._record(events.MEMBERSHIP_CHANGED, detail={
+                "nodes": len(members), "world_size": world_size,
+                "previous_nodes": len(self._members), "members": members,
+                "joined": sorted(set(members) - set(self._members)),
+                "left": sorted(set(self._members) - set(members))})
+        self._members = members
+
     def _on_rendezvous(self, node: _Node, msg: dict[str, Any]) -> None:
         self._record(events.RENDEZVOUS, node=node.index, detail={
             "group_rank": msg["group_rank"], "group_world_size": msg["group_world_size"],
             "world_size": msg["world_size"]})
-        if self._group_world_size not in (None, msg["group_world_size"]):
-            self._record(events.MEMBERSHIP_CHANGED, detail={
-                "nodes": msg["group_world_size"], "world_size": msg["world_size"],
-                "previous_nodes": self._group_world_size})
-        self._group_world_size = msg["group_world_size"]
+        self._note_round_member(node.index, msg["group_rank"], msg["group_world_size"],
+                                msg["world_size"])
         if self._state == PENDING:
             self._set_state(RENDEZVOUS)
 

@@ -26,7 +26,8 @@ def test_double_agent_elastic(rdzv):
     kinds = _kinds(job)
     assert kinds.index("node_killed") < kinds.index("membership_changed")
     changed = next(e for e in job.events if e.kind == "membership_changed")
-    assert changed.detail == {"nodes": 1, "world_size": 2, "previous_nodes": 2}
+    assert changed.detail == {"nodes": 1, "world_size": 2, "previous_nodes": 2, "members": [0],
+                              "joined": [], "left": [1]}
     assert job.nodes == {0: "succeeded", 1: "killed"}
 
 

@@ -196,6 +196,36 @@ def test_restart_stacks_and_stop_buttons_call_the_job(board):
     assert "ValueError" in dashboard._status.value and "not running" in dashboard._status.value
 
 
+def test_kill_node_and_add_node_buttons_change_the_membership(board):
+    job = enb.launch(workers.wait_forever, nodes=[enb.Node(1), enb.Node(1)], min_nodes=1,
+                     max_nodes=2, max_restarts=2)
+    dashboard = board(job)
+    running(job, 2)
+    wait_until(lambda: list(dashboard.node.options) == [0, 1], timeout=10, what="both nodes listed")
+    dashboard.add_node_button.click()  # max_nodes=2 live already: refused, in words
+    wait_until(lambda: "already has max_nodes=2 live nodes" in dashboard._status.value, timeout=10,
+               what="the refusal in the status line")
+
+    dashboard.node.value = 1
+    dashboard.kill_node_button.click()
+    wait_until(lambda: "killed node 1" in dashboard._status.value, timeout=10, what="the kill reported")
+    wait_until(lambda: list(dashboard.node.options) == [0], timeout=10, what="node 1 gone from the picker")
+    assert job.nodes[1] == "killed"
+
+    dashboard.add_nproc.value = 1
+    dashboard.add_node_button.click()
+    wait_until(lambda: "added node 2 with 1 ranks" in dashboard._status.value, timeout=10,
+               what="the new node reported")
+    wait_until(lambda: sorted((w.node, w.state) for w in job.workers) == [(0, "running"), (2, "running")],
+               timeout=120, what="a world of nodes 0 and 2")
+    assert {w.world_size for w in job.workers} == {2}
+    kinds = [e.kind for e in job.events]
+    assert kinds.index("node_killed") < kinds.index("node_added") < kinds.index("membership_changed")
+    changed = next(e for e in job.events if e.kind == "membership_changed")  # same size, other nodes
+    assert (changed.detail["joined"], changed.detail["left"], changed.detail["nodes"]) == ([2], [1], 2)
+    wait_until(lambda: list(dashboard.node.options) == [0, 2], timeout=10, what="node 2 in the picker")
+
+
 def test_log_filters_in_the_widget(board):
     job = enb.launch(workers.chatty, 5, nproc=2)
     dashboard = board(job)
