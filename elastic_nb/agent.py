@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Iterable
 from typing import Any
 
 from torch.distributed.elastic.agent.server.api import (
@@ -37,7 +38,7 @@ from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 
 from elastic_nb import events, payload
 from elastic_nb.events import AgentConfig, Channel
-from elastic_nb.logs import NodeLogsSpecs
+from elastic_nb.logs import LogSource, LogTailer, NodeLogsSpecs
 from elastic_nb.rendezvous import register_backends
 
 _FAILED_STATES = (WorkerState.FAILED, WorkerState.UNHEALTHY)
@@ -73,14 +74,54 @@ def failure_report(rank: int, failure: ProcessFailure, restart_count: int) -> di
     }
 
 
+class LogForwarder:
+    """Sends the lines a joined node's ranks print to the Job, a few batches a second.
+
+    A local node's files are read by the Job itself; a node that joined from
+    another machine tails its own files (they also print in its terminal).
+    """
+
+    INTERVAL = 0.1
+
+    def __init__(self, channel: Channel, node: int) -> None:
+        self._channel = channel
+        self._node = node
+        self._tailer = LogTailer(self)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="elastic_nb-log-forwarder",
+                                        daemon=True)
+        self._thread.start()
+
+    def append(self, source: LogSource, texts: Iterable[str], when: float) -> None:
+        self._channel.send(events.LOG, node=self._node, rank=source.rank, stream=source.stream,
+                           attempt=source.attempt, lines=list(texts))
+
+    def follow(self, sources: list[LogSource]) -> None:
+        """Forward these files from now on; the previous attempt's are read to their end."""
+        self._tailer.retire_all()
+        self._tailer.follow(sources)
+
+    def close(self) -> None:
+        """Send every line still unsent, then stop."""
+        self._stopped.set()
+        self._thread.join()
+        self._tailer.retire_all()
+        self._tailer.poll()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.INTERVAL):
+            self._tailer.poll()
+
+
 class ReportingAgent(LocalElasticAgent):
     """torch's LocalElasticAgent, reporting what it does to the Job."""
 
     def __init__(self, spec: WorkerSpec, logs_specs: NodeLogsSpecs, channel: Channel,
-                 node: int, **kwargs: Any) -> None:
+                 node: int, forwarder: LogForwarder | None = None, **kwargs: Any) -> None:
         super().__init__(spec, logs_specs, **kwargs)
         self._channel = channel
         self._node = node
+        self._forwarder = forwarder
         self._node_logs = logs_specs
         self._failure_reported = False
         self._restart_reason: str | None = None
@@ -128,6 +169,14 @@ class ReportingAgent(LocalElasticAgent):
             }
             for w in worker_group.workers
         ]
+        if self._forwarder is not None:
+            attempt = self._node_logs.last_attempt
+            self._forwarder.follow([
+                LogSource(path=w[stream], stream=stream, node=self._node, rank=w["rank"],
+                          local_rank=w["local_rank"], role=worker_group.spec.role,
+                          group_rank=worker_group.group_rank, attempt=attempt,
+                          restart_count=self.restart_count)
+                for w in workers for stream in ("stdout", "stderr")])
         self._failure_reported = False
         self._send(
             events.STARTED,
@@ -233,11 +282,13 @@ def run_node(config: AgentConfig, channel: Channel) -> int:
         master_port=options.master_port,
         local_addr=config.local_addr,
     )
+    forwarder = LogForwarder(channel, config.node) if config.tee else None
     agent = ReportingAgent(
         spec,
         NodeLogsSpecs(config.log_dir, tee=config.tee),
         channel,
         config.node,
+        forwarder,
         start_method=options.start_method,
         exit_barrier_timeout=options.exit_barrier_timeout,
         log_line_prefix_template=options.log_line_prefix_template if config.tee else None,
@@ -258,6 +309,8 @@ def run_node(config: AgentConfig, channel: Channel) -> int:
     finally:
         if shutdown_rendezvous:
             handler.shutdown()
+        if forwarder is not None:
+            forwarder.close()
     if result is None:
         channel.send(events.AGENT_ERROR, node=config.node,
                      message="this node was not admitted to the rendezvous (the world is full)",

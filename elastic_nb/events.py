@@ -29,6 +29,7 @@ RESTARTING = "restarting"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 AGENT_ERROR = "agent_error"
+LOG = "log"  # lines a joined node's ranks printed (its files are not on the kernel's machine)
 
 # Commands the Job sends to an agent.
 RESTART = "restart"

@@ -98,6 +98,8 @@ class _Node:
     status: str = "starting"  # starting, running, succeeded, failed, killed, exited
     error: str | None = None
     gone: bool = False  # its channel has closed
+    # a joined node's log streams by (rank, stream, attempt): their lines come as messages
+    remote_sources: dict[tuple[int, str, int], LogSource] = field(default_factory=dict)
 
     @property
     def local(self) -> bool:
@@ -721,13 +723,20 @@ class Job:
                     path=w[stream], stream=stream, node=node.index, rank=info.rank,
                     local_rank=info.local_rank, role=info.role, group_rank=info.group_rank,
                     attempt=info.attempt, restart_count=info.restart_count))
-        if node.local:  # a remote node's logs print in its own terminal
+        if node.local:
             self._tailer.follow(sources)
+        else:  # a joined node's files are on its machine: it sends their lines (_on_log)
+            node.remote_sources.update(((s.rank, s.stream, s.attempt), s) for s in sources)
         self._record(events.STARTED, node=node.index, detail={
             "attempt": msg["attempt"], "restart_count": msg["restart_count"],
             "ranks": [w["rank"] for w in msg["workers"]],
             "pids": [w["pid"] for w in msg["workers"]]})
         self._set_state(RUNNING)
+
+    def _on_log(self, node: _Node, msg: dict[str, Any]) -> None:
+        source = node.remote_sources.get((msg["rank"], msg["stream"], msg["attempt"]))
+        if source is not None:
+            self._book.append(source, msg["lines"], time.time())  # our clock, not the node's
 
     def _rank_failure(self, node: _Node, report: dict[str, Any]) -> RankFailure:
         return RankFailure(

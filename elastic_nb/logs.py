@@ -7,7 +7,9 @@ change cannot wipe the lines printed before it.
 
 Kernel side: ``LogTailer`` follows those files while the job runs and feeds
 complete lines into a ``LogBook``: bounded per-rank buffers (the files on disk
-keep everything) that render lines with torch-style prefix templates.
+keep everything) that render lines with torch-style prefix templates. A node
+that joined from another machine runs its own ``LogTailer`` and sends the lines
+to the Job, which appends them to the same book.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from string import Template
+from typing import Protocol
 
 from torch.distributed.elastic.multiprocessing.api import LogsDest, LogsSpecs, Std
 
@@ -200,14 +203,20 @@ class LogBook:
             return {rank: buf[-1].time for rank, buf in self._by_rank.items() if buf}
 
 
+class LineSink(Protocol):
+    """Where a LogTailer puts the lines it reads: a LogBook, or a joined node's channel."""
+
+    def append(self, source: LogSource, texts: Iterable[str], when: float) -> None: ...
+
+
 class LogTailer:
-    """Follows growing log files and feeds complete lines into a LogBook.
+    """Follows growing log files and feeds complete lines into a LineSink.
 
     ``poll`` is called from the Job's pump thread. Sources are retired once
     the process writing them is gone and their last bytes have been read.
     """
 
-    def __init__(self, book: LogBook) -> None:
+    def __init__(self, book: LineSink) -> None:
         self._book = book
         self._active: list[LogSource] = []
         self._retiring: list[LogSource] = []

@@ -55,7 +55,10 @@ def test_a_node_joins_from_another_terminal(rdzv, tmp_path):
     assert added.node == 1 and added.detail["role"] == "remote"
     assert (tmp_path / "attempt_0" / "1" / "stdout.log").read_text() == f"rank {first + 1} of 4 sum 46\n"
     local = 2 - first
-    assert f"[default{local}]:rank {local} of 4 sum 46" in job.logs()
+    notebook_logs = job.logs()  # the joined node's lines reach the notebook too
+    assert f"[default{local}]:rank {local} of 4 sum 46" in notebook_logs
+    for rank, _, _ in joined:
+        assert f"[remote{rank}]:rank {rank} of 4 sum 46" in notebook_logs
 
 
 def test_join_refuses_an_unknown_job(rdzv):
