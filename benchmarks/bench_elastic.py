@@ -52,35 +52,30 @@ def wait_for(predicate, timeout: float):
     return None
 
 
+def time_membership_change(job: enb.Job, world_before: int, change, world_after: int) -> float:
+    """Seconds from ``change()`` to the first step of the re-formed world; stops the job."""
+    try:
+        if not wait_for(lambda: first_step(job.logs(), world_before, 0), 120):
+            raise RuntimeError(f"no world of {world_before}: {job.summary()}")
+        changed = time.time()
+        change()
+        reformed = wait_for(lambda: first_step(job.logs(), world_after, changed), 120)
+        if reformed is None:
+            raise RuntimeError(f"no re-formed world of {world_after}: {job.summary()}")
+        return reformed - changed
+    finally:
+        job.stop()
+
+
 def enb_node_loss(rdzv: dict) -> float:
     job = enb.launch(elastic_steps, 100, 0.1, nodes=[enb.Node(2), enb.Node(2)], min_nodes=1,
                      max_nodes=2, max_restarts=3, **rdzv)
-    try:
-        if not wait_for(lambda: first_step(job.logs(), 4, 0), 120):
-            raise RuntimeError(f"no world of 4: {job.summary()}")
-        killed = time.time()
-        job.kill_node(1)
-        reformed = wait_for(lambda: first_step(job.logs(), 2, killed), 120)
-        if reformed is None:
-            raise RuntimeError(f"no re-formed world of 2: {job.summary()}")
-        return reformed - killed
-    finally:
-        job.stop()
+    return time_membership_change(job, 4, lambda: job.kill_node(1), 2)
 
 
 def enb_scale_up(rdzv: dict) -> float:
     job = enb.launch(elastic_steps, 20, 0.1, 4, nproc=2, min_nodes=1, max_nodes=2, **rdzv)
-    try:
-        if not wait_for(lambda: first_step(job.logs(), 2, 0), 120):
-            raise RuntimeError(f"no world of 2: {job.summary()}")
-        added = time.time()
-        job.add_node(enb.Node(2))
-        grown = wait_for(lambda: first_step(job.logs(), 4, added), 120)
-        if grown is None:
-            raise RuntimeError(f"no world of 4: {job.summary()}")
-        return grown - added
-    finally:
-        job.stop()
+    return time_membership_change(job, 2, lambda: job.add_node(enb.Node(2)), 4)
 
 
 class Torchrun:
@@ -93,7 +88,7 @@ class Torchrun:
             [sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2", "--nproc-per-node=2",
              "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}",
              f"--rdzv-conf={conf}", "--max-restarts=3", "--tee=3",
-             os.path.join(HERE, "workloads.py"), "100", "0.1", str(min_world)],
+             os.path.join(HERE, "workloads.py"), "elastic_steps", "100", "0.1", str(min_world)],
             stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, **(env or {})})
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_launch.py [--sizes 2 4 8] [--repeats 3]
 
 For each world size N it times, alternating so machine noise hits all alike:
-  torchrun    `python -m torch.distributed.run --standalone --nproc-per-node N workloads.py`
+  torchrun    `python -m torch.distributed.run --standalone --nproc-per-node N workloads.py allreduce_once`
   enb spawn   `elastic_nb.run(allreduce_once, nproc=N)` from this process
   enb fork    the same with start_method="forkserver" (torch preloaded once per node)
 and prints medians and the ratio to torchrun.
@@ -28,7 +28,7 @@ from workloads import allreduce_once  # noqa: E402
 def time_torchrun(n: int) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc-per-node={n}", os.path.join(HERE, "workloads.py")],
+                    f"--nproc-per-node={n}", os.path.join(HERE, "workloads.py"), "allreduce_once"],
                    check=True, capture_output=True)
     return time.perf_counter() - start
 

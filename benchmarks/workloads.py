@@ -15,8 +15,6 @@ def allreduce_once() -> float:
     return t.item()
 
 
-
-
 def elastic_steps(steps: int, step_time: float, min_world: int = 0) -> int:
     """One all-reduce per step, each line stamped with the wall clock; keeps going while
     the world is smaller than ``min_world``. Returns the final world size."""
@@ -36,10 +34,24 @@ def elastic_steps(steps: int, step_time: float, min_world: int = 0) -> int:
     return world
 
 
+def flood(seconds: float) -> int:
+    """Print numbered lines as fast as possible for ``seconds``; returns how many."""
+    import os
+    import sys
+    import time
+
+    rank, end, count = os.environ["RANK"], time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        sys.stdout.write(f"flood {rank} {count}\n")
+        count += 1
+    sys.stdout.flush()
+    return count
+
+
+WORKLOADS = {"allreduce_once": allreduce_once, "elastic_steps": elastic_steps, "flood": flood}
+
 if __name__ == "__main__":
+    import ast
     import sys
 
-    if len(sys.argv) > 1:
-        elastic_steps(int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]))
-    else:
-        allreduce_once()
+    WORKLOADS[sys.argv[1]](*(ast.literal_eval(a) for a in sys.argv[2:]))

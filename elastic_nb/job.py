@@ -478,17 +478,24 @@ class Job:
         """
         with self._lock:
             targets = {}
+            dumps: dict[int, str] = {}
             for rank, worker in self._workers.items():
+                node = self._nodes[worker.node]
+                if worker.state != "running":
+                    continue
                 path = os.path.join(self._rank_dirs[rank], payload.STACKS_FILE)
-                if (worker.state == "running" and self._nodes[worker.node].local
-                        and os.path.exists(path)):
+                if not node.local:  # its files and pids are on another machine
+                    dumps[rank] = (f"rank {rank} runs on node {node.index}, joined from {node.host}: "
+                                   f"dump its stacks there (py-spy dump --pid {worker.pid})")
+                elif os.path.exists(path):
                     targets[rank] = (worker.pid, path, os.path.getsize(path))
+                else:  # the worker has not reached the user's function yet
+                    dumps[rank] = f"rank {rank} (pid {worker.pid}) is still starting: no stack yet"
         for pid, _, _ in targets.values():
             controls.send_signal(pid, payload.STACK_DUMP_SIGNAL)
-        dumps: dict[int, str] = {}
         deadline = time.monotonic() + timeout
         sizes = {rank: -1 for rank in targets}
-        while len(dumps) < len(targets) and time.monotonic() < deadline:
+        while any(rank not in dumps for rank in targets) and time.monotonic() < deadline:
             time.sleep(0.05)
             for rank, (_, path, start) in targets.items():
                 size = os.path.getsize(path)

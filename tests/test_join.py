@@ -93,3 +93,29 @@ def test_join_rejects_malformed_rendezvous_options():
                           "--endpoint", "127.0.0.1:1", "--run-id", "x", "--nproc", "1",
                           "--rdzv-conf", "nokey"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--rdzv-conf takes KEY=VALUE" in out.stderr
+
+
+def test_stacks_and_stop_reach_a_joined_node():
+    job = enb.launch(lambda: __import__("time").sleep(120), nproc=1, min_nodes=2, max_nodes=2)
+    terminal = subprocess.Popen(join_command(job, 1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        wait_until(lambda: len([w for w in job.workers if w.state == "running"]) == 2, timeout=120,
+                   what="both nodes' ranks to run")
+        remote = next(w for w in job.workers if w.node == 1)
+        local_rank = 1 - remote.rank
+        wait_until(lambda: "<lambda>" in job.stacks(timeout=10)[local_rank], timeout=60,
+                   what="the local rank's stack in the function")
+        stacks = job.stacks(timeout=10)
+        assert sorted(stacks) == [0, 1]
+        assert "runs on node 1, joined from" in stacks[remote.rank]
+        assert f"py-spy dump --pid {remote.pid}" in stacks[remote.rank]
+        assert "<lambda>" in stacks[local_rank]  # the local rank dumped its real stack
+        job.stop()
+        assert terminal.wait(timeout=60) != 0  # the joined node was stopped, not finished
+        assert job.state == "stopped"
+    finally:
+        job.stop()
+        if terminal.poll() is None:
+            terminal.kill()
+        terminal.communicate()
