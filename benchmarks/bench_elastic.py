@@ -27,6 +27,8 @@ import tempfile
 import time
 import uuid
 
+import psutil
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
@@ -97,14 +99,21 @@ class Torchrun:
             return f.read()
 
     def kill(self) -> None:
+        """A machine lost: the agent and its workers (torchrun starts script workers in
+        sessions of their own, so killing the agent's process group is not enough)."""
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            family = [self.proc.pid] + [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        for pid in family:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait()
 
 
-def torchrun_node_loss() -> float:
+def torchrun_node_loss() -> float | None:
     endpoint, run_id = f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:8]
     nodes = [Torchrun(endpoint, run_id, True, 0), Torchrun(endpoint, run_id, False, 0)]
     try:
@@ -113,8 +122,10 @@ def torchrun_node_loss() -> float:
         killed = time.time()
         nodes[1].kill()
         reformed = wait_for(lambda: first_step(nodes[0].text(), 2, killed), 120)
-        if reformed is None:
-            raise RuntimeError("torchrun did not re-form a world of 2")
+        if reformed is None:  # reported as such: what torchrun does is the measurement
+            print(f"torchrun did not re-form a world of 2 within 120 s; node 0 printed:\n"
+                  f"{nodes[0].text()[-2000:]}", file=sys.stderr, flush=True)
+            return None
         return reformed - killed
     finally:
         for node in nodes:
@@ -140,9 +151,10 @@ def torchrun_scale_up(share_store: bool, timeout: float = 90) -> float | None:
 def median(samples: list[float | None]) -> str:
     done = [s for s in samples if s is not None]
     if not done:
-        return "never (deadlock)"
+        return f"never ({len(samples)}/{len(samples)} did not re-form within the timeout)"
     text = f"{statistics.median(done):.2f}"
-    return text if len(done) == len(samples) else f"{text} ({len(samples) - len(done)} deadlocked)"
+    missing = len(samples) - len(done)
+    return text if not missing else f"{text} ({missing} of {len(samples)} did not re-form)"
 
 
 def main() -> None:
@@ -151,10 +163,14 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["c10d", "etcd", "etcd-v2", "etcd3"])
     args = parser.parse_args()
     print(f"{os.cpu_count()} cores, medians of {args.repeats} runs, seconds", flush=True)
-    loss_base = statistics.median(torchrun_node_loss() for _ in range(args.repeats))
-    print(f"torchrun c10d  node loss {loss_base:6.2f}", flush=True)
-    up_shared = [torchrun_scale_up(True) for _ in range(args.repeats)]
+    losses = [torchrun_node_loss() for _ in range(args.repeats)]
+    loss_base = statistics.median([s for s in losses if s is not None] or [float("nan")])
+    print(f"torchrun c10d  node loss {median(losses)}", flush=True)
+    up_shared = [torchrun_scale_up(True)]
+    if up_shared[0] is not None:  # a deadlock repeats every time: one 90 s wait tells it
+        up_shared += [torchrun_scale_up(True) for _ in range(args.repeats - 1)]
     up_unshared = [torchrun_scale_up(False) for _ in range(args.repeats)]
+    up_base = statistics.median([s for s in up_unshared if s is not None] or [float("nan")])
     print(f"torchrun c10d  scale-up  {median(up_shared)} (store sharing on, torch default); "
           f"{median(up_unshared)} (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1)", flush=True)
     servers = {}
@@ -170,7 +186,8 @@ def main() -> None:
             loss = statistics.median(enb_node_loss(rdzv) for _ in range(args.repeats))
             up = statistics.median(enb_scale_up(rdzv) for _ in range(args.repeats))
             print(f"elastic_nb {backend:<7} node loss {loss:6.2f} ({loss / loss_base:.2f}x torchrun)"
-                  f"   scale-up {up:6.2f}", flush=True)
+                  f"   scale-up {up:6.2f} ({up / up_base:.2f}x torchrun without store sharing)",
+                  flush=True)
     finally:
         for server in servers.values():
             server.stop()

@@ -1,0 +1,145 @@
+"""Kernel CPU and widget message rate while 8 ranks flood their logs for 30 s.
+
+    python benchmarks/bench_flood.py [--ranks 8] [--seconds 30]
+
+A real ipykernel (jupyter_client) launches a job whose ranks print as fast as
+they can for --seconds (``workloads.flood``), displays its dashboard, and this
+script counts the widget messages (comm_msg on iopub) the frontend would
+receive and the kernel's own CPU time over the flood. It also checks the
+kernel stays free: a trivial cell sent mid-flood must answer.
+
+The same flood under ``torchrun --tee 3`` (its agent tails the files to its
+terminal) runs first, in the same run: the ratios say whether watching from a
+notebook slows the ranks down, and what the kernel spends beside torchrun's agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+from jupyter_client.manager import start_new_kernel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+SETUP = """
+import time, elastic_nb as enb
+from workloads import flood
+job = enb.launch(flood, {seconds}, nproc={ranks})
+while job.state != "running":
+    time.sleep(0.05)
+job
+"""
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def run_torchrun(ranks: int, seconds: float) -> tuple[int, float, float]:
+    """Lines printed, wall seconds, and the agent's CPU seconds of the flood under torchrun."""
+    with tempfile.TemporaryDirectory(prefix="bench_flood-") as log_dir:
+        start = time.monotonic()
+        agent = psutil.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             f"--nproc-per-node={ranks}", f"--log-dir={log_dir}", "--redirects=3", "--tee=3",
+             os.path.join(HERE, "workloads.py"), "flood", str(seconds)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        used = 0.0
+        while agent.poll() is None:
+            try:
+                used = cpu_seconds(agent)
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.2)
+        elapsed = time.monotonic() - start
+        if agent.returncode != 0:
+            raise RuntimeError(f"torchrun exited {agent.returncode}")
+        lines = 0
+        for path in glob.glob(os.path.join(log_dir, "**", "stdout.log"), recursive=True):
+            with open(path, "rb") as log:
+                lines += sum(1 for _ in log)
+    return lines, elapsed, used
+
+
+def run(ranks: int, seconds: float) -> None:
+    torchrun_lines, torchrun_elapsed, torchrun_cpu = run_torchrun(ranks, seconds)
+    print(f"torchrun --tee 3, {ranks} ranks for {seconds:.0f} s: {torchrun_lines:,} lines "
+          f"({torchrun_lines / seconds:,.0f}/s); its agent used "
+          f"{torchrun_cpu / torchrun_elapsed * 100:.1f}% of one core")
+    paths = [ROOT, HERE, os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    manager, client = start_new_kernel(kernel_name="python3", env=env, cwd=ROOT)
+    try:
+        kernel = psutil.Process(manager.provisioner.process.pid)
+        client.execute(SETUP.format(seconds=seconds, ranks=ranks))
+        comm_msgs = 0
+        busy_until_idle = True
+        start_cpu = start = None
+        probe_sent = probe_answered = None
+        deadline = time.monotonic() + seconds + 120
+        while time.monotonic() < deadline:
+            try:
+                msg = client.get_iopub_msg(timeout=0.5)
+            except queue.Empty:
+                msg = None
+            if msg is not None:
+                kind = msg["msg_type"]
+                if kind == "comm_msg" and start is not None:
+                    comm_msgs += 1
+                if kind == "status" and msg["content"]["execution_state"] == "idle" and busy_until_idle:
+                    busy_until_idle = False
+                    start, start_cpu = time.monotonic(), cpu_seconds(kernel)
+                if kind == "error":
+                    raise RuntimeError("\n".join(msg["content"]["traceback"]))
+            if start is not None and probe_sent is None and time.monotonic() - start > seconds / 2:
+                probe_sent = time.monotonic()
+                probe_id = client.execute("1 + 1")
+            if probe_sent is not None and probe_answered is None:
+                try:
+                    reply = client.get_shell_msg(timeout=0.01)
+                    if reply["parent_header"].get("msg_id") == probe_id:
+                        probe_answered = time.monotonic() - probe_sent
+                except queue.Empty:
+                    pass
+            if start is not None and time.monotonic() - start >= seconds:
+                break
+        elapsed = time.monotonic() - start
+        used = cpu_seconds(kernel) - start_cpu
+        client.execute("print(sum(job.result(timeout=120).values()), 'lines printed'); job.stop()")
+        lines = None
+        while lines is None:
+            msg = client.get_iopub_msg(timeout=120)
+            if msg["msg_type"] == "stream" and "lines printed" in msg["content"]["text"]:
+                lines = int(msg["content"]["text"].split()[0])
+        print(f"elastic_nb in a kernel, {ranks} ranks for {seconds:.0f} s: {lines:,} lines "
+              f"({lines / seconds:,.0f}/s), {lines / torchrun_lines:.2f}x torchrun's")
+        print(f"kernel CPU over {elapsed:.1f} s of flood: {used / elapsed * 100:.1f}% of one core "
+              f"({used / elapsed / (torchrun_cpu / torchrun_elapsed):.2f}x torchrun's agent)")
+        print(f"widget messages: {comm_msgs} ({comm_msgs / elapsed:.1f}/s)")
+        print(f"a cell sent mid-flood answered in "
+              f"{'never' if probe_answered is None else f'{probe_answered:.2f} s'}")
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30)
+    args = parser.parse_args()
+    run(args.ranks, args.seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
