@@ -10,7 +10,6 @@ import sys
 import textwrap
 import threading
 
-import psutil
 import pytest
 import scenarios
 from util import alive, job_processes, wait_until
