@@ -38,7 +38,7 @@ from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 
 from elastic_nb import events, payload
 from elastic_nb.events import AgentConfig, Channel
-from elastic_nb.logs import LogSource, LogTailer, NodeLogsSpecs
+from elastic_nb.logs import LogSource, LogTailer, NodeLogsSpecs, started_sources
 from elastic_nb.rendezvous import register_backends
 
 _FAILED_STATES = (WorkerState.FAILED, WorkerState.UNHEALTHY)
@@ -169,24 +169,18 @@ class ReportingAgent(LocalElasticAgent):
             }
             for w in worker_group.workers
         ]
-        if self._forwarder is not None:
-            attempt = self._node_logs.last_attempt
-            self._forwarder.follow([
-                LogSource(path=w[stream], stream=stream, node=self._node, rank=w["rank"],
-                          local_rank=w["local_rank"], role=worker_group.spec.role,
-                          group_rank=worker_group.group_rank, attempt=attempt,
-                          restart_count=self.restart_count)
-                for w in workers for stream in ("stdout", "stderr")])
         self._failure_reported = False
-        self._send(
-            events.STARTED,
-            role=worker_group.spec.role,
-            attempt=self._node_logs.last_attempt,
-            restart_count=self.restart_count,
-            group_rank=worker_group.group_rank,
-            group_world_size=worker_group.group_world_size,
-            workers=workers,
-        )
+        started = {
+            "role": worker_group.spec.role,
+            "attempt": self._node_logs.last_attempt,
+            "restart_count": self.restart_count,
+            "group_rank": worker_group.group_rank,
+            "group_world_size": worker_group.group_world_size,
+            "workers": workers,
+        }
+        self._send(events.STARTED, **started)
+        if self._forwarder is not None:  # after STARTED: the Job drops lines of ranks it has not seen
+            self._forwarder.follow(started_sources(self._node, started))
         return pids
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:

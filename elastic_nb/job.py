@@ -29,7 +29,7 @@ import cloudpickle
 from elastic_nb import controls, events, payload
 from elastic_nb.errors import JobFailed, RankFailure
 from elastic_nb.events import AgentConfig, Channel, Event, JobOptions
-from elastic_nb.logs import LogBook, LogLine, LogSource, LogTailer
+from elastic_nb.logs import LogBook, LogLine, LogSource, LogTailer, started_sources
 from elastic_nb.rendezvous import discovery
 
 PENDING = "pending"
@@ -483,11 +483,12 @@ class Job:
                 node = self._nodes[worker.node]
                 if worker.state != "running":
                     continue
-                path = os.path.join(self._rank_dirs[rank], payload.STACKS_FILE)
                 if not node.local:  # its files and pids are on another machine
                     dumps[rank] = (f"rank {rank} runs on node {node.index}, joined from {node.host}: "
                                    f"dump its stacks there (py-spy dump --pid {worker.pid})")
-                elif os.path.exists(path):
+                    continue
+                path = os.path.join(self._rank_dirs[rank], payload.STACKS_FILE)
+                if os.path.exists(path):
                     targets[rank] = (worker.pid, path, os.path.getsize(path))
                 else:  # the worker has not reached the user's function yet
                     dumps[rank] = f"rank {rank} (pid {worker.pid}) is still starting: no stack yet"
@@ -716,7 +717,6 @@ class Job:
         self._tailer.retire(lambda s: s.node == node.index)
         for rank in [r for r, w in self._workers.items() if w.node == node.index]:
             del self._workers[rank]
-        sources = []
         for w in msg["workers"]:
             info = WorkerInfo(
                 rank=w["rank"], local_rank=w["local_rank"], role=msg["role"],
@@ -725,11 +725,7 @@ class Job:
                 world_size=w["world_size"])
             self._workers[info.rank] = info
             self._rank_dirs[info.rank] = os.path.dirname(w["stdout"])
-            for stream in ("stdout", "stderr"):
-                sources.append(LogSource(
-                    path=w[stream], stream=stream, node=node.index, rank=info.rank,
-                    local_rank=info.local_rank, role=info.role, group_rank=info.group_rank,
-                    attempt=info.attempt, restart_count=info.restart_count))
+        sources = started_sources(node.index, msg)
         if node.local:
             self._tailer.follow(sources)
         else:  # a joined node's files are on its machine: it sends their lines (_on_log)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from string import Template
-from typing import Protocol
+from typing import Any, Protocol
 
 from torch.distributed.elastic.multiprocessing.api import LogsDest, LogsSpecs, Std
 
@@ -201,6 +201,17 @@ class LogBook:
         """When each rank last printed a line."""
         with self._lock:
             return {rank: buf[-1].time for rank, buf in self._by_rank.items() if buf}
+
+
+def started_sources(node: int, started: dict[str, Any]) -> list[LogSource]:
+    """The stdout and stderr of every rank a ``started`` report lists."""
+    return [
+        LogSource(path=w[stream], stream=stream, node=node, rank=w["rank"],
+                  local_rank=w["local_rank"], role=started["role"],
+                  group_rank=started["group_rank"], attempt=started["attempt"],
+                  restart_count=started["restart_count"])
+        for w in started["workers"] for stream in ("stdout", "stderr")
+    ]
 
 
 class LineSink(Protocol):
