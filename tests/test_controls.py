@@ -15,8 +15,12 @@ def test_stacks_show_where_a_hung_rank_waits():
                    timeout=60, what="two running workers")
 
         def both_dumped():
+            # A dump taken while a rank still unpickles its call or joins the group is a true
+            # stack, but not yet the hang: wait until rank 0 waits in the all-reduce.
             dumps = job.stacks(timeout=5)
-            return dumps if all("File" in text for text in dumps.values()) and len(dumps) == 2 else None
+            settled = (len(dumps) == 2 and "all_reduce" in dumps[0]
+                       and all("in stuck_before_all_reduce" in t for t in dumps.values()))
+            return dumps if settled else None
 
         stacks = wait_until(both_dumped, timeout=60, what="stack dumps of both ranks")
         assert "in stuck_before_all_reduce" in stacks[0]
