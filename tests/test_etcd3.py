@@ -1,9 +1,12 @@
 """The etcd3 rendezvous backend against a real etcd serving only the v3 API:
-backend compare-and-set, store semantics, a two-node rendezvous round,
-connection failures, auth, and a real torchrun job on ``--rdzv-backend etcd3``."""
+backend compare-and-set, store semantics (torch's own Python-store check,
+clones used from other threads, c10d-style timeouts), a two-node rendezvous
+round, connection failures, auth, and a real torchrun job on
+``--rdzv-backend etcd3``."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
@@ -13,7 +16,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -25,6 +28,7 @@ from torch.distributed.elastic.rendezvous import (
     RendezvousParameters,
     rendezvous_handler_registry,
 )
+from torch.distributed.elastic.utils import store as store_util
 
 from elastic_nb.rendezvous.etcd3 import (
     BACKEND_NAME,
@@ -208,7 +212,103 @@ def test_store_get_times_out_naming_the_key(store: Etcd3Store) -> None:
     with pytest.raises(dist.DistStoreError, match="never-set") as info:
         store.get("never-set")
     assert 0.4 < time.monotonic() - started < 3
-    assert "timed out" in str(info.value) and "etcd3" in str(info.value)
+    message = str(info.value)
+    assert "Timeout waiting for key(s) ['never-set'] after 500 ms" in message, message
+    assert "etcd3" in message and store.prefix in message, message
+
+
+@pytest.mark.parametrize(
+    ("through_prefix_store", "call"),
+    [
+        (False, lambda s: s.get("absent")),
+        (False, lambda s: s.multi_get(["absent"])),
+        (False, lambda s: s.wait(["absent"])),
+        (False, lambda s: s.wait(["absent"], timedelta(seconds=0.3))),
+        (True, lambda s: s.get("absent")),
+        (True, lambda s: s.wait(["absent"], timedelta(seconds=0.3))),
+    ],
+    ids=["get", "multi_get", "wait", "wait-timeout", "prefix-get", "prefix-wait-timeout"],
+)
+def test_store_timeouts_are_c10d_timeout_errors(
+    store: Etcd3Store, through_prefix_store: bool, call: Callable[[dist.Store], object]
+) -> None:
+    """Worded and typed as c10d's stores time out (e.g. TCPStore's "wait
+    timeout after 300ms", FileStore's "Timeout waiting for key"), also when
+    torch's C++ PrefixStore relays the error."""
+    store.set_timeout(timedelta(seconds=0.3))
+    target = dist.PrefixStore("pre", store) if through_prefix_store else store
+    with pytest.raises(dist.DistStoreError) as info:
+        call(target)
+    assert type(info.value) is dist.DistStoreError
+    assert "Timeout waiting for key" in str(info.value), str(info.value)
+    assert ("pre/absent" if through_prefix_store else "'absent'") in str(info.value)
+
+
+def test_torch_barrier_sees_store_timeouts(store: Etcd3Store) -> None:
+    """torch's ``store_util.barrier`` (the agents' exit barrier) catches
+    ``DistStoreError`` to report which ranks never arrived."""
+    prefixed = dist.PrefixStore("rdzv", store)
+    started = time.monotonic()
+    with pytest.raises(dist.DistStoreError, match=r"missing_ranks=\[1\]"):
+        store_util.barrier(
+            prefixed, world_size=2, key_prefix="exit/", barrier_timeout=0.5, rank=0, trace_timeout=0.3
+        )
+    assert time.monotonic() - started < 5
+
+
+def test_store_passes_torchs_python_store_check(store: Etcd3Store) -> None:
+    """torch's C++ check drives every call through its trampoline, clone() included."""
+    dist._test_python_store(store)
+    assert store.multi_get(["key", "key3", "foo"]) == [b"6", b"15", b"bar"]
+
+
+def run_in_thread(fn: Callable[[], object], timeout: float = 15) -> object:
+    """``fn()`` run in a new thread; its result, or its exception re-raised here."""
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = fn()
+        except BaseException as exc:  # re-raised by the calling thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"the thread still runs after {timeout} s"
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"]
+
+
+def test_store_clone_works_from_another_thread(store: Etcd3Store) -> None:
+    store.set_timeout(timedelta(seconds=7))
+    clone = store.clone()
+    assert isinstance(clone, Etcd3Store) and clone is not store
+    assert (clone.prefix, clone.timeout) == (store.prefix, store.timeout)
+
+    def in_thread() -> bytes:
+        seen = clone.get("from-main")  # blocks until the main thread sets it
+        clone.set("from-thread", "pong")
+        return seen
+
+    threading.Timer(0.3, store.set, args=("from-main", "ping")).start()
+    assert run_in_thread(in_thread) == b"ping"
+    assert store.get("from-thread") == b"pong"
+
+
+def test_store_cloned_by_torch_cpp_outlives_the_python_call(store: Etcd3Store) -> None:
+    """C++ ``PrefixStore.clone()`` clones this store through torch's trampoline,
+    which keeps only the C++ half of what ``clone()`` returns."""
+    cloned = dist.PrefixStore("round.1", store).clone()
+    gc.collect()
+
+    def in_thread() -> bytes:
+        cloned.set("k", "v")
+        return cloned.get("k")
+
+    assert run_in_thread(in_thread) == b"v"
+    assert store.get("round.1/k") == b"v"
 
 
 def test_store_add(store: Etcd3Store) -> None:

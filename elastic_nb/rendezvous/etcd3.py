@@ -8,7 +8,9 @@ This module provides the same thing on the v3 API:
   `DynamicRendezvousHandler`: the rendezvous state is one etcd key, set with
   v3 transactions whose fencing token is the key's ``mod_revision``;
 - `Etcd3Store`, a `torch.distributed.Store` over etcd keys (blocking reads
-  wait on etcd watches), which the handler hands to the agents;
+  wait on etcd watches), which the handler hands to the agents. It passes
+  torch's own check for Python stores (``torch.distributed._test_python_store``),
+  ``clone()`` included, and times out with c10d's ``DistStoreError``;
 - `create_etcd3_handler`, the registry creator, and `register`, which adds it
   to torch's rendezvous registry as ``etcd3``. The package also declares it
   under the ``torchrun.handlers`` entry point group, so a plain
@@ -474,8 +476,12 @@ class Etcd3Store(dist.Store):
 
     Values are bytes. `get`, `multi_get` and `wait` block until the keys exist
     (woken by etcd watches) or the timeout passes, then raise
-    ``DistStoreError`` naming the missing keys; a zero timeout waits forever,
-    as in c10d. Connection failures raise ``DistNetworkError``.
+    ``DistStoreError`` ("Timeout waiting for key(s) ...", as c10d's stores
+    word it) naming the missing keys; a zero timeout waits forever, as in
+    c10d. Connection failures raise ``DistNetworkError``.
+
+    `clone` gives another store on the same etcd connection and prefix, for
+    use from another thread (the gRPC connection is thread-safe).
     """
 
     def __init__(
@@ -487,6 +493,7 @@ class Etcd3Store(dist.Store):
         super().__init__()
         self._connection = connection
         self.prefix = prefix.rstrip("/") + "/"
+        self._clones: list[Etcd3Store] = []
         if timeout is not None:
             self.set_timeout(timeout)
 
@@ -592,6 +599,21 @@ class Etcd3Store(dist.Store):
         """How many keys the store holds."""
         return self._call("num_keys", lambda c: c.get_prefix_response(self.prefix, count_only=True).count)
 
+    def clone(self) -> Etcd3Store:
+        """A new store on the same etcd connection and prefix, with this store's
+        timeout, safe to use from another thread.
+
+        This store keeps a reference to each clone, so a clone lives at least
+        as long as this store. torch needs that when C++ code clones (as
+        ``PrefixStore.clone()`` and c10d's own checks do): its trampoline
+        keeps only the C++ half of the returned store, and once the Python
+        object is gone every call on the clone fails with "Not implemented"
+        (pytorch issue #106633).
+        """
+        clone = Etcd3Store(self._connection, self.prefix, timeout=self.timeout)
+        self._clones.append(clone)
+        return clone
+
     # torch's C++ trampoline for Python stores forwards these two under their
     # C++ names, so a PrefixStore over this store needs these aliases.
     deleteKey = delete_key
@@ -631,8 +653,9 @@ class Etcd3Store(dist.Store):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise dist.DistStoreError(
-                    f"{BACKEND_NAME} store: timed out after {seconds:g} s waiting for key(s) "
-                    f"{missing} under {self.prefix!r} on etcd at {self._connection.config.endpoint}."
+                    f"{BACKEND_NAME} store: Timeout waiting for key(s) {missing} after "
+                    f"{seconds * 1000:.0f} ms under {self.prefix!r} on etcd at "
+                    f"{self._connection.config.endpoint}."
                 )
             slice_ = _WATCH_SLICE if remaining is None else min(remaining, _WATCH_SLICE)
             self._watch(self._key(missing[0]), revision, slice_)
