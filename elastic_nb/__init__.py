@@ -8,28 +8,37 @@ The engine is torch.distributed.elastic itself: one real LocalElasticAgent
 process per node, real rendezvous (c10d by default), real worker processes.
 """
 
-from elastic_nb.api import BACKENDS, Node, launch, run
+from typing import Any
+
+from elastic_nb.api import launch, run
 from elastic_nb.errors import JobFailed, LaunchError, RankFailure
-from elastic_nb.events import Event
-from elastic_nb.job import Job, WorkerInfo
+from elastic_nb.job import Job
+from elastic_nb.plan import BACKENDS, Node
 from elastic_nb.rendezvous.etcd_server import EtcdServer
+from elastic_nb.snapshot import JobSnapshot
+from elastic_nb.state import Event, EventKind, JobStatus, NodeStatus, WorkerInfo, WorkerStatus
 
 __all__ = [
     "BACKENDS",
     "EtcdServer",
     "Event",
+    "EventKind",
     "Job",
     "JobFailed",
+    "JobSnapshot",
+    "JobStatus",
     "LaunchError",
     "Node",
+    "NodeStatus",
     "RankFailure",
     "WorkerInfo",
+    "WorkerStatus",
     "launch",
     "run",
 ]
 
 
-def load_ipython_extension(ipython) -> None:
+def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext elastic_nb``: the ``%elastic_run`` / ``%%elastic_run`` magics."""
     from elastic_nb.magics import load_ipython_extension as load
 

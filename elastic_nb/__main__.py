@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--kill-rank must be between 0 and {args.nproc - 1}")
         run_demo(args.nproc, args.kill_rank)
     elif args.command == "join":
-        from elastic_nb.join import JoinError, join as join_job
+        from elastic_nb.join import JoinError
+        from elastic_nb.join import join as join_job
 
         if args.nproc < 1:
             parser.error("--nproc must be >= 1")

@@ -36,15 +36,15 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 
-from elastic_nb import events, payload
-from elastic_nb.events import AgentConfig, Channel
+from elastic_nb import payload, protocol
 from elastic_nb.logs import LogSource, LogTailer, NodeLogsSpecs, started_sources
+from elastic_nb.protocol import AgentConfig, Channel, CommandKind
 from elastic_nb.rendezvous import register_backends
 
 _FAILED_STATES = (WorkerState.FAILED, WorkerState.UNHEALTHY)
 
 
-def failure_report(rank: int, failure: ProcessFailure, restart_count: int) -> dict[str, Any]:
+def failure_report(rank: int, failure: ProcessFailure, restart_count: int) -> protocol.FailureReport:
     """A worker failure as plain data: torch's error file, or what the exit code tells."""
     data = failure.error_file_data or {}
     message = data.get("message")
@@ -61,17 +61,10 @@ def failure_report(rank: int, failure: ProcessFailure, restart_count: int) -> di
                 f"exited with code {failure.exitcode} without an error report "
                 "(os._exit, sys.exit or a crash outside Python)"
             )
-    return {
-        "rank": rank,
-        "local_rank": failure.local_rank,
-        "pid": failure.pid,
-        "exitcode": failure.exitcode,
-        "signal": signal_name,
-        "message": message,
-        "traceback": trace,
-        "timestamp": failure.timestamp,
-        "restart_count": restart_count,
-    }
+    return protocol.FailureReport(
+        rank=rank, local_rank=failure.local_rank, pid=failure.pid, exitcode=failure.exitcode,
+        signal=signal_name, message=str(message), traceback=trace,
+        timestamp=float(failure.timestamp), restart_count=restart_count)
 
 
 class LogForwarder:
@@ -83,9 +76,8 @@ class LogForwarder:
 
     INTERVAL = 0.1
 
-    def __init__(self, channel: Channel, node: int) -> None:
+    def __init__(self, channel: Channel) -> None:
         self._channel = channel
-        self._node = node
         self._tailer = LogTailer(self)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="elastic_nb-log-forwarder",
@@ -93,8 +85,8 @@ class LogForwarder:
         self._thread.start()
 
     def append(self, source: LogSource, texts: Iterable[str], when: float) -> None:
-        self._channel.send(events.LOG, node=self._node, rank=source.rank, stream=source.stream,
-                           attempt=source.attempt, lines=list(texts))
+        self._channel.send_report(protocol.Log(rank=source.rank, stream=source.stream,
+                                               attempt=source.attempt, lines=tuple(texts)))
 
     def follow(self, sources: list[LogSource]) -> None:
         """Forward these files from now on; the previous attempt's are read to their end."""
@@ -138,47 +130,37 @@ class ReportingAgent(LocalElasticAgent):
     def restart_count(self) -> int:
         return self._worker_group.spec.max_restarts - self._remaining_restarts
 
-    def _send(self, kind: str, **fields: Any) -> None:
-        self._channel.send(kind, node=self._node, **fields)
-
     def _rendezvous(self, worker_group: WorkerGroup) -> None:
         super()._rendezvous(worker_group)
-        self._send(
-            events.RENDEZVOUS,
-            group_rank=worker_group.group_rank,
-            group_world_size=worker_group.group_world_size,
+        group_rank, group_world_size = _group_ranks(worker_group)
+        self._channel.send_report(protocol.Rendezvous(
+            group_rank=group_rank,
+            group_world_size=group_world_size,
             world_size=worker_group.workers[0].world_size if worker_group.workers else 0,
             master_addr=worker_group.master_addr,
             master_port=worker_group.master_port,
-        )
+        ))
 
     def _start_workers(self, worker_group: WorkerGroup) -> dict[int, Any]:
         pids = super()._start_workers(worker_group)
         pcontext = self._pcontext
-        workers = [
-            {
-                "rank": w.global_rank,
-                "local_rank": w.local_rank,
-                "role_rank": w.role_rank,
-                "world_size": w.world_size,
-                "role_world_size": w.role_world_size,
-                "pid": pids[w.local_rank],
-                "stdout": pcontext.stdouts[w.local_rank],
-                "stderr": pcontext.stderrs[w.local_rank],
-                "error_file": pcontext.error_files[w.local_rank],
-            }
+        assert pcontext is not None, "torch sets the process context as it starts workers"
+        group_rank, group_world_size = _group_ranks(worker_group)
+        workers = tuple(
+            protocol.StartedWorker(
+                rank=w.global_rank, local_rank=w.local_rank, role_rank=w.role_rank,
+                world_size=w.world_size, role_world_size=w.role_world_size,
+                pid=pids[w.local_rank], stdout=pcontext.stdouts[w.local_rank],
+                stderr=pcontext.stderrs[w.local_rank],
+                error_file=pcontext.error_files[w.local_rank])
             for w in worker_group.workers
-        ]
+        )
         self._failure_reported = False
-        started = {
-            "role": worker_group.spec.role,
-            "attempt": self._node_logs.last_attempt,
-            "restart_count": self.restart_count,
-            "group_rank": worker_group.group_rank,
-            "group_world_size": worker_group.group_world_size,
-            "workers": workers,
-        }
-        self._send(events.STARTED, **started)
+        started = protocol.Started(
+            role=worker_group.spec.role, attempt=self._node_logs.last_attempt,
+            restart_count=self.restart_count, group_rank=group_rank,
+            group_world_size=group_world_size, workers=workers)
+        self._channel.send_report(started)
         if self._forwarder is not None:  # after STARTED: the Job drops lines of ranks it has not seen
             self._forwarder.follow(started_sources(self._node, started))
         return pids
@@ -192,15 +174,12 @@ class ReportingAgent(LocalElasticAgent):
         result = super()._monitor_workers(worker_group)
         if result.state in _FAILED_STATES and not self._failure_reported:
             self._failure_reported = True
-            self._send(
-                events.WORKER_FAILED,
+            self._channel.send_report(protocol.WorkerFailed(
                 restart_count=self.restart_count,
                 remaining_restarts=self._remaining_restarts,
-                failures=[
-                    failure_report(rank, f, self.restart_count)
-                    for rank, f in sorted(result.failures.items())
-                ],
-            )
+                failures=tuple(failure_report(rank, f, self.restart_count)
+                               for rank, f in sorted(result.failures.items())),
+            ))
         return result
 
     def _restart_workers(self, worker_group: WorkerGroup) -> None:
@@ -210,13 +189,18 @@ class ReportingAgent(LocalElasticAgent):
             reason = "failure"
         else:
             reason = "membership"
-        self._send(
-            events.RESTARTING,
+        self._channel.send_report(protocol.Restarting(
             reason=reason,
             remaining_restarts=self._remaining_restarts,
             max_restarts=worker_group.spec.max_restarts,
-        )
+        ))
         super()._restart_workers(worker_group)
+
+
+def _group_ranks(worker_group: WorkerGroup) -> tuple[int, int]:
+    """The group rank and size a rendezvous gave (torch leaves them None before one)."""
+    assert worker_group.group_rank is not None and worker_group.group_world_size is not None
+    return worker_group.group_rank, worker_group.group_world_size
 
 
 def rendezvous_parameters(config: AgentConfig) -> RendezvousParameters:
@@ -260,8 +244,7 @@ def run_node(config: AgentConfig, channel: Channel) -> int:
         register_backends()
         handler = rdzv_registry.get_rendezvous_handler(rendezvous_parameters(config))
     except Exception as exc:
-        channel.send(events.AGENT_ERROR, node=config.node, message=_describe(exc, config),
-                     traceback=traceback.format_exc())
+        channel.send_report(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
         return 1
     options = config.options
     spec = WorkerSpec(
@@ -276,7 +259,7 @@ def run_node(config: AgentConfig, channel: Channel) -> int:
         master_port=options.master_port,
         local_addr=config.local_addr,
     )
-    forwarder = LogForwarder(channel, config.node) if config.tee else None
+    forwarder = LogForwarder(channel) if config.tee else None
     agent = ReportingAgent(
         spec,
         NodeLogsSpecs(config.log_dir, tee=config.tee),
@@ -297,8 +280,7 @@ def run_node(config: AgentConfig, channel: Channel) -> int:
         shutdown_rendezvous = False
         return 1
     except Exception as exc:
-        channel.send(events.AGENT_ERROR, node=config.node, message=_describe(exc, config),
-                     traceback=traceback.format_exc())
+        channel.send_report(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
         return 1
     finally:
         if shutdown_rendezvous:
@@ -306,19 +288,16 @@ def run_node(config: AgentConfig, channel: Channel) -> int:
         if forwarder is not None:
             forwarder.close()
     if result is None:
-        channel.send(events.AGENT_ERROR, node=config.node,
-                     message="this node was not admitted to the rendezvous (the world is full)",
-                     traceback=None)
+        channel.send_report(protocol.AgentError(
+            "this node was not admitted to the rendezvous (the world is full)", None))
         return 1
     if result.is_failed():
-        channel.send(events.FAILED, node=config.node, failures=[
+        channel.send_report(protocol.Failed(failures=tuple(
             failure_report(rank, f, agent.restart_count)
-            for rank, f in sorted(result.failures.items())
-        ])
+            for rank, f in sorted(result.failures.items()))))
         return 1
-    channel.send(events.SUCCEEDED, node=config.node, restart_count=agent.restart_count,
-                 return_values={str(rank): events.encode_bytes(value)
-                                for rank, value in result.return_values.items()})
+    channel.send_report(protocol.Succeeded(restart_count=agent.restart_count,
+                                           return_values=dict(result.return_values)))
     return 0
 
 
@@ -332,16 +311,16 @@ def _listen_for_commands(channel: Channel, agent: ReportingAgent, local: bool) -
 
     def listen() -> None:
         while True:
-            message = channel.receive()
-            kind = message["kind"] if message else None
-            if kind is None and local or kind == events.KILL:
+            message = channel.receive() or {}
+            kind = message.get("kind")
+            if (kind is None and local) or kind == CommandKind.KILL:
                 os.killpg(os.getpgid(0), signal.SIGKILL)
-            if kind is None or kind == events.STOP:
+            if kind is None or kind == CommandKind.STOP:
                 os.kill(os.getpid(), signal.SIGTERM)  # torch stops the workers, then exits
                 return
-            if kind == events.RESTART:
+            if kind == CommandKind.RESTART:
                 agent.request_restart()
-            elif kind == events.SIGNAL and message["pid"] in agent.worker_pids():
+            elif kind == CommandKind.SIGNAL and message["pid"] in agent.worker_pids():
                 os.kill(message["pid"], signal.Signals[message["signal"]])
 
     threading.Thread(target=listen, name="elastic_nb-commands", daemon=True).start()
@@ -353,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     os.set_inheritable(fd, False)  # workers must not hold the Job's channel open
     channel = Channel(socket.socket(fileno=fd))
     message = channel.receive()
-    if message is None or message["kind"] != events.CONFIGURE:
+    if message is None or message["kind"] != CommandKind.CONFIGURE:
         return 2
     return run_node(AgentConfig.from_message(message), channel)
 

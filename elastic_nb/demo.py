@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import time
+from typing import TextIO
 
 import elastic_nb as enb
 
@@ -36,15 +37,7 @@ def train(steps: int, step_time: float) -> float:
     return total
 
 
-def _wait_for(predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the demo job did not get there in time")
-        time.sleep(0.05)
-
-
-def run_demo(nproc: int = 4, victim: int = 3, out=sys.stdout) -> dict[int, float]:
+def run_demo(nproc: int = 4, victim: int = 3, out: TextIO = sys.stdout) -> dict[int, float]:
     """Launch, stream prefixed logs, kill ``victim`` mid-run, print the results."""
     job = enb.launch(train, 8, 0.3, nodes=[enb.Node(nproc, role="trainer")],
                      max_restarts=1, log_line_prefix_template=PREFIX)
@@ -55,7 +48,8 @@ def run_demo(nproc: int = 4, victim: int = 3, out=sys.stdout) -> dict[int, float
         target=lambda: [print(line, file=out, flush=True) for line in job.follow()], daemon=True)
     follower.start()
     try:
-        _wait_for(lambda: f"[trainer-{victim}:{victim}]:step 2:" in job.logs(rank=victim), 120)
+        job.wait_until(lambda: f"[trainer-{victim}:{victim}]:step 2:" in job.logs(rank=victim),
+                       timeout=120, what=f"rank {victim} at step 2")
         print(f">>> killing rank {victim} with SIGKILL", file=out, flush=True)
         job.kill(victim)
         results = job.result(timeout=180)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -30,6 +31,16 @@ class RankFailure:
         return f"rank {self.rank} (node {self.node}, {self.role}) failed: {self.message}"
 
 
+def ordered_failures(failures: Iterable[RankFailure]) -> tuple[RankFailure, ...]:
+    """Failures in the order they happened (by time, then rank): the first is the cause."""
+    return tuple(sorted(failures, key=lambda f: (f.time, f.rank)))
+
+
+def first_failure(failures: Iterable[RankFailure]) -> RankFailure | None:
+    ordered = ordered_failures(failures)
+    return ordered[0] if ordered else None
+
+
 class JobFailed(RuntimeError):
     """A job ended in failure (or was stopped) before all ranks succeeded.
 
@@ -43,7 +54,7 @@ class JobFailed(RuntimeError):
 
     @classmethod
     def from_failures(cls, failures: dict[int, RankFailure]) -> JobFailed:
-        first = min(failures.values(), key=lambda f: (f.time, f.rank))
+        first = ordered_failures(failures.values())[0]
         text = first.summary()
         if len(failures) > 1:
             others = sorted(r for r in failures if r != first.rank)

@@ -1,9 +1,12 @@
-"""The Job: controller and state model of one elastic job.
+"""The Job: the public handle of one elastic job, and the pump that feeds its state.
 
-A Job starts one agent process per node, reads their reports on a single pump
-thread, tails every rank's log files, and keeps the state model that views
-(text repr, widgets, magics) observe: state, workers, events, results,
-failures, logs. Commands (kill a rank, stop) go from here to processes.
+One pump thread reads every node's reports, parses them (``protocol``),
+applies them to the state (``state``, pure rules) under the Job's one lock,
+and acts on the events that come out: it follows and retires log files,
+stops the remaining nodes of a failed job, tells listeners and wakes
+waiters. Commands go the other way: a Job method checks them against the
+state, then the supervisor (local nodes) or the node's channel (joined
+nodes) carries them out. Views read ``snapshot()`` only.
 """
 
 from __future__ import annotations
@@ -11,105 +14,50 @@ from __future__ import annotations
 import atexit
 import os
 import queue
-import secrets
 import selectors
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import cloudpickle
 
-from elastic_nb import controls, events, payload
+from elastic_nb import snapshot as snapshots
+from elastic_nb import stacks
+from elastic_nb import state as rules
 from elastic_nb.errors import JobFailed, RankFailure
-from elastic_nb.events import AgentConfig, Channel, Event, JobOptions
+from elastic_nb.join_server import JoinRefused, JoinServer
 from elastic_nb.logs import LogBook, LogLine, LogSource, LogTailer, started_sources
-from elastic_nb.rendezvous import discovery
-
-PENDING = "pending"
-RENDEZVOUS = "rendezvous"
-RUNNING = "running"
-RESTARTING = "restarting"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-STOPPED = "stopped"
-FINAL_STATES = frozenset({SUCCEEDED, FAILED, STOPPED})
+from elastic_nb.plan import JobPlan, Node, plan_node
+from elastic_nb.protocol import (
+    AgentConfig,
+    Channel,
+    CommandKind,
+    Log,
+    ProtocolError,
+    Report,
+    Restarting,
+    Started,
+    encode_bytes,
+    parse_report,
+)
+from elastic_nb.render import summary_text
+from elastic_nb.rendezvous import discovery, embedded
+from elastic_nb.state import Event, EventKind, JobState, JobStatus, NodeStatus, WorkerInfo
+from elastic_nb.supervisor import (
+    AgentProcess,
+    SignalLike,
+    StatsSampler,
+    agent_environment,
+    parse_signal,
+    send_signal,
+)
 
 _POLL_INTERVAL = 0.05
-
-
-@dataclass
-class WorkerInfo:
-    """One worker of the current attempt."""
-
-    rank: int
-    local_rank: int
-    role: str
-    group_rank: int
-    node: int
-    pid: int
-    state: str
-    restart_count: int
-    attempt: int
-    world_size: int
-
-
-@dataclass
-class NodePlan:
-    """What one node runs: the packed call, its role and size."""
-
-    nproc: int
-    role: str
-    payload: bytes
-
-
-@dataclass
-class JobPlan:
-    """A validated launch: everything needed to start the nodes."""
-
-    run_id: str
-    backend: str
-    endpoint: str
-    nodes: list[NodePlan]
-    options: JobOptions
-    log_dir: str
-    env: dict[str, str]
-    listen_addr: str = "127.0.0.1"  # where the Job accepts nodes from other machines
-    default_call: tuple[Any, tuple, dict[str, Any]] | None = None  # fn, args, kwargs for added nodes
-    default_payload: bytes | None = None  # default_call packed: what a joining node runs
-    store: Any = None  # the embedded c10d TCPStore, kept alive while the job runs
-
-
-@dataclass
-class _Node:
-    """A node's agent: a local process, or (``process`` None) one that joined from ``host``."""
-
-    index: int
-    plan: NodePlan
-    process: subprocess.Popen | None
-    channel: Channel
-    host: str = "localhost"
-    status: str = "starting"  # starting, running, succeeded, failed, killed, exited
-    error: str | None = None
-    gone: bool = False  # its channel has closed
-    # a joined node's log streams by (rank, stream, attempt): their lines come as messages
-    remote_sources: dict[tuple[int, str, int], LogSource] = field(default_factory=dict)
-
-    @property
-    def local(self) -> bool:
-        return self.process is not None
-
-    def alive(self) -> bool:
-        return self.process.poll() is None if self.process is not None else not self.gone
-
-
-_LISTENER = "listener"
+_STATS_INTERVAL = 1.0
 _live_jobs: weakref.WeakSet[Job] = weakref.WeakSet()
 
 
@@ -120,35 +68,48 @@ def _stop_live_jobs() -> None:
 
 
 class Job:
-    """A running (or finished) elastic job. Create one with ``elastic_nb.launch``."""
+    """A running (or finished) elastic job. Create one with ``elastic_nb.launch``.
+
+    Reading (never blocks on the job):
+        ``snapshot()`` the whole read model; ``state``, ``done``, ``workers``,
+        ``nodes``, ``events``, ``failures``, ``failure_history``,
+        ``restart_count``, ``elapsed``; ``logs()``, ``summary()``.
+    Blocking (the name says so):
+        ``wait()``, ``result()``, ``wait_until()``, ``follow()`` (an iterator).
+    Commands:
+        ``kill(rank, sig)``, ``kill_node(i)``, ``add_node(Node)``, ``restart()``,
+        ``stacks()``, ``stop()``.
+    Observing:
+        ``add_listener(fn)`` / ``remove_listener(fn)`` for events, ``log_book``
+        for lines; ``show()`` displays the dashboard.
+    Joining from elsewhere:
+        ``join_address``, ``join_command()``.
+    """
 
     def __init__(self, plan: JobPlan) -> None:
         self._plan = plan
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._nodes: dict[int, _Node] = {}
-        self._workers: dict[int, WorkerInfo] = {}
-        self._rank_dirs: dict[int, str] = {}
-        self._members: list[int] | None = None  # the nodes of the last world formed, by group rank
-        self._forming: dict[int, int] = {}  # group rank -> node, of the round being reported
-        self._events: list[Event] = []
-        self._results: dict[int, Any] = {}
-        self._failures: dict[int, RankFailure] = {}
-        self._failure_history: list[RankFailure] = []
-        self._state = PENDING
-        self._error: str | None = None
-        self._stop_requested = False
-        self._started_at = time.time()
-        self._finished_at: float | None = None
+        self._state = JobState(started_at=time.time())
         self._listeners: list[Callable[[Event], None]] = []
         self._book = LogBook()
         self._tailer = LogTailer(self._book)
+        self._agents: dict[int, AgentProcess] = {}
+        self._channels: dict[int, Channel] = {}
+        self._remote_sources: dict[tuple[int, int, str, int], LogSource] = {}
+        self._accepted: queue.SimpleQueue[tuple[int, Channel]] = queue.SimpleQueue()
+        self._stats = StatsSampler()
+        self._stats_lock = threading.Lock()
+        self._last_stats: tuple[float, dict[int, tuple[float, int]]] = (0.0, {})
+        self._store = None
+        self._endpoint = plan.endpoint or ""
+        if plan.endpoint is None:  # the embedded c10d store, hosted here while the job runs
+            self._store = embedded.host_store(plan.listen_addr)
+            self._endpoint = f"{plan.listen_addr}:{self._store.port}"
         self._selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
-        self._join_token = secrets.token_hex(16)
-        self._listener = socket.create_server((plan.listen_addr, 0))
-        self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
+        self._join_server = JoinServer(plan.listen_addr, self._admit, f"elastic_nb-{plan.run_id}")
         self._pump = threading.Thread(target=self._pump_loop, name=f"elastic_nb-{plan.run_id}",
                                       daemon=True)
 
@@ -156,26 +117,38 @@ class Job:
 
     def start(self) -> Job:
         with self._lock:
-            self._record(events.LAUNCHED, detail={
+            self._apply(rules.launched(self._state, time.time(), {
                 "run_id": self.run_id, "backend": self.backend, "endpoint": self.endpoint,
-                "nodes": len(self._plan.nodes), "world_size": self.planned_world_size})
+                "nodes": len(self._plan.nodes), "world_size": self.planned_world_size}))
             for index, node_plan in enumerate(self._plan.nodes):
-                self._start_node(index, node_plan)
-            self._set_state(RENDEZVOUS)
+                rules.add_node(self._state, index, node_plan.nproc, node_plan.role, local=True)
+                self._start_agent(index, node_plan.nproc, node_plan.role, node_plan.payload)
         _live_jobs.add(self)
         self._pump.start()
         if self._plan.default_payload is not None:
+            self._join_server.start()
             threading.Thread(target=self._publish_join_descriptor, daemon=True,
                              name=f"elastic_nb-publish-{self.run_id}").start()
         return self
 
+    def _start_agent(self, index: int, nproc: int, role: str, payload: bytes) -> None:
+        node_dir = os.path.join(self._plan.log_dir, f"node_{index}")
+        env = agent_environment(self.run_id, self.planned_world_size, self._plan.env)
+        agent = AgentProcess.start(node_dir, env)
+        channel = Channel(agent.socket)
+        config = AgentConfig(
+            node=index, role=role, nproc=nproc, payload=payload, run_id=self.run_id,
+            backend=self.backend, endpoint=self.endpoint, options=self._plan.options,
+            log_dir=node_dir, local_addr="127.0.0.1")
+        channel.send(CommandKind.CONFIGURE, **config.to_message())
+        self._agents[index] = agent
+        self._channels[index] = channel
+        self._selector.register(agent.socket, selectors.EVENT_READ, index)
+
     @property
     def join_address(self) -> str:
         """Where nodes from other machines connect (published in the rendezvous store)."""
-        host, port = self._listener.getsockname()[:2]
-        if host in ("0.0.0.0", "::"):
-            host = socket.getfqdn()
-        return f"{host}:{port}"
+        return self._join_server.address
 
     def join_command(self) -> str:
         """The command that joins this job from another terminal or machine."""
@@ -184,61 +157,37 @@ class Job:
 
     def _publish_join_descriptor(self) -> None:
         plan = self._plan
+        assert plan.default_payload is not None
         descriptor = {
-            "payload": events.encode_bytes(plan.default_payload),
+            "payload": encode_bytes(plan.default_payload),
             "job_address": self.join_address,
-            "token": self._join_token,
+            "token": self._join_server.token,
             "options": plan.options.to_message(),
         }
         try:
-            store = plan.store or discovery.open_store(
+            store = self._store or discovery.open_store(
                 self.backend, self.endpoint, self.run_id, plan.options.rdzv_configs,
                 plan.options.rdzv_timeout)
             discovery.publish(store, self.run_id, descriptor)
         except Exception as exc:  # the job runs on; only joining from elsewhere is off
             with self._lock:
-                self._record(events.JOIN_UNAVAILABLE, detail={"error": f"{type(exc).__name__}: {exc}"})
+                self._apply([self._state.record(time.time(), EventKind.JOIN_UNAVAILABLE, detail={
+                    "error": f"{type(exc).__name__}: {exc}"})])
 
-    def _start_node(self, index: int, node_plan: NodePlan) -> None:
-        ours, theirs = socket.socketpair()
-        node_dir = os.path.join(self._plan.log_dir, f"node_{index}")
-        os.makedirs(node_dir, exist_ok=True)
-        with open(os.path.join(node_dir, "agent.log"), "ab") as agent_log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "elastic_nb.agent", str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=agent_log,
-                stderr=subprocess.STDOUT,
-                env=self._agent_env(),
-                cwd=os.getcwd(),
-            )
-        theirs.close()
-        channel = Channel(ours)
-        config = AgentConfig(
-            node=index, role=node_plan.role, nproc=node_plan.nproc, payload=node_plan.payload,
-            run_id=self.run_id, backend=self.backend, endpoint=self.endpoint,
-            options=self._plan.options, log_dir=node_dir, local_addr="127.0.0.1",
-        )
-        channel.send(events.CONFIGURE, **config.to_message())
-        node = _Node(index, node_plan, process, channel)
-        self._nodes[index] = node
-        self._selector.register(ours, selectors.EVENT_READ, node)
-
-    def _agent_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        paths = [p for p in sys.path if p]
-        if env.get("PYTHONPATH"):
-            paths.append(env["PYTHONPATH"])
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-        env["PYTHONUNBUFFERED"] = "1"
-        env["ELASTIC_NB_RUN_ID"] = self.run_id  # marks every process of this job
-        env["ELASTIC_NB_KERNEL_PID"] = str(os.getpid())  # ... and the kernel that launched it
-        if self.planned_world_size > 1 and "OMP_NUM_THREADS" not in env:
-            env["OMP_NUM_THREADS"] = "1"  # as torchrun: no oversubscription by default
-        env.update(self._plan.env)
-        return env
+    def _admit(self, request: dict[str, Any], channel: Channel) -> int:
+        """A node from another machine passed the handshake's checks: give it an index."""
+        with self._lock:
+            reason = rules.check_can_add_node(self._state, self._plan.options.max_nodes)
+            if reason:
+                raise JoinRefused(f"job {self.run_id}: {reason}")
+            index = len(self._state.nodes)
+            self._apply(rules.node_added(self._state, index, request["nproc"], request["role"],
+                                         local=False, host=str(request.get("host", "?")),
+                                         now=time.time()))
+            self._channels[index] = channel
+        self._accepted.put((index, channel))
+        self._wake()
+        return index
 
     # ----------------------------------------------------------- properties
 
@@ -252,7 +201,7 @@ class Job:
 
     @property
     def endpoint(self) -> str:
-        return self._plan.endpoint
+        return self._endpoint
 
     @property
     def log_dir(self) -> str:
@@ -268,53 +217,77 @@ class Job:
 
     @property
     def planned_world_size(self) -> int:
-        return sum(n.nproc for n in self._plan.nodes)
+        """The ranks of the nodes launched (not of nodes killed or joined since)."""
+        return self._plan.world_size
 
     @property
-    def state(self) -> str:
-        return self._state
+    def state(self) -> JobStatus:
+        return self._state.status
 
     @property
     def done(self) -> bool:
-        return self._state in FINAL_STATES
+        return self._state.done
 
     @property
     def elapsed(self) -> float:
-        return (self._finished_at or time.time()) - self._started_at
+        return (self._state.finished_at or time.time()) - self._state.started_at
 
     @property
     def workers(self) -> list[WorkerInfo]:
         """The workers of the current attempt, by rank."""
         with self._lock:
-            return [replace(w) for _, w in sorted(self._workers.items())]
+            return [replace(w) for _, w in sorted(self._state.workers.items())]
 
     @property
     def events(self) -> list[Event]:
         with self._lock:
-            return list(self._events)
+            return list(self._state.events)
 
     @property
     def failures(self) -> dict[int, RankFailure]:
         """The failures that ended the job, by rank (empty unless it failed)."""
         with self._lock:
-            return dict(self._failures)
+            return dict(self._state.failures)
 
     @property
     def failure_history(self) -> list[RankFailure]:
         """Every rank failure of every attempt, restarted ones included."""
         with self._lock:
-            return list(self._failure_history)
+            return list(self._state.failure_history)
 
     @property
     def restart_count(self) -> int:
         with self._lock:
-            return max((w.restart_count for w in self._workers.values()), default=0)
+            return self._state.restart_count
 
     @property
-    def nodes(self) -> dict[int, str]:
-        """Each node's status: starting, running, succeeded, failed, killed or exited."""
+    def nodes(self) -> dict[int, NodeStatus]:
+        """Each node's status: starting, running, succeeded, failed, killed or stopped."""
         with self._lock:
-            return {i: n.status for i, n in self._nodes.items()}
+            return {i: n.status for i, n in self._state.nodes.items()}
+
+    @property
+    def log_book(self) -> LogBook:
+        return self._book
+
+    def snapshot(self) -> snapshots.JobSnapshot:
+        """The job as every view shows it, at this moment (CPU/RSS at most 1 s old)."""
+        with self._lock:
+            pids = [w.pid for w in self._state.workers.values()
+                    if w.state == rules.WorkerStatus.RUNNING and self._state.nodes[w.node].local]
+        stats = self._sample_stats(pids)
+        last_output = self._book.last_line_time()
+        with self._lock:
+            return snapshots.build(self._plan, self.endpoint, self._state, last_output, stats,
+                                   time.time())
+
+    def _sample_stats(self, pids: list[int]) -> dict[int, tuple[float, int]]:
+        with self._stats_lock:
+            taken, stats = self._last_stats
+            if time.monotonic() - taken >= _STATS_INTERVAL or set(pids) - set(stats):
+                stats = self._stats.sample(pids)
+                self._last_stats = (time.monotonic(), stats)
+            return stats
 
     def add_listener(self, listener: Callable[[Event], None]) -> None:
         """Call ``listener(event)`` for each new event (from the Job's pump thread)."""
@@ -326,13 +299,9 @@ class Job:
             if listener in self._listeners:
                 self._listeners.remove(listener)
 
-    @property
-    def log_book(self) -> LogBook:
-        return self._book
-
     # -------------------------------------------------------------- results
 
-    def wait(self, timeout: float | None = None) -> str:
+    def wait(self, timeout: float | None = None) -> JobStatus:
         """Block until the job ends; the final state. TimeoutError if it has not."""
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -341,26 +310,49 @@ class Job:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         raise TimeoutError(
-                            f"job {self.run_id} is still {self._state} after {timeout} s")
+                            f"job {self.run_id} is still {self.state} after {timeout} s")
                     self._changed.wait(0.5 if remaining is None else min(remaining, 0.5))
         except KeyboardInterrupt:
             self.stop()
             raise
         if threading.current_thread() is not self._pump:
             self._pump.join()
-        return self._state
+        return self.state
 
     def result(self, timeout: float | None = None) -> dict[int, Any]:
         """Return values by global rank; raises JobFailed if the job failed or was stopped."""
-        state = self.wait(timeout)
+        status = self.wait(timeout)
         with self._lock:
-            if state == SUCCEEDED:
-                return dict(sorted(self._results.items()))
-            if state == STOPPED:
+            if status == JobStatus.SUCCEEDED:
+                return {rank: cloudpickle.loads(blob)
+                        for rank, blob in sorted(self._state.results.items())}
+            if status == JobStatus.STOPPED:
                 raise JobFailed(f"job {self.run_id} was stopped before it finished")
-            if self._failures:
-                raise JobFailed.from_failures(self._failures)
-            raise JobFailed(f"job {self.run_id} failed: {self._error}")
+            if self._state.failures:
+                raise JobFailed.from_failures(self._state.failures)
+            raise JobFailed(f"job {self.run_id} failed: {self._state.error}")
+
+    def wait_until(self, predicate: Callable[[], Any], timeout: float = 90,
+                   what: str = "the condition") -> Any:
+        """Block until ``predicate()`` is truthy and return its value.
+
+        ``job.wait_until(lambda: "step 3" in job.logs(rank=1), what="rank 1 at step 3")``.
+        TimeoutError naming ``what`` after ``timeout`` seconds; RuntimeError at
+        once if the job ends without the condition holding.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self.done
+            value = predicate()
+            if value:
+                return value
+            if done:
+                raise RuntimeError(f"job {self.run_id} ended ({self.state}) before {what}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.run_id}: no {what} after {timeout} s "
+                                   f"(it is {self.state})")
+            with self._changed:
+                self._changed.wait(0.05)
 
     def logs(self, rank: int | None = None, stream: str | None = None,
              attempt: int | None = None) -> str:
@@ -369,7 +361,7 @@ class Job:
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
         if self.done and threading.current_thread() is not self._pump:
             self._pump.join()
-        template = self._plan.options.log_line_prefix_template
+        template = self.log_line_prefix_template
         lines = [line.render(template) for line in self._book.lines(rank, stream, attempt)]
         dropped = self._book.dropped(rank)
         if dropped:
@@ -378,10 +370,10 @@ class Job:
         return "\n".join(lines) + ("\n" if lines else "")
 
     def follow(self) -> Iterator[str]:
-        """Yield each rank's lines, prefixed, as they arrive, until the job ends."""
+        """Yield each rank's lines, prefixed, as they arrive, until the job ends (blocking)."""
         pending: queue.SimpleQueue[list[LogLine]] = queue.SimpleQueue()
         self._book.add_listener(pending.put)
-        template = self._plan.options.log_line_prefix_template
+        template = self.log_line_prefix_template
         try:
             while True:
                 try:
@@ -400,61 +392,46 @@ class Job:
 
     # ------------------------------------------------------------- controls
 
-    def kill(self, rank: int, sig: controls.SignalLike = signal.SIGKILL) -> None:
+    def kill(self, rank: int, sig: SignalLike = "SIGKILL") -> None:
         """Send ``sig`` to one worker; the agent's restart policy then applies."""
-        signum = controls.parse_signal(sig)
+        signum = parse_signal(sig)
         with self._lock:
-            worker = self._workers.get(rank)
-            if worker is None or worker.state != "running":
-                running = sorted(r for r, w in self._workers.items() if w.state == "running")
-                state = worker.state if worker else "unknown"
-                raise ValueError(f"rank {rank} is not running (state: {state}); "
-                                 f"running ranks: {running}")
-            node = self._nodes[worker.node]
-            if node.local:
-                controls.send_signal(worker.pid, signum)
+            worker = self._state.workers.get(rank)
+            events = rules.rank_killed(self._state, rank, signum.name, time.time())
+            assert worker is not None
+            if worker.node in self._agents:
+                send_signal(worker.pid, signum)
             else:
-                node.channel.send(events.SIGNAL, pid=worker.pid, signal=signum.name)
-            self._record(events.KILLED, node=worker.node, rank=rank,
-                         detail={"signal": signum.name, "pid": worker.pid})
+                self._channels[worker.node].send(CommandKind.SIGNAL, pid=worker.pid,
+                                                 signal=signum.name)
+            self._apply(events)
 
     def kill_node(self, index: int) -> None:
         """A machine lost: SIGKILL node ``index``'s agent and all its workers at once."""
         with self._lock:
-            node = self._nodes.get(index)
-            if node is None or node.status not in ("starting", "running"):
-                live = sorted(i for i, n in self._nodes.items() if n.status in ("starting", "running"))
-                state = node.status if node else "unknown"
-                raise ValueError(f"node {index} is not running (status: {state}); live nodes: {live}")
-            node.status = "killed"
-            self._record(events.NODE_KILLED, node=index, detail={"host": node.host})
-            if not node.local:
-                node.channel.send(events.KILL)
+            self._apply(rules.node_killed(self._state, index, time.time()))
+            agent = self._agents.get(index)
+            if agent is None:
+                self._channels[index].send(CommandKind.KILL)
                 return
-        controls.kill_node(node.process)
+        agent.kill()
 
-    def add_node(self, node: Any) -> int:
+    def add_node(self, node: Node) -> int:
         """Start another agent that joins at the next rendezvous round; its node index.
 
-        ``node`` is an ``elastic_nb.Node``; without its own ``fn`` it runs the
-        job's function.
+        Without its own ``fn`` the node runs the job's function.
         """
-        from elastic_nb.api import plan_node  # api builds on job; imported at call time
-
         with self._lock:
             if self.done:
-                raise RuntimeError(f"job {self.run_id} has already {self._state}")
-            live = [i for i, n in self._nodes.items() if n.status in ("starting", "running")]
-            if len(live) >= self._plan.options.max_nodes:
-                raise ValueError(f"the job already has max_nodes={self._plan.options.max_nodes} live "
-                                 f"nodes {live}; launch with a larger max_nodes to scale up")
-            index = len(self._nodes)
-            default = self._plan.default_call or (None, (), {})
-            node_plan = plan_node(index, node, *default, self._plan.default_payload)
-            self._plan.nodes.append(node_plan)
-            self._start_node(index, node_plan)
-            self._record(events.NODE_ADDED, node=index, detail={
-                "nproc": node_plan.nproc, "role": node_plan.role})
+                raise RuntimeError(f"job {self.run_id} has already {self.state}")
+            reason = rules.check_can_add_node(self._state, self._plan.options.max_nodes)
+            if reason:
+                raise ValueError(reason)
+            index = len(self._state.nodes)
+            node_plan = plan_node(index, node, self._plan.default_payload)
+            self._start_agent(index, node_plan.nproc, node_plan.role, node_plan.payload)
+            self._apply(rules.node_added(self._state, index, node_plan.nproc, node_plan.role,
+                                         local=True, host="localhost", now=time.time()))
         self._wake()
         return index
 
@@ -465,10 +442,10 @@ class Job:
         """
         with self._lock:
             if self.done:
-                raise RuntimeError(f"job {self.run_id} has already {self._state}")
-            for node in self._nodes.values():
-                if node.status == "running":
-                    node.channel.send(events.RESTART)
+                raise RuntimeError(f"job {self.run_id} has already {self.state}")
+            for index, node in self._state.nodes.items():
+                if node.status == NodeStatus.RUNNING:
+                    self._channels[index].send(CommandKind.RESTART)
 
     def stacks(self, timeout: float = 5) -> dict[int, str]:
         """The live Python stack of every thread of every running rank.
@@ -477,72 +454,50 @@ class Job:
         does not answer within ``timeout`` maps to a line saying so.
         """
         with self._lock:
-            targets = {}
-            dumps: dict[int, str] = {}
-            for rank, worker in self._workers.items():
-                node = self._nodes[worker.node]
-                if worker.state != "running":
-                    continue
-                if not node.local:  # its files and pids are on another machine
-                    dumps[rank] = (f"rank {rank} runs on node {node.index}, joined from {node.host}: "
-                                   f"dump its stacks there (py-spy dump --pid {worker.pid})")
-                    continue
-                path = os.path.join(self._rank_dirs[rank], payload.STACKS_FILE)
-                if os.path.exists(path):
-                    targets[rank] = (worker.pid, path, os.path.getsize(path))
-                else:  # the worker has not reached the user's function yet
-                    dumps[rank] = f"rank {rank} (pid {worker.pid}) is still starting: no stack yet"
-        for pid, _, _ in targets.values():
-            controls.send_signal(pid, payload.STACK_DUMP_SIGNAL)
-        deadline = time.monotonic() + timeout
-        sizes = {rank: -1 for rank in targets}
-        while any(rank not in dumps for rank in targets) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            for rank, (_, path, start) in targets.items():
-                size = os.path.getsize(path)
-                if rank not in dumps and size > start and size == sizes[rank]:
-                    with open(path, "rb") as f:
-                        f.seek(start)
-                        dumps[rank] = f.read().decode("utf-8", errors="replace")
-                sizes[rank] = size
-        for rank, (pid, _, _) in targets.items():
-            dumps.setdefault(rank, f"rank {rank} (pid {pid}) did not dump its stacks within {timeout} s")
-        return dict(sorted(dumps.items()))
+            targets = [stacks.StackTarget(w.rank, w.pid, w.rank_dir, w.node,
+                                          self._state.nodes[w.node].local,
+                                          self._state.nodes[w.node].host)
+                       for _, w in sorted(self._state.workers.items())
+                       if w.state == rules.WorkerStatus.RUNNING]
+        return stacks.dump(targets, timeout)
 
     def stop(self) -> None:
         """End the job now: SIGTERM each node, SIGKILL what is left; no process remains."""
         with self._lock:
-            self._stop_requested = True
-            nodes = [n for n in self._nodes.values() if n.alive()]
-            self._check_finished()
+            self._apply(rules.stop_requested(self._state, time.time()))
+            nodes = self._stopping_nodes()
         self._stop_nodes(nodes)
         with self._lock:
-            if not self.done:
-                self._finish(STOPPED)
+            self._apply(rules.finish(self._state, JobStatus.STOPPED, time.time()))
         if self._pump.is_alive() and threading.current_thread() is not self._pump:
             self._wake()
             self._pump.join()
 
-    def _stop_nodes(self, nodes: list[_Node]) -> None:
+    def _stopping_nodes(self) -> list[int]:
+        """Nodes the state says to stop whose agents are still there."""
+        return [i for i, n in self._state.nodes.items()
+                if n.stopping and (self._agents[i].alive() if i in self._agents else not n.gone)]
+
+    def _stop_nodes(self, nodes: list[int]) -> None:
         """Stop local nodes (SIGTERM, then SIGKILL); ask remote ones to stop, then let go."""
         grace = self._plan.options.shutdown_timeout + 2
-        for node in nodes:
-            if not node.local:
-                try:
-                    node.channel.send(events.STOP)
-                except OSError:
-                    pass
-        for node in nodes:
-            if node.local:
-                controls.stop_node(node.process, grace=grace)
+        remote = [i for i in nodes if i not in self._agents]
+        for index in remote:
+            try:
+                self._channels[index].send(CommandKind.STOP)
+            except OSError:
+                pass
+        for index in nodes:
+            if index in self._agents:
+                self._agents[index].stop(grace=grace)
         deadline = time.monotonic() + grace
         with self._changed:
-            while any(not n.gone for n in nodes if not n.local) and time.monotonic() < deadline:
+            while (any(not self._state.nodes[i].gone for i in remote)
+                   and time.monotonic() < deadline):
                 self._changed.wait(0.1)
-            for node in nodes:
-                if not node.local and not node.gone:
-                    node.gone = True  # unresponsive: its agent stops when it loses us
-                    node.channel.socket.shutdown(socket.SHUT_RDWR)
+            for index in remote:
+                if not self._state.nodes[index].gone:  # unresponsive: it stops when it loses us
+                    self._shutdown_channel(index)
 
     # ------------------------------------------------------ the pump thread
 
@@ -558,324 +513,136 @@ class Job:
                 for key, _ in self._selector.select(_POLL_INTERVAL):
                     if key.data is None:
                         self._wakeup_r.recv(4096)
-                        continue
-                    if key.data == _LISTENER:
-                        self._accept()
-                        continue
-                    if isinstance(key.data, Channel):
-                        self._handshake(key.data)
-                        continue
-                    node: _Node = key.data
-                    try:
-                        messages, ended = node.channel.receive_ready()
-                    except ConnectionError:
-                        messages, ended = [], True
-                    for message in messages:
-                        self._on_message(node, message)
-                    if ended:
-                        self._selector.unregister(node.channel.socket)
-                        self._on_node_gone(node)
+                        self._register_accepted()
+                    else:
+                        self._read_node(key.data)
                 self._tailer.poll()
                 with self._lock:
-                    if self.done and not any(isinstance(k.data, _Node)
-                                             for k in self._selector.get_map().values()):
-                        break
                     if self.done:
-                        self._reap_finished_nodes()
+                        self._reap_exited_agents()
+                        if not any(k.data is not None for k in self._selector.get_map().values()):
+                            break
         finally:
             self._tailer.retire_all()
             self._tailer.poll()
             self._close()
 
-    def _accept(self) -> None:
-        connection, _ = self._listener.accept()
-        connection.settimeout(5)  # a peer that connects and says nothing cannot stall the pump
-        self._selector.register(connection, selectors.EVENT_READ, Channel(connection))
+    def _register_accepted(self) -> None:
+        while not self._accepted.empty():
+            index, channel = self._accepted.get()
+            self._selector.register(channel.socket, selectors.EVENT_READ, index)
 
-    def _handshake(self, channel: Channel) -> None:
-        """A node from another machine asks to join: check its token, give it an index."""
-        self._selector.unregister(channel.socket)
+    def _read_node(self, index: int) -> None:
+        channel = self._channels[index]
         try:
             messages, ended = channel.receive_ready()
-            while not messages and not ended:
-                messages, ended = channel.receive_ready()
-        except (OSError, ValueError):
-            channel.close()
+            reports = [parse_report(message) for message in messages]
+        except ProtocolError as exc:
+            self._protocol_error(index, exc)
             return
-        channel.socket.settimeout(None)
-        request = messages[0] if messages else {}
+        except ConnectionError:
+            reports, ended = [], True
+        for report in reports:
+            self._on_report(index, report)
+        if ended:
+            self._selector.unregister(channel.socket)
+            self._on_node_gone(index)
+
+    def _protocol_error(self, index: int, error: ProtocolError) -> None:
+        """A node broke the protocol: an agent error for it; a joined node is dropped."""
+        joined = index not in self._agents
         with self._lock:
-            reason = self._refuse_join(request)
-            if reason:
-                try:
-                    channel.send(events.REJECTED, reason=reason)
-                finally:
-                    channel.close()
+            self._apply(rules.agent_error(self._state, index,
+                                          f"node {index} sent a bad message: {error}",
+                                          time.time(), drop=joined))
+        if joined:
+            self._shutdown_channel(index)
+
+    def _shutdown_channel(self, index: int) -> None:
+        try:
+            self._channels[index].socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _on_report(self, index: int, report: Report) -> None:
+        now = time.time()
+        with self._lock:
+            if isinstance(report, Log):
+                source = self._remote_sources.get((index, report.rank, report.stream,
+                                                   report.attempt))
+                if source is not None:
+                    self._book.append(source, report.lines, now)  # our clock, not the node's
                 return
-            index = len(self._nodes)
-            node_plan = NodePlan(nproc=int(request["nproc"]), role=str(request["role"]),
-                                 payload=self._plan.default_payload)
-            self._plan.nodes.append(node_plan)
-            node = _Node(index, node_plan, None, channel, host=str(request.get("host", "?")))
-            self._nodes[index] = node
-            self._selector.register(channel.socket, selectors.EVENT_READ, node)
-            channel.send(events.ACCEPTED, node=index)
-            self._record(events.NODE_ADDED, node=index, detail={
-                "nproc": node_plan.nproc, "role": node_plan.role, "host": node.host})
+            if isinstance(report, (Started, Restarting)):
+                self._tailer.retire(lambda s: s.node == index)
+            if isinstance(report, Started):
+                sources = started_sources(index, report)
+                if index in self._agents:
+                    self._tailer.follow(sources)
+                else:  # a joined node's files are on its machine: it sends their lines
+                    self._remote_sources.update(
+                        ((index, s.rank, s.stream, s.attempt), s) for s in sources)
+            self._apply(rules.apply(self._state, index, report, now))
 
-    def _refuse_join(self, request: dict[str, Any]) -> str | None:
-        if request.get("kind") != events.JOIN:
-            return "expected a join request"
-        if not secrets.compare_digest(str(request.get("token", "")), self._join_token):
-            return "wrong join token (read it from the rendezvous store of this run)"
-        if self.done:
-            return f"job {self.run_id} has already {self._state}"
-        live = sum(1 for n in self._nodes.values() if n.alive())
-        if live >= self._plan.options.max_nodes:
-            return f"job {self.run_id} already has max_nodes={self._plan.options.max_nodes} live nodes"
-        if not isinstance(request.get("nproc"), int) or request["nproc"] < 1:
-            return "nproc must be an int >= 1"
-        return None
-
-    def _reap_finished_nodes(self) -> None:
-        for node in self._nodes.values():
-            if node.local and node.process.poll() is not None:
-                try:
-                    self._selector.unregister(node.channel.socket)
-                except (KeyError, ValueError):
-                    continue
-                self._on_node_gone(node)
-
-    def _close(self) -> None:
-        with self._lock:
-            for node in self._nodes.values():
-                node.channel.close()
-            for key in list(self._selector.get_map().values()):
-                if isinstance(key.data, Channel):
-                    key.data.close()
-            self._listener.close()
-            self._selector.close()
-            self._wakeup_r.close()
-            self._wakeup_w.close()
-            self._plan.store = None
-            _live_jobs.discard(self)
-            self._changed.notify_all()
-
-    # --------------------------------------------------- state transitions
-
-    def _record(self, kind: str, node: int | None = None, rank: int | None = None,
-                detail: dict[str, Any] | None = None) -> Event:
-        event = Event(time.time(), kind, node, rank, detail or {})
-        self._events.append(event)
-        for listener in list(self._listeners):
-            listener(event)
-        self._changed.notify_all()
-        return event
-
-    def _set_state(self, state: str) -> None:
-        if not self.done:
-            self._state = state
-            self._changed.notify_all()
-
-    def _on_message(self, node: _Node, message: dict[str, Any]) -> None:
-        kind = message["kind"]
-        with self._lock:
-            handler = getattr(self, f"_on_{kind}", None)
-            if handler is not None:
-                handler(node, message)
-            self._check_finished()
-
-    def _note_round_member(self, node: int, group_rank: int, group_world_size: int,
-                           world_size: int) -> None:
-        """Once every node of a round has reported, compare its nodes with the last world's."""
-        if group_rank in self._forming or any(rank >= group_world_size for rank in self._forming):
-            self._forming = {}  # a new round began before the last one was fully reported
-        self._forming[group_rank] = node
-        if len(self._forming) < group_world_size:
-            return
-        members = [self._forming[rank] for rank in sorted(self._forming)]
-        self._forming = {}
-        if self._members is not None and sorted(members) != sorted(self._members):
-            self._record(events.MEMBERSHIP_CHANGED, detail={
-                "nodes": len(members), "world_size": world_size,
-                "previous_nodes": len(self._members), "members": members,
-                "joined": sorted(set(members) - set(self._members)),
-                "left": sorted(set(self._members) - set(members))})
-        self._members = members
-
-    def _on_rendezvous(self, node: _Node, msg: dict[str, Any]) -> None:
-        self._record(events.RENDEZVOUS, node=node.index, detail={
-            "group_rank": msg["group_rank"], "group_world_size": msg["group_world_size"],
-            "world_size": msg["world_size"]})
-        self._note_round_member(node.index, msg["group_rank"], msg["group_world_size"],
-                                msg["world_size"])
-        if self._state == PENDING:
-            self._set_state(RENDEZVOUS)
-
-    def _on_started(self, node: _Node, msg: dict[str, Any]) -> None:
-        node.status = "running"
-        self._tailer.retire(lambda s: s.node == node.index)
-        for rank in [r for r, w in self._workers.items() if w.node == node.index]:
-            del self._workers[rank]
-        for w in msg["workers"]:
-            info = WorkerInfo(
-                rank=w["rank"], local_rank=w["local_rank"], role=msg["role"],
-                group_rank=msg["group_rank"], node=node.index, pid=w["pid"], state="running",
-                restart_count=msg["restart_count"], attempt=msg["attempt"],
-                world_size=w["world_size"])
-            self._workers[info.rank] = info
-            self._rank_dirs[info.rank] = os.path.dirname(w["stdout"])
-        sources = started_sources(node.index, msg)
-        if node.local:
-            self._tailer.follow(sources)
-        else:  # a joined node's files are on its machine: it sends their lines (_on_log)
-            node.remote_sources.update(((s.rank, s.stream, s.attempt), s) for s in sources)
-        self._record(events.STARTED, node=node.index, detail={
-            "attempt": msg["attempt"], "restart_count": msg["restart_count"],
-            "ranks": [w["rank"] for w in msg["workers"]],
-            "pids": [w["pid"] for w in msg["workers"]]})
-        self._set_state(RUNNING)
-
-    def _on_log(self, node: _Node, msg: dict[str, Any]) -> None:
-        source = node.remote_sources.get((msg["rank"], msg["stream"], msg["attempt"]))
-        if source is not None:
-            self._book.append(source, msg["lines"], time.time())  # our clock, not the node's
-
-    def _rank_failure(self, node: _Node, report: dict[str, Any]) -> RankFailure:
-        return RankFailure(
-            rank=report["rank"], local_rank=report["local_rank"], role=node.plan.role,
-            node=node.index, exitcode=report["exitcode"], signal=report["signal"],
-            message=report["message"], traceback=report["traceback"],
-            restart_count=report["restart_count"], time=float(report["timestamp"]),
-            pid=report["pid"])
-
-    def _on_worker_failed(self, node: _Node, msg: dict[str, Any]) -> None:
-        for report in msg["failures"]:
-            failure = self._rank_failure(node, report)
-            self._failure_history.append(failure)
-            worker = self._workers.get(failure.rank)
-            if worker is not None:
-                worker.state = "failed"
-            self._record(events.WORKER_FAILED, node=node.index, rank=failure.rank, detail={
-                "message": failure.message, "exitcode": failure.exitcode,
-                "signal": failure.signal, "restart_count": failure.restart_count,
-                "remaining_restarts": msg["remaining_restarts"]})
-
-    def _on_restarting(self, node: _Node, msg: dict[str, Any]) -> None:
-        for worker in self._workers.values():
-            if worker.node == node.index and worker.state == "running":
-                worker.state = "restarting"
-        self._tailer.retire(lambda s: s.node == node.index)
-        self._record(events.RESTARTING, node=node.index, detail={
-            "reason": msg["reason"], "remaining_restarts": msg["remaining_restarts"],
-            "max_restarts": msg["max_restarts"]})
-        self._set_state(RESTARTING)
-
-    def _on_succeeded(self, node: _Node, msg: dict[str, Any]) -> None:
-        node.status = "succeeded"
-        for rank, blob in msg["return_values"].items():
-            self._results[int(rank)] = cloudpickle.loads(events.decode_bytes(blob))
-        for worker in self._workers.values():
-            if worker.node == node.index:
-                worker.state = "succeeded"
-
-    def _on_failed(self, node: _Node, msg: dict[str, Any]) -> None:
-        node.status = "failed"
-        for report in msg["failures"]:
-            failure = self._rank_failure(node, report)
-            self._failures[failure.rank] = failure
-        for worker in self._workers.values():
-            if worker.node == node.index and worker.state != "failed":
-                worker.state = "stopped"
-
-    def _on_agent_error(self, node: _Node, msg: dict[str, Any]) -> None:
-        node.status = "failed"
-        node.error = msg["message"]
-        self._error = self._error or msg["message"]
-
-    def _on_node_gone(self, node: _Node) -> None:
+    def _on_node_gone(self, index: int) -> None:
         """The agent's channel closed: it exited, was killed, or crashed."""
-        returncode = node.process.wait() if node.local else None
+        agent = self._agents.get(index)
+        returncode = agent.returncode() if agent is not None else None
+        where = (f"see {self.log_dir}/node_{index}/agent.log" if agent is not None
+                 else f"on {self._state.nodes[index].host}")
         with self._lock:
-            node.gone = True
-            if node.status in ("starting", "running"):
-                if self._stop_requested or node.status == "killed":
-                    node.status = "killed"
-                else:
-                    node.status = "failed"
-                    where = (f"see {self.log_dir}/node_{node.index}/agent.log" if node.local
-                             else f"on {node.host}")
-                    node.error = (f"the agent of node {node.index} exited unexpectedly "
-                                  f"(exit code {returncode}); {where}")
-                    self._error = self._error or node.error
-            for worker in self._workers.values():
-                if worker.node == node.index and worker.state in ("running", "restarting"):
-                    worker.state = "stopped"
-            self._tailer.retire(lambda s: s.node == node.index)
-            self._record(events.NODE_EXITED, node=node.index,
-                         detail={"status": node.status, "exitcode": returncode})
-            self._check_finished()
+            self._tailer.retire(lambda s: s.node == index)
+            self._apply(rules.node_gone(self._state, index, returncode, time.time(), where))
 
-    def _check_finished(self) -> None:
-        if self.done:
-            return
-        statuses = [n.status for n in self._nodes.values()]
-        if self._stop_requested:
-            if not any(s in ("starting", "running") for s in statuses):
-                self._finish(STOPPED)
-        elif any(s == "failed" for s in statuses):
-            self._finish(FAILED)
-            self._stop_remaining_nodes()
-        elif all(s in ("succeeded", "killed") for s in statuses):
-            if any(s == "succeeded" for s in statuses):
-                self._finish(SUCCEEDED)
-            else:
-                self._error = self._error or "every node was killed"
-                self._finish(FAILED)
+    def _reap_exited_agents(self) -> None:
+        for index, agent in self._agents.items():
+            if agent.alive():
+                continue
+            try:
+                self._selector.unregister(agent.socket)
+            except (KeyError, ValueError):
+                continue
+            self._on_node_gone(index)
 
-    def _finish(self, state: str) -> None:
-        self._state = state
-        self._finished_at = time.time()
-        detail: dict[str, Any] = {"elapsed": round(self.elapsed, 3)}
-        if state == FAILED:
-            if self._failures:
-                first = min(self._failures.values(), key=lambda f: (f.time, f.rank))
-                detail["error"] = first.summary()
-            elif self._error:
-                detail["error"] = self._error
-        self._record(state, detail=detail)
-        self._wake()
+    def _apply(self, events: list[Event]) -> None:
+        """Tell listeners and waiters of new events; act on the job's end."""
+        for event in events:
+            for listener in list(self._listeners):
+                listener(event)
+            if event.kind == EventKind.FAILED:
+                self._stop_remaining_nodes()
+        if events:
+            self._changed.notify_all()
+            if self.done:
+                self._wake()
 
     def _stop_remaining_nodes(self) -> None:
         """A failed job ends promptly: stop the nodes still running, off the pump thread."""
-        running = [n for n in self._nodes.values() if n.alive()]
-        if not running:
-            return
+        nodes = self._stopping_nodes()
+        if nodes:
+            def stop_them() -> None:
+                self._stop_nodes(nodes)
+                self._wake()
 
-        def stop_all() -> None:
-            self._stop_nodes(running)
-            self._wake()
+            threading.Thread(target=stop_them, name="elastic_nb-stop", daemon=True).start()
 
-        threading.Thread(target=stop_all, name="elastic_nb-stop", daemon=True).start()
+    def _close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._join_server.close()
+            self._selector.close()
+            self._wakeup_r.close()
+            self._wakeup_w.close()
+            self._store = None
+            _live_jobs.discard(self)
+            self._changed.notify_all()
 
     # ------------------------------------------------------------- display
 
     def summary(self) -> str:
         """A readable text summary (what a terminal or nbconvert shows)."""
-        with self._lock:
-            head = (f"Job {self.run_id} [{self._state}] backend={self.backend} "
-                    f"world={len(self._workers) or self.planned_world_size} "
-                    f"restarts={self.restart_count}/{self.max_restarts} "
-                    f"elapsed={self.elapsed:.1f}s")
-            rows = [f"  rank {w.rank:>3} node {w.node} {w.role:<10} pid {w.pid:<8} {w.state}"
-                    for _, w in sorted(self._workers.items())]
-            if self._state == FAILED:
-                if self._failures:
-                    first = min(self._failures.values(), key=lambda f: (f.time, f.rank))
-                    rows.append("  " + first.summary())
-                elif self._error:
-                    rows.append("  " + self._error)
-        return "\n".join([head, *rows])
+        return summary_text(self.snapshot())
 
     def __repr__(self) -> str:
         return self.summary()

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import socket
 import tempfile
+from dataclasses import replace
 
-from elastic_nb import agent, events
-from elastic_nb.events import AgentConfig, Channel, JobOptions
+from elastic_nb import agent
+from elastic_nb.plan import JobOptions
+from elastic_nb.protocol import AgentConfig, Channel, HandshakeKind, decode_bytes
 from elastic_nb.rendezvous import discovery, register_backends
 
 
@@ -42,17 +44,18 @@ def join(backend: str, endpoint: str, run_id: str, nproc: int, role: str = "defa
                         "this machine can reach") from exc
     connection.settimeout(None)
     channel = Channel(connection)
-    channel.send(events.JOIN, token=descriptor["token"], nproc=nproc, role=role,
+    channel.send(HandshakeKind.JOIN, token=descriptor["token"], nproc=nproc, role=role,
                  host=socket.gethostname())
     reply = channel.receive()
-    if reply is None or reply["kind"] != events.ACCEPTED:
+    if reply is None or reply["kind"] != HandshakeKind.ACCEPTED:
         reason = reply["reason"] if reply else "the job closed the connection"
         raise JoinError(f"job {run_id} refused this node: {reason}")
-    options = JobOptions.from_message(descriptor["options"])
-    options.rdzv_configs.update(rdzv_configs)  # this machine's client settings (TLS, auth) win
+    shared = JobOptions.from_message(descriptor["options"])
+    # this machine's client settings (TLS, auth) win
+    options = replace(shared, rdzv_configs={**shared.rdzv_configs, **rdzv_configs})
     config = AgentConfig(
         node=reply["node"], role=role, nproc=nproc,
-        payload=events.decode_bytes(descriptor["payload"]), run_id=run_id, backend=backend,
+        payload=decode_bytes(descriptor["payload"]), run_id=run_id, backend=backend,
         endpoint=endpoint, options=options,
         log_dir=log_dir or tempfile.mkdtemp(prefix=f"elastic_nb-{run_id}-"),
         local_addr=local_addr, tee=True)

@@ -22,9 +22,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from string import Template
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from torch.distributed.elastic.multiprocessing.api import LogsDest, LogsSpecs, Std
+
+if TYPE_CHECKING:  # protocol builds on plan, which builds on this module
+    from elastic_nb.protocol import Started
 
 PREFIX_FIELDS = ("role_name", "rank", "local_rank", "group_rank", "restart_count", "node")
 DEFAULT_PREFIX_TEMPLATE = "[${role_name}${rank}]:"
@@ -52,7 +55,7 @@ class NodeLogsSpecs(LogsSpecs):
     def __init__(self, node_dir: str, tee: bool = False) -> None:
         os.makedirs(node_dir, exist_ok=True)
         super().__init__(log_dir=node_dir, redirects=Std.ALL, tee=Std.ALL if tee else Std.NONE)
-        self._tee = tee
+        self._tees = tee
         self._next_attempt = 0
         self.last_attempt = -1
 
@@ -75,7 +78,7 @@ class NodeLogsSpecs(LogsSpecs):
             dest.stderrs[local_rank] = os.path.join(rank_dir, "stderr.log")
             dest.error_files[local_rank] = os.path.join(rank_dir, "error.json")
             env["TORCHELASTIC_ERROR_FILE"] = dest.error_files[local_rank]
-            if self._tee:
+            if self._tees:
                 dest.tee_stdouts[local_rank] = dest.stdouts[local_rank]
                 dest.tee_stderrs[local_rank] = dest.stderrs[local_rank]
         return dest
@@ -180,7 +183,7 @@ class LogBook:
         with self._lock:
             if rank is None:
                 buffers = [list(b) for b in self._by_rank.values()]
-                picked = sorted(itertools.chain.from_iterable(buffers), key=lambda l: l.seq)
+                picked = sorted(itertools.chain.from_iterable(buffers), key=lambda line: line.seq)
             else:
                 picked = list(self._by_rank.get(rank, ()))
         return [
@@ -203,14 +206,13 @@ class LogBook:
             return {rank: buf[-1].time for rank, buf in self._by_rank.items() if buf}
 
 
-def started_sources(node: int, started: dict[str, Any]) -> list[LogSource]:
+def started_sources(node: int, started: Started) -> list[LogSource]:
     """The stdout and stderr of every rank a ``started`` report lists."""
     return [
-        LogSource(path=w[stream], stream=stream, node=node, rank=w["rank"],
-                  local_rank=w["local_rank"], role=started["role"],
-                  group_rank=started["group_rank"], attempt=started["attempt"],
-                  restart_count=started["restart_count"])
-        for w in started["workers"] for stream in ("stdout", "stderr")
+        LogSource(path=getattr(w, stream), stream=stream, node=node, rank=w.rank,
+                  local_rank=w.local_rank, role=started.role, group_rank=started.group_rank,
+                  attempt=started.attempt, restart_count=started.restart_count)
+        for w in started.workers for stream in ("stdout", "stderr")
     ]
 
 
@@ -240,7 +242,7 @@ class LogTailer:
     def retire(self, predicate: Callable[[LogSource], bool]) -> None:
         """Read these sources to their end at the next poll, then stop following them."""
         with self._lock:
-            keep = []
+            keep: list[LogSource] = []
             for source in self._active:
                 (self._retiring if predicate(source) else keep).append(source)
             self._active = keep
@@ -270,10 +272,7 @@ class LogTailer:
         source.position += len(data)
         data = source.partial + data
         *complete, rest = data.split(b"\n")
-        if final and rest:
-            complete.append(rest)
-            rest = b""
-        elif len(rest) > _MAX_PARTIAL_LINE:
+        if (final and rest) or len(rest) > _MAX_PARTIAL_LINE:
             complete.append(rest)
             rest = b""
         source.partial = rest

@@ -20,11 +20,13 @@ from typing import Any
 
 import cloudpickle
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from elastic_nb import widgets
-from elastic_nb.api import Node, launch
+from elastic_nb.api import launch
+from elastic_nb.plan import Node
 
 _CELL_FILENAME = "<%%elastic_run cell>"
 _LAYOUT_TOKENS = frozenset({tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER, tokenize.INDENT,
@@ -43,7 +45,7 @@ def run_cell_body(source: str, names: dict[str, Any]) -> Any:
     tree = ast.parse(source, _CELL_FILENAME)
     last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
     exec(compile(tree, _CELL_FILENAME, "exec"), namespace)
-    if last is None:
+    if not isinstance(last, ast.Expr):
         return None
     return eval(compile(ast.Expression(last.value), _CELL_FILENAME, "eval"), namespace)
 
@@ -82,11 +84,12 @@ def split_call(text: str) -> list[str]:
 
 def split_options(line: str, takes_value: set[str]) -> tuple[list[str], str]:
     """Separate the leading ``--options`` from the call text that follows them."""
-    lexer = shlex.shlex(line, posix=True)
+    stream = io.StringIO(line)
+    lexer = shlex.shlex(stream, posix=True)
     lexer.whitespace_split = True
     options: list[str] = []
     while True:
-        position = lexer.instream.tell()
+        position = stream.tell()
         token = lexer.get_token()
         if token is None or token == lexer.eof:
             return options, ""
@@ -114,6 +117,11 @@ def parse_nodes(spec: str) -> list[Node]:
 @magics_class
 class ElasticMagics(Magics):
     """``%elastic_run`` and ``%%elastic_run``."""
+
+    @property
+    def _ipython(self) -> InteractiveShell:
+        assert self.shell is not None, "magics are used from the shell they are registered with"
+        return self.shell
 
     @magic_arguments()
     @argument("-n", "--nproc", type=int, default=None, help="ranks on one node (default 1)")
@@ -185,7 +193,7 @@ class ElasticMagics(Magics):
             fn, fn_args, fn_kwargs = run_cell_body, (cell, self._captured(cell)), {}
         job = launch(fn, *fn_args, **options, **fn_kwargs)
         if args.out:
-            self.shell.user_ns[args.out] = job
+            self._ipython.user_ns[args.out] = job
         if not args.block:
             return job  # on a cell's last line IPython shows its dashboard and sets ``_``
         widgets.show(job)
@@ -208,14 +216,14 @@ class ElasticMagics(Magics):
 
     def _evaluate_call(self, call: str) -> tuple[Any, tuple, dict[str, Any]]:
         fn_text, *items = split_call(call)
-        fn = self.shell.ev(fn_text)
+        fn = self._ipython.ev(fn_text)
         fn_args, fn_kwargs = [], {}
         for item in items:
             key, value = _keyword(item)
             if key is None:
-                fn_args.append(self.shell.ev(item))
+                fn_args.append(self._ipython.ev(item))
             else:
-                fn_kwargs[key] = self.shell.ev(value)
+                fn_kwargs[key] = self._ipython.ev(value)
         return fn, tuple(fn_args), fn_kwargs
 
     def _captured(self, cell: str) -> dict[str, Any]:
@@ -223,7 +231,7 @@ class ElasticMagics(Magics):
             names = used_names(cell)
         except SyntaxError as exc:
             raise UsageError(f"the cell is not valid Python: {exc}") from None
-        namespace = self.shell.user_ns
+        namespace = self._ipython.user_ns
         captured = {name: namespace[name] for name in sorted(names)
                     if name in namespace and name not in _NOT_CAPTURED and not name.startswith("_")}
         for name, value in captured.items():

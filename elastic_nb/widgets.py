@@ -3,8 +3,9 @@
 Two layers, like tqdm.notebook or dask's cluster widget:
 
 * ``DashboardModel`` computes everything the dashboard shows (header, one
-  tile per rank, filtered log text, timeline, stack dumps) from the Job and
-  its LogBook. It is plain Python and testable without a frontend.
+  tile per rank, filtered log text, timeline, stack dumps) from the Job's
+  ``snapshot()`` (rendered by ``render``) and its LogBook. It is plain Python
+  and testable without a frontend.
 * ``Dashboard`` is the ipywidgets 8 view of that model. A background thread
   ticks a few times a second and pushes widget updates only when something
   changed, so a flood of output costs a bounded number of messages to the
@@ -21,17 +22,17 @@ from __future__ import annotations
 import collections
 import html
 import itertools
-import statistics
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from elastic_nb import controls, events
+from elastic_nb import render
+from elastic_nb.plan import Node
+from elastic_nb.snapshot import JobSnapshot
 
 if TYPE_CHECKING:
     from elastic_nb.job import Job
@@ -43,178 +44,6 @@ STATS_INTERVAL = 1.0
 MAX_LOG_LINES = 200
 KEEP_LINES_PER_RANK = 2000
 ALL = -1  # the "all ranks" / "all attempts" choice of the log filters
-
-JOB_COLORS = {
-    "pending": "#7f8c8d", "rendezvous": "#8e44ad", "running": "#27ae60",
-    "restarting": "#e67e22", "succeeded": "#2471a3", "failed": "#c0392b", "stopped": "#566573",
-}
-TILE_COLORS = {
-    "pending": "#95a5a6", "running": "#27ae60", "restarting": "#e67e22", "restarted": "#16a085",
-    "failed": "#c0392b", "done": "#2471a3", "stopped": "#566573",
-}
-
-
-# ------------------------------------------------------------------ the model
-
-@dataclass(frozen=True)
-class Header:
-    """The dashboard's top line."""
-
-    run_id: str
-    backend: str
-    state: str
-    color: str
-    elapsed: float
-    attempt: int
-    restarts_used: int
-    max_restarts: int
-    world_size: int
-    nodes: dict[int, str]
-
-
-@dataclass(frozen=True)
-class Tile:
-    """One rank as the dashboard shows it."""
-
-    rank: int
-    node: int | None
-    role: str
-    state: str  # pending, running, restarting, restarted, failed, done, stopped
-    color: str
-    pid: int | None
-    restart_count: int
-    attempt: int
-    cpu_percent: float | None
-    rss: int | None
-    silent_for: float | None
-    hung: bool
-
-
-@dataclass(frozen=True)
-class TimelineEntry:
-    """One event of the job, with what clicking it reveals."""
-
-    event: events.Event
-    offset: float  # seconds since the job was launched
-    label: str
-    details: str  # the event's fields and, for a failure, the rank's traceback
-
-
-def header(job: Job) -> Header:
-    workers = job.workers
-    world = max((w.world_size for w in workers), default=0) or job.planned_world_size
-    return Header(
-        run_id=job.run_id, backend=job.backend, state=job.state,
-        color=JOB_COLORS.get(job.state, "#000"), elapsed=job.elapsed,
-        attempt=max((w.attempt for w in workers), default=0),
-        restarts_used=job.restart_count, max_restarts=job.max_restarts,
-        world_size=world, nodes=job.nodes)
-
-
-def tile_state(state: str, attempt: int) -> str:
-    """A worker's state as a tile shows it: a running rank of a later attempt is 'restarted'."""
-    if state == "running":
-        return "restarted" if attempt > 0 else "running"
-    return {"succeeded": "done"}.get(state, state)
-
-
-def started_times(job: Job) -> dict[int, float]:
-    """When each rank's current worker started (the last ``started`` event naming it)."""
-    times = {}
-    for event in job.events:
-        if event.kind == events.STARTED:
-            for rank in event.detail.get("ranks", ()):
-                times[rank] = event.time
-    return times
-
-
-def silences(job: Job, now: float) -> dict[int, float]:
-    """Seconds since each running rank's last output line (or its start, if later)."""
-    last_lines = job.log_book.last_line_time()
-    starts = started_times(job)
-    found = {}
-    for worker in job.workers:
-        if worker.state != "running":
-            continue
-        since = max(last_lines.get(worker.rank, 0.0), starts.get(worker.rank, 0.0))
-        if since:
-            found[worker.rank] = max(0.0, now - since)
-    return found
-
-
-def hung_ranks(silent: dict[int, float], hung_after: float, factor: float) -> set[int]:
-    """Ranks silent for ``hung_after`` seconds and ``factor`` times longer than the others."""
-    hung = set()
-    for rank, seconds in silent.items():
-        others = [s for r, s in silent.items() if r != rank]
-        if seconds >= hung_after and others and seconds >= factor * max(statistics.median(others), 1.0):
-            hung.add(rank)
-    return hung
-
-
-def tiles(job: Job, now: float | None = None,
-          stats: dict[int, tuple[float, int] | None] | None = None,
-          hung_after: float = 10.0, hung_factor: float = 5.0) -> list[Tile]:
-    """One tile per rank; before any worker started, one pending tile per planned rank."""
-    now = time.time() if now is None else now
-    stats = stats or {}
-    workers = job.workers
-    if not workers:
-        return [Tile(rank, None, "", "pending", TILE_COLORS["pending"], None, 0, 0,
-                     None, None, None, False) for rank in range(job.planned_world_size)]
-    silent = silences(job, now)
-    hung = hung_ranks(silent, hung_after, hung_factor)
-    result = []
-    for w in workers:
-        state = tile_state(w.state, w.attempt)
-        usage = stats.get(w.rank) if w.state == "running" else None
-        result.append(Tile(
-            rank=w.rank, node=w.node, role=w.role, state=state, color=TILE_COLORS.get(state, "#000"),
-            pid=w.pid, restart_count=w.restart_count, attempt=w.attempt,
-            cpu_percent=usage[0] if usage else None, rss=usage[1] if usage else None,
-            silent_for=silent.get(w.rank), hung=w.rank in hung))
-    return result
-
-
-def timeline(job: Job) -> list[TimelineEntry]:
-    """The job's events in time order, each with its details and any traceback."""
-    job_events = sorted(job.events, key=lambda e: e.time)
-    start = job_events[0].time if job_events else 0.0
-    history = job.failure_history
-    final = job.failures
-    entries = []
-    for event in job_events:
-        label = str(event).split(" ", 1)[1].strip()
-        entries.append(TimelineEntry(event, event.time - start,
-                                     f"+{event.time - start:7.2f}s  {label}",
-                                     _event_details(event, history, final)))
-    return entries
-
-
-def _event_details(event: events.Event, history: list, final: dict) -> str:
-    lines = [f"{event.kind}" + (f" (node {event.node})" if event.node is not None else "")
-             + (f" rank {event.rank}" if event.rank is not None else "")]
-    lines += [f"  {key}: {value}" for key, value in event.detail.items()]
-    failures = []
-    if event.kind == events.WORKER_FAILED:
-        failures = [f for f in history if f.rank == event.rank
-                    and f.restart_count == event.detail.get("restart_count")][-1:]
-    elif event.kind == events.FAILED:
-        failures = sorted(final.values(), key=lambda f: (f.time, f.rank))
-    for failure in failures:
-        lines.append("")
-        lines.append(failure.summary())
-        lines.append(failure.traceback.rstrip() if failure.traceback
-                     else "(no Python traceback: the process was ended by a signal or exit code)")
-    return "\n".join(lines)
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"
-
-
-def _megabytes(rss: int | None) -> str:
-    return "-" if rss is None else f"{rss / 2**20:.0f} MB"
 
 
 class LogView:
@@ -309,7 +138,7 @@ class LogView:
 
 
 class DashboardModel:
-    """Everything the dashboard shows, computed from a Job; no widgets involved."""
+    """Everything the dashboard shows, computed from the Job's snapshots; no widgets involved."""
 
     def __init__(self, job: Job, hung_after: float = 10.0, hung_factor: float = 5.0,
                  max_log_lines: int = MAX_LOG_LINES, clock: Callable[[], float] = time.time) -> None:
@@ -321,24 +150,19 @@ class DashboardModel:
         self.logs = LogView(job)
         self.stacks: dict[int, str] = {}
         self.status = ""
-        self._stats: dict[int, tuple[float, int] | None] = {}
 
     def close(self) -> None:
         self.logs.close()
 
-    def header(self) -> Header:
-        return header(self.job)
+    def snapshot(self) -> JobSnapshot:
+        return self.job.snapshot()
 
-    def refresh_stats(self) -> None:
-        """Sample CPU% and RSS of every running worker (psutil)."""
-        self._stats = {w.rank: controls.process_stats(w.pid)
-                       for w in self.job.workers if w.state == "running"}
+    def tiles(self, snap: JobSnapshot | None = None) -> list[render.Tile]:
+        return render.tiles(snap or self.snapshot(), self.clock(), self.hung_after,
+                            self.hung_factor)
 
-    def tiles(self) -> list[Tile]:
-        return tiles(self.job, self.clock(), self._stats, self.hung_after, self.hung_factor)
-
-    def timeline(self) -> list[TimelineEntry]:
-        return timeline(self.job)
+    def timeline(self, snap: JobSnapshot | None = None) -> list[render.TimelineEntry]:
+        return render.timeline(snap or self.snapshot())
 
     def log_text(self, rank: int | None = None, text: str = "", attempt: int | None = None) -> str:
         return self.logs.render(rank, text, attempt, self.max_log_lines)
@@ -349,52 +173,6 @@ class DashboardModel:
 
     def stacks_text(self) -> str:
         return "\n\n".join(f"════ rank {rank} ════\n{text.rstrip()}" for rank, text in self.stacks.items())
-
-
-# ---------------------------------------------------------- html rendering
-
-def header_html(h: Header) -> str:
-    nodes = ", ".join(f"{i}: {s}" for i, s in sorted(h.nodes.items()))
-    return (
-        f"<div class='enb-header' style='font-family:monospace'>"
-        f"<b>{html.escape(h.run_id)}</b> &nbsp; backend <b>{html.escape(h.backend)}</b> &nbsp; "
-        f"<span class='enb-state' style='background:{h.color};color:white;padding:1px 6px;"
-        f"border-radius:3px'>{html.escape(h.state)}</span> &nbsp; "
-        f"elapsed {h.elapsed:.1f}s &nbsp; attempt {h.attempt} &nbsp; "
-        f"restarts {h.restarts_used}/{h.max_restarts} &nbsp; world {h.world_size}"
-        f"<br><span style='color:#555'>nodes {html.escape(nodes)}</span></div>")
-
-
-def tile_html(t: Tile) -> str:
-    hung = (" <span class='enb-hung' style='background:#f1c40f;color:black;padding:0 3px'>"
-            "possibly hung</span>") if t.hung else ""
-    where = f"node {t.node} {html.escape(t.role)}" if t.node is not None else "waiting for rendezvous"
-    cpu = "-" if t.cpu_percent is None else f"{t.cpu_percent:.0f}%"
-    return (
-        f"<div class='enb-tile enb-{t.state}' data-rank='{t.rank}' style='border-left:6px solid {t.color};"
-        f"padding:2px 6px;font-family:monospace;font-size:12px;line-height:1.35'>"
-        f"<b>rank {t.rank}</b> <span style='color:{t.color};font-weight:bold'>{t.state}</span>{hung}<br>"
-        f"{where}<br>pid {t.pid if t.pid is not None else '-'} &nbsp; attempt {t.attempt} "
-        f"&nbsp; restarts {t.restart_count}<br>"
-        f"cpu {cpu} &nbsp; rss {_megabytes(t.rss)}<br>"
-        f"last output {_seconds(t.silent_for)} ago</div>")
-
-
-def job_html(job: Job) -> str:
-    """A static HTML table of the job: what nbconvert or a non-widget frontend shows."""
-    h = header(job)
-    rows = "".join(
-        f"<tr><td>{t.rank}</td><td>{'-' if t.node is None else t.node}</td><td>{html.escape(t.role)}</td>"
-        f"<td>{t.pid if t.pid is not None else '-'}</td>"
-        f"<td style='color:{t.color};font-weight:bold'>{t.state}</td>"
-        f"<td>{t.attempt}</td><td>{t.restart_count}</td></tr>"
-        for t in tiles(job))
-    failures = "".join(
-        f"<pre style='color:#c0392b'>{html.escape(f.summary())}\n{html.escape(f.traceback or '')}</pre>"
-        for f in sorted(job.failures.values(), key=lambda f: (f.time, f.rank)))
-    return (f"{header_html(h)}<table class='enb-ranks'><thead><tr><th>rank</th><th>node</th>"
-            f"<th>role</th><th>pid</th><th>state</th><th>attempt</th><th>restarts</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>{failures}")
 
 
 # ------------------------------------------------------------------ the widget
@@ -416,13 +194,13 @@ class Dashboard(widgets.VBox):
         self._dirty = threading.Event()
         self._closed = threading.Event()
         self._render_lock = threading.Lock()
-        self._last_stats = 0.0
+        self._last_refresh = 0.0
         self._seen_logs = -1
         self._failures_seen = 0
         self._tile_widgets: dict[int, tuple[widgets.HTML, widgets.Button]] = {}
         self._build()
-        super().__init__([self._header, self._tiles_box, self._controls, self._status,
-                          self._tabs], layout=widgets.Layout(width="100%"))
+        super().__init__([self.header_area, self._tiles_box, self._controls, self.status_area,
+                          self.tabs], layout=widgets.Layout(width="100%"))
         self.add_class("enb-dashboard")
         job.add_listener(self._on_event)
         self.render()
@@ -438,7 +216,7 @@ class Dashboard(widgets.VBox):
     # --------------------------------------------------------------- layout
 
     def _build(self) -> None:
-        self._header = widgets.HTML()
+        self.header_area = widgets.HTML()
         self._tiles_box = widgets.GridBox(layout=widgets.Layout(
             grid_template_columns="repeat(auto-fill, minmax(190px, 1fr))", grid_gap="4px"))
         self.signal = widgets.Dropdown(options=SIGNALS, value="SIGKILL", description="signal",
@@ -455,7 +233,7 @@ class Dashboard(widgets.VBox):
             self.signal, self.restart_button, self.stop_button, self.node, self.kill_node_button,
             self.add_nproc, self.add_node_button, self.stacks_button],
             layout=widgets.Layout(flex_flow="row wrap"))
-        self._status = widgets.HTML()
+        self.status_area = widgets.HTML()
         self.log_rank = widgets.Dropdown(options=[("all ranks (merged)", ALL)], value=ALL,
                                          description="rank", layout=widgets.Layout(width="220px"))
         self.log_attempt = widgets.Dropdown(options=[("all attempts", ALL)], value=ALL,
@@ -474,9 +252,9 @@ class Dashboard(widgets.VBox):
         self.event_details = widgets.HTML()
         timeline_box = widgets.VBox([self.event_list, self.event_details])
         self.stacks_area = widgets.HTML("<i>press “dump stacks” to see where every rank is</i>")
-        self._tabs = widgets.Tab([logs, timeline_box, self.stacks_area])
+        self.tabs = widgets.Tab([logs, timeline_box, self.stacks_area])
         for i, title in enumerate(("logs", "timeline", "stacks")):
-            self._tabs.set_title(i, title)
+            self.tabs.set_title(i, title)
 
     def _button(self, label: str, action: Callable[[], str], style: str) -> widgets.Button:
         button = widgets.Button(description=label, button_style=style,
@@ -494,6 +272,10 @@ class Dashboard(widgets.VBox):
     def tile_button(self, rank: int) -> widgets.Button:
         """The "kill rank N" button of a rank's tile."""
         return self._tile_widgets[rank][1]
+
+    def tile_ranks(self) -> list[int]:
+        """The ranks that have a tile now."""
+        return sorted(self._tile_widgets)
 
     # -------------------------------------------------------------- actions
 
@@ -529,14 +311,12 @@ class Dashboard(widgets.VBox):
         return f"killed node {self.node.value}"
 
     def _add_node(self) -> str:
-        from elastic_nb.api import Node
-
         index = self.job.add_node(Node(self.add_nproc.value))
         return f"added node {index} with {self.add_nproc.value} ranks; it joins at the next rendezvous"
 
     def _dump_stacks(self) -> str:
         def done(stacks: dict[int, str]) -> str:
-            self._tabs.selected_index = 2
+            self.tabs.selected_index = 2
             return f"stacks of {len(stacks)} ranks dumped (see the stacks tab)"
 
         self._in_background("dumping stacks", self.model.dump_stacks, done)
@@ -551,7 +331,7 @@ class Dashboard(widgets.VBox):
 
     # ------------------------------------------------------------ rendering
 
-    def _on_event(self, event: events.Event) -> None:
+    def _on_event(self, event: Any) -> None:
         self._dirty.set()  # called on the Job's pump thread: do nothing slow here
 
     def _tick(self) -> None:
@@ -561,7 +341,7 @@ class Dashboard(widgets.VBox):
                 self.render()
                 break
             if self._dirty.is_set() or self.model.logs.version != self._seen_logs \
-                    or time.monotonic() - self._last_stats >= STATS_INTERVAL:
+                    or time.monotonic() - self._last_refresh >= STATS_INTERVAL:
                 self.render()
         self._detach()
 
@@ -570,26 +350,24 @@ class Dashboard(widgets.VBox):
         with self._render_lock:
             self._dirty.clear()
             self._seen_logs = self.model.logs.version
-            if time.monotonic() - self._last_stats >= STATS_INTERVAL:
-                self._last_stats = time.monotonic()
-                if not self.job.done:
-                    self.model.refresh_stats()
+            self._last_refresh = time.monotonic()
+            snap = self.model.snapshot()
             changed = [
-                self._set(self._header, "value", header_html(self.model.header())),
-                self._render_tiles(),
-                self._render_controls(),
-                self._set(self._status, "value", self.model.status),
+                self._set(self.header_area, "value", render.header_html(snap)),
+                self._render_tiles(snap),
+                self._render_controls(snap),
+                self._set(self.status_area, "value", self.model.status),
                 self._render_logs(),
-                self._render_timeline(),
+                self._render_timeline(snap),
                 self._set(self.stacks_area, "value", self._stacks_html()),
             ]
             if any(changed):
                 self.updates += 1
 
     @staticmethod
-    def _set_options(widget: widgets.widget_selection._Selection, options: list) -> bool:
+    def _set_options(widget: widgets.widget_selection._Selection, choices: list) -> bool:
         """Replace a selection's options, keeping the user's choice if it is still offered."""
-        options = tuple(options)
+        options = tuple(choices)
         if tuple(widget.options) == options:
             return False
         chosen = widget.value
@@ -608,8 +386,8 @@ class Dashboard(widgets.VBox):
         setattr(widget, name, value)
         return True
 
-    def _render_tiles(self) -> bool:
-        current = self.model.tiles()
+    def _render_tiles(self, snap: JobSnapshot) -> bool:
+        current = self.model.tiles(snap)
         changed = False
         if [t.rank for t in current] != sorted(self._tile_widgets) or not self._tiles_box.children:
             self._tile_widgets = {t.rank: self._tile_widgets.get(t.rank) or self._tile(t.rank)
@@ -619,14 +397,13 @@ class Dashboard(widgets.VBox):
             changed = True
         for t in current:
             body, kill = self._tile_widgets[t.rank]
-            changed |= self._set(body, "value", tile_html(t))
-            changed |= self._set(kill, "disabled", t.state not in ("running", "restarted"))
+            changed |= self._set(body, "value", render.tile_html(t))
+            changed |= self._set(kill, "disabled", not t.state.killable)
         return changed
 
-    def _render_controls(self) -> bool:
-        live = [i for i, status in sorted(self.job.nodes.items()) if status in ("starting", "running")]
-        done = self.job.done
-        changed = self._set_options(self.node, live)
+    def _render_controls(self, snap: JobSnapshot) -> bool:
+        done = snap.done
+        changed = self._set_options(self.node, snap.live_nodes)
         for button in (self.restart_button, self.stop_button, self.kill_node_button,
                        self.add_node_button, self.stacks_button):
             changed |= self._set(button, "disabled", done)
@@ -643,11 +420,10 @@ class Dashboard(widgets.VBox):
                 if text else "<i>no output yet</i>")
         return changed | self._set(self.log_area, "value", body)
 
-    def _render_timeline(self) -> bool:
-        entries = self.model.timeline()
+    def _render_timeline(self, snap: JobSnapshot) -> bool:
+        entries = self.model.timeline(snap)
         changed = self._set_options(self.event_list, [(e.label, i) for i, e in enumerate(entries)])
-        failures = [i for i, e in enumerate(entries)
-                    if e.event.kind in (events.WORKER_FAILED, events.FAILED)]
+        failures = render.failure_events(snap)
         if len(failures) > self._failures_seen:  # a new failure: show its traceback at once
             self._failures_seen = len(failures)
             self.event_list.value = failures[-1]
@@ -719,6 +495,7 @@ def mimebundle(job: Job, include: Any = None, exclude: Any = None) -> dict[str, 
     bundle: dict[str, Any] = {}
     if in_kernel():
         bundle.update(dashboard(job)._repr_mimebundle_(include=include, exclude=exclude))
-    bundle["text/plain"] = job.summary()
-    bundle["text/html"] = job_html(job)
+    snap = job.snapshot()
+    bundle["text/plain"] = render.summary_text(snap)
+    bundle["text/html"] = render.job_html(snap)
     return bundle

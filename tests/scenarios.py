@@ -1,18 +1,23 @@
-"""Worker functions for the seed scenarios (torch's local_elastic_agent_test), rewritten.
+"""Worker functions for the tests: the seed scenarios (torch's local_elastic_agent_test,
+rewritten) and the workers of the dashboard, magics and browser tests.
 
 They live in an importable module so cloudpickle sends them by reference:
 the workers import this file through the sys.path the Job propagates.
+torch is imported inside the functions that use it, so a worker that needs
+no torch does not pay for importing it.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 TORCHRUN_ENV = (
     "RANK", "LOCAL_RANK", "ROLE_RANK", "ROLE_NAME", "GROUP_RANK", "LOCAL_WORLD_SIZE",
@@ -39,10 +44,14 @@ def echo(message: str) -> str:
 
 
 def dummy_compute() -> torch.Tensor:
+    import torch
+
     return torch.rand(100, 100)
 
 
 def dummy_compute_fail_rank_one_once() -> torch.Tensor:
+    import torch
+
     if rank() == 1 and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
         os.kill(os.getpid(), signal.SIGKILL)
     return torch.rand(100, 100)
@@ -77,6 +86,9 @@ def bipolar_sleep(seconds: float) -> int:
 
 
 def dist_sum(wait: float = 0) -> int:
+    import torch
+    import torch.distributed as dist
+
     dist.init_process_group(backend="gloo")
     try:
         t = torch.tensor(rank())
@@ -157,6 +169,9 @@ def exit_without_report(code: int) -> None:
 
 def stuck_before_all_reduce(stuck_rank: int) -> int:
     """Every rank but ``stuck_rank`` waits in an all-reduce that never completes."""
+    import torch
+    import torch.distributed as dist
+
     dist.init_process_group(backend="gloo")
     if rank() == stuck_rank:
         time.sleep(600)
@@ -175,6 +190,9 @@ def restart_counter() -> int:
 
 def elastic_steps(steps: int, step_time: float, min_world: int = 0) -> dict[str, int]:
     """All-reduce once per step; keep going while the world is smaller than ``min_world``."""
+    import torch
+    import torch.distributed as dist
+
     dist.init_process_group(backend="gloo")
     world = dist.get_world_size()
     step = 0
@@ -189,3 +207,57 @@ def elastic_steps(steps: int, step_time: float, min_world: int = 0) -> dict[str,
     dist.destroy_process_group()
     return {"world_size": int(os.environ["WORLD_SIZE"]),
             "restart_count": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}
+
+
+# Workers of the dashboard, magics and browser tests.
+
+
+def chatty(lines: int) -> int:
+    """Print ``lines`` numbered lines on stdout and one on stderr; return the rank."""
+    for i in range(lines):
+        print(f"rank {rank()} line {i}", flush=True)
+    print(f"rank {rank()} says goodbye", file=sys.stderr, flush=True)
+    return rank()
+
+
+def flood(lines: int) -> int:
+    """Print as fast as possible (a flood of output); return how many lines."""
+    out = sys.stdout
+    for i in range(lines):
+        out.write(f"flood {rank()} {i}\n")
+    out.write(f"flood {rank()} done\n")
+    out.flush()
+    return lines
+
+
+def one_rank_silent(seconds: float) -> int:
+    """Rank 0 prints every 0.1 s; every other rank prints once, then says nothing."""
+    print(f"rank {rank()} started", flush=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if rank() == 0:
+            print("tick", flush=True)
+        time.sleep(0.1)
+    return rank()
+
+
+def wait_for_kill(seconds: float) -> int:
+    """Attempt 0 prints and waits (to be killed); later attempts return the rank at once."""
+    restarts = os.environ["TORCHELASTIC_RESTART_COUNT"]
+    print(f"rank {rank()} attempt with restart count {restarts}", flush=True)
+    if restarts == "0":
+        time.sleep(seconds)
+    return rank()
+
+
+def wait_forever() -> None:
+    """Print once, then wait until stopped (for restart, stacks and stop)."""
+    print(f"rank {rank()} waiting", flush=True)
+    time.sleep(600)
+
+
+def raise_on_rank(failing: int) -> int:
+    """``failing`` raises a Python exception (a traceback for the timeline)."""
+    if rank() == failing:
+        raise ValueError(f"rank {failing} refuses")
+    return rank()

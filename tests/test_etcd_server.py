@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from util import alive, wait_until
 
 from elastic_nb.rendezvous import etcd_server
 from elastic_nb.rendezvous.etcd_server import ETCD_BINARY_ENV, EtcdServer, EtcdServerError
@@ -32,21 +33,6 @@ def http_status(url: str) -> int:
         return exc.code
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_start_serves_and_stop_leaves_nothing() -> None:
     server = EtcdServer()
     with server:
@@ -56,10 +42,10 @@ def test_start_serves_and_stop_leaves_nothing() -> None:
         with _HTTP.open(f"{server.client_url}/health", timeout=5) as response:
             assert json.load(response)["health"] == "true"
         pid, data_dir, base_dir = server.pid, server.data_dir, server.data_dir.parent
-        assert pid is not None and not gone(pid)
+        assert pid is not None and alive(pid)
         assert data_dir.is_dir()
         assert server.is_running and "127.0.0.1" in repr(server)
-    assert gone(pid)
+    assert not alive(pid)
     assert not base_dir.exists()
     assert not server.is_running and server.pid is None
     with pytest.raises(EtcdServerError, match="not running"):
@@ -71,7 +57,7 @@ def test_stop_after_etcd_died_on_its_own() -> None:
     server = EtcdServer().start()
     base_dir = server.data_dir.parent
     os.kill(server.pid, signal.SIGKILL)
-    wait_for(lambda: not server.is_running, 5, "etcd to die")
+    wait_until(lambda: not server.is_running, timeout=5, what="etcd to die")
     server.stop()
     assert not base_dir.exists()
 
@@ -82,7 +68,7 @@ def test_restart_gets_a_fresh_server() -> None:
         server.stop()
         server.start()
         assert server.pid != first and server.is_running
-    assert gone(first)
+    assert not alive(first)
 
 
 def test_v2_api_only_when_enabled(etcd_v3_server: EtcdServer, etcd_v2_server: EtcdServer) -> None:
@@ -175,14 +161,15 @@ def run_child(mode: str) -> tuple[subprocess.Popen[str], dict]:
 def test_server_does_not_outlive_a_normal_exit() -> None:
     child, info = run_child("exit")
     assert child.wait(30) == 0
-    assert gone(info["pid"])
+    assert not alive(info["pid"])
     assert not Path(info["dir"]).exists()
 
 
 def test_server_does_not_outlive_a_killed_owner() -> None:
     child, info = run_child("hang")
-    assert not gone(info["pid"])
+    assert alive(info["pid"])
     child.kill()
     child.wait()
-    wait_for(lambda: gone(info["pid"]), 15, "the watchdog to stop etcd")
-    wait_for(lambda: not Path(info["dir"]).exists(), 5, "the watchdog to remove etcd's directory")
+    wait_until(lambda: not alive(info["pid"]), timeout=15, what="the watchdog to stop etcd")
+    wait_until(lambda: not Path(info["dir"]).exists(), timeout=5,
+               what="the watchdog to remove etcd's directory")

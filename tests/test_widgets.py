@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import threading
 
-import dashboard_workers as workers
 import pytest
+import scenarios
 from util import wait_until
 
 import elastic_nb as enb
-from elastic_nb import widgets
+from elastic_nb import render, widgets
 
 
 def running(job: enb.Job, count: int, attempt: int = 0) -> None:
@@ -37,14 +37,15 @@ def board():
 
 
 def test_model_shows_header_tiles_and_filtered_logs():
-    job = enb.launch(workers.chatty, 3, nproc=2, log_line_prefix_template="[r${rank}]:")
+    job = enb.launch(scenarios.chatty, 3, nproc=2, log_line_prefix_template="[r${rank}]:")
     model = widgets.DashboardModel(job)
     try:
         assert job.result(timeout=90) == {0: 0, 1: 1}
-        head = model.header()
-        assert (head.run_id, head.backend, head.state, head.world_size) == (job.run_id, "c10d", "succeeded", 2)
-        assert (head.attempt, head.restarts_used, head.max_restarts) == (0, 0, 0)
-        assert head.color == widgets.JOB_COLORS["succeeded"]
+        snap = model.snapshot()
+        assert (snap.run_id, snap.backend, snap.status, snap.world_size) == (job.run_id, "c10d", "succeeded", 2)
+        assert (snap.attempt, snap.restart_count, snap.max_restarts) == (0, 0, 0)
+        header = render.header_html(snap)
+        assert render.JOB_COLORS["succeeded"] in header and "restarts 0/0" in header
         assert [(t.rank, t.state, t.pid) for t in model.tiles()] == [
             (w.rank, "done", w.pid) for w in job.workers]
 
@@ -61,7 +62,7 @@ def test_model_shows_header_tiles_and_filtered_logs():
 
 
 def test_model_keeps_the_lines_before_a_crash_in_their_own_attempt():
-    job = enb.launch(workers.wait_for_kill, 120, nproc=2, max_restarts=1)
+    job = enb.launch(scenarios.wait_for_kill, 120, nproc=2, max_restarts=1)
     model = widgets.DashboardModel(job)
     try:
         running(job, 2)
@@ -74,8 +75,8 @@ def test_model_keeps_the_lines_before_a_crash_in_their_own_attempt():
         assert "restart count 1" not in model.log_text(rank=1, attempt=0)
         assert "restart count 0" not in model.log_text(rank=1, attempt=1)
         assert model.logs.attempts() == [0, 1]
-        head = model.header()
-        assert (head.attempt, head.restarts_used, head.max_restarts) == (1, 1, 1)
+        snap = model.snapshot()
+        assert (snap.attempt, snap.restart_count, snap.max_restarts) == (1, 1, 1)
         assert [t.state for t in model.tiles()] == ["done", "done"]
 
         entries = model.timeline()
@@ -89,7 +90,7 @@ def test_model_keeps_the_lines_before_a_crash_in_their_own_attempt():
 
 
 def test_timeline_entry_of_a_python_failure_holds_its_traceback():
-    job = enb.launch(workers.raise_on_rank, 1, nproc=2)
+    job = enb.launch(scenarios.raise_on_rank, 1, nproc=2)
     model = widgets.DashboardModel(job)
     try:
         assert job.wait(timeout=90) == "failed"
@@ -97,13 +98,13 @@ def test_timeline_entry_of_a_python_failure_holds_its_traceback():
         assert failed and "Traceback" in failed[0].details
         assert "ValueError: rank 1 refuses" in failed[0].details
         assert [t.state for t in model.tiles() if t.rank == 1] == ["failed"]
-        assert model.header().color == widgets.JOB_COLORS["failed"]
+        assert render.JOB_COLORS["failed"] in render.header_html(model.snapshot())
     finally:
         model.close()
 
 
 def test_a_rank_silent_much_longer_than_the_others_is_flagged():
-    job = enb.launch(workers.one_rank_silent, 60, nproc=2)
+    job = enb.launch(scenarios.one_rank_silent, 60, nproc=2)
     model = widgets.DashboardModel(job, hung_after=1.5, hung_factor=3)
     try:
         running(job, 2)
@@ -111,9 +112,8 @@ def test_a_rank_silent_much_longer_than_the_others_is_flagged():
                            what="rank 1 flagged as possibly hung")
         assert not tiles[0].hung
         assert tiles[1].silent_for >= 1.5 > tiles[0].silent_for
-        assert "possibly hung" in widgets.tile_html(tiles[1])
-        assert "possibly hung" not in widgets.tile_html(tiles[0])
-        model.refresh_stats()
+        assert "possibly hung" in render.tile_html(tiles[1])
+        assert "possibly hung" not in render.tile_html(tiles[0])
         assert all(t.rss and t.rss > 10 << 20 and t.cpu_percent is not None for t in model.tiles())
     finally:
         job.stop()
@@ -122,7 +122,7 @@ def test_a_rank_silent_much_longer_than_the_others_is_flagged():
 
 def test_a_flood_of_output_costs_a_bounded_number_of_widget_updates(board):
     lines = 30_000
-    job = enb.launch(workers.flood, lines, nproc=2)
+    job = enb.launch(scenarios.flood, lines, nproc=2)
     dashboard = board(job, interval=0.25)
     log_updates = []
     dashboard.log_area.observe(lambda change: log_updates.append(change["new"]), names="value")
@@ -144,15 +144,15 @@ def test_a_flood_of_output_costs_a_bounded_number_of_widget_updates(board):
 
 
 def test_kill_button_restarts_the_rank_and_the_tile_shows_it(board):
-    job = enb.launch(workers.wait_for_kill, 120, nproc=2, max_restarts=2)
+    job = enb.launch(scenarios.wait_for_kill, 120, nproc=2, max_restarts=2)
     dashboard = board(job)
     running(job, 2)
-    wait_until(lambda: 1 in dashboard._tile_widgets and not dashboard.tile_button(1).disabled,
+    wait_until(lambda: 1 in dashboard.tile_ranks() and not dashboard.tile_button(1).disabled,
                timeout=10, what="rank 1's kill button")
     assert dashboard.tile_button(1).description == "kill rank 1"
     dashboard.signal.value = "SIGSEGV"
     dashboard.tile_button(1).click()
-    wait_until(lambda: "sent SIGSEGV to rank 1" in dashboard._status.value, timeout=10,
+    wait_until(lambda: "sent SIGSEGV to rank 1" in dashboard.status_area.value, timeout=10,
                what="the kill to be reported")
     assert job.result(timeout=90) == {0: 0, 1: 1}
     assert any(e.kind == "restarting" and e.detail["reason"] == "failure" for e in job.events)
@@ -160,14 +160,14 @@ def test_kill_button_restarts_the_rank_and_the_tile_shows_it(board):
     killed = [e for e in job.events if e.kind == "killed"]
     assert [(e.rank, e.detail["signal"]) for e in killed] == [(1, "SIGSEGV")]
     dashboard.wait_closed(timeout=30)
-    assert "restarts 1/2" in dashboard._header.value
+    assert "restarts 1/2" in dashboard.header_area.value
     failure = dashboard.event_list.value
     assert dashboard.model.timeline()[failure].event.kind == "worker_failed"
     assert "SIGSEGV" in dashboard.event_details.value
 
 
 def test_restart_stacks_and_stop_buttons_call_the_job(board):
-    job = enb.launch(workers.wait_forever, nproc=2)
+    job = enb.launch(scenarios.wait_forever, nproc=2)
     dashboard = board(job)
     running(job, 2)
     wait_until(lambda: dashboard.model.log_text().count("waiting") == 2, timeout=30, what="first lines")
@@ -179,42 +179,42 @@ def test_restart_stacks_and_stop_buttons_call_the_job(board):
                what="attempt 1's first lines")
 
     dashboard.stacks_button.click()
-    wait_until(lambda: "stacks of 2 ranks dumped" in dashboard._status.value, timeout=30,
+    wait_until(lambda: "stacks of 2 ranks dumped" in dashboard.status_area.value, timeout=30,
                what="stack dumps of both ranks")
     wait_until(lambda: "rank 1" in dashboard.stacks_area.value, timeout=10, what="stacks shown")
     assert "rank 0" in dashboard.stacks_area.value
     assert dashboard.stacks_area.value.count("in wait_forever") == 2
-    assert dashboard._tabs.selected_index == 2
+    assert dashboard.tabs.selected_index == 2
 
     dashboard.stop_button.click()
     assert job.wait(timeout=30) == "stopped"
-    wait_until(lambda: "job stopped" in dashboard._status.value, timeout=30, what="stop to be reported")
+    wait_until(lambda: "job stopped" in dashboard.status_area.value, timeout=30, what="stop to be reported")
     assert dashboard.wait_closed(timeout=30)
     assert dashboard.stop_button.disabled and dashboard.tile_button(0).disabled
 
     dashboard.tile_button(0).click()  # the tile button is disabled in a browser; a forced click is refused
-    assert "ValueError" in dashboard._status.value and "not running" in dashboard._status.value
+    assert "ValueError" in dashboard.status_area.value and "not running" in dashboard.status_area.value
 
 
 def test_kill_node_and_add_node_buttons_change_the_membership(board):
-    job = enb.launch(workers.wait_forever, nodes=[enb.Node(1), enb.Node(1)], min_nodes=1,
+    job = enb.launch(scenarios.wait_forever, nodes=[enb.Node(1), enb.Node(1)], min_nodes=1,
                      max_nodes=2, max_restarts=2)
     dashboard = board(job)
     running(job, 2)
     wait_until(lambda: list(dashboard.node.options) == [0, 1], timeout=10, what="both nodes listed")
     dashboard.add_node_button.click()  # max_nodes=2 live already: refused, in words
-    wait_until(lambda: "already has max_nodes=2 live nodes" in dashboard._status.value, timeout=10,
+    wait_until(lambda: "already has max_nodes=2 live nodes" in dashboard.status_area.value, timeout=10,
                what="the refusal in the status line")
 
     dashboard.node.value = 1
     dashboard.kill_node_button.click()
-    wait_until(lambda: "killed node 1" in dashboard._status.value, timeout=10, what="the kill reported")
+    wait_until(lambda: "killed node 1" in dashboard.status_area.value, timeout=10, what="the kill reported")
     wait_until(lambda: list(dashboard.node.options) == [0], timeout=10, what="node 1 gone from the picker")
     assert job.nodes[1] == "killed"
 
     dashboard.add_nproc.value = 1
     dashboard.add_node_button.click()
-    wait_until(lambda: "added node 2 with 1 ranks" in dashboard._status.value, timeout=10,
+    wait_until(lambda: "added node 2 with 1 ranks" in dashboard.status_area.value, timeout=10,
                what="the new node reported")
     wait_until(lambda: sorted((w.node, w.state) for w in job.workers) == [(0, "running"), (2, "running")],
                timeout=120, what="a world of nodes 0 and 2")
@@ -227,7 +227,7 @@ def test_kill_node_and_add_node_buttons_change_the_membership(board):
 
 
 def test_log_filters_in_the_widget(board):
-    job = enb.launch(workers.chatty, 5, nproc=2)
+    job = enb.launch(scenarios.chatty, 5, nproc=2)
     dashboard = board(job)
     assert job.result(timeout=90) == {0: 0, 1: 1}
     dashboard.wait_closed(timeout=30)
@@ -241,7 +241,7 @@ def test_log_filters_in_the_widget(board):
 
 
 def test_outside_a_kernel_a_job_displays_as_text_and_html():
-    job = enb.launch(workers.chatty, 1, nproc=2)
+    job = enb.launch(scenarios.chatty, 1, nproc=2)
     assert job.result(timeout=90) == {0: 0, 1: 1}
     bundle = widgets.mimebundle(job)
     assert "application/vnd.jupyter.widget-view+json" not in bundle

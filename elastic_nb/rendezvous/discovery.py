@@ -19,7 +19,6 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
 
 
-
 def open_store(backend: str, endpoint: str, run_id: str, rdzv_configs: dict[str, Any],
                timeout: float) -> dist.Store:
     """A client of the store the rendezvous of ``run_id`` uses."""
@@ -45,7 +44,7 @@ def _key(run_id: str) -> str:
 
 
 def publish(store: dist.Store, run_id: str, descriptor: dict[str, Any]) -> None:
-    store.set(_key(run_id), json.dumps(descriptor).encode())
+    store.set(_key(run_id), json.dumps(descriptor))
 
 
 def lookup(store: dist.Store, run_id: str) -> dict[str, Any]:

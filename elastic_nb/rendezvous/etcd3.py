@@ -503,17 +503,21 @@ class Etcd3Store(dist.Store):
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
         return self._connection.call(what, fn, dist.DistNetworkError)
 
+    def _timeout(self) -> timedelta:
+        """The store's timeout (``Store.timeout``, a pybind property torch's stubs lack)."""
+        return self.timeout  # type: ignore[attr-defined]
+
     def set(self, key: str, value: str | bytes) -> None:
         """Set ``key`` to ``value``."""
         self._call(f"set {key!r}", lambda c: c.put(self._key(key), _value_bytes(value)))
 
     def get(self, key: str) -> bytes:
         """The value of ``key``, waiting up to the store timeout for it to exist."""
-        return self._wait_for([key], self.timeout)[0]
+        return self._wait_for([key], self._timeout())[0]
 
     def multi_get(self, keys: list[str]) -> list[bytes]:
         """The values of ``keys``, waiting up to the store timeout for all of them."""
-        return self._wait_for(keys, self.timeout)
+        return self._wait_for(keys, self._timeout())
 
     def multi_set(self, keys: list[str], values: list[str | bytes]) -> None:
         """Set all ``keys`` to ``values`` in one transaction."""
@@ -528,7 +532,7 @@ class Etcd3Store(dist.Store):
 
     def wait(self, keys: list[str], timeout: timedelta | None = None) -> None:
         """Wait until all ``keys`` exist (``timeout`` defaults to the store's)."""
-        self._wait_for(keys, self.timeout if timeout is None else timeout)
+        self._wait_for(keys, self._timeout() if timeout is None else timeout)
 
     def check(self, keys: list[str]) -> bool:
         """Whether all ``keys`` exist now."""
@@ -610,7 +614,7 @@ class Etcd3Store(dist.Store):
         object is gone every call on the clone fails with "Not implemented"
         (pytorch issue #106633).
         """
-        clone = Etcd3Store(self._connection, self.prefix, timeout=self.timeout)
+        clone = Etcd3Store(self._connection, self.prefix, timeout=self._timeout())
         self._clones.append(clone)
         return clone
 

@@ -36,6 +36,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 __all__ = ["ETCD_BINARY_ENV", "EtcdServer", "EtcdServerError", "find_etcd_binary"]
 
@@ -204,7 +205,7 @@ class EtcdServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._base_dir: Path | None = None
-        self._log_file = None
+        self._log_file: BinaryIO | None = None
         self._port: int | None = None
         self._peer_port: int | None = None
 
@@ -336,7 +337,7 @@ class EtcdServer:
         if self.tls:
             cmd.extend(["--cert-file", self.tls[0], "--key-file", self.tls[1]])
         cmd.extend(self.extra_args)
-        self._log_file = open(self._base_dir / "etcd.log", "wb")
+        self._log_file = open(self._base_dir / "etcd.log", "wb")  # noqa: SIM115 - closed in stop()
         try:
             self._proc = subprocess.Popen(
                 cmd,

@@ -1,0 +1,101 @@
+"""The wire protocol: typed reports round-trip, and anything else is a ProtocolError."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from elastic_nb import protocol
+from elastic_nb.protocol import Channel, ProtocolError, ReportKind, parse_report, report_message
+
+FAILURE = protocol.FailureReport(rank=1, local_rank=1, pid=7, exitcode=1, signal=None,
+                                 message="boom", traceback="Traceback ...", timestamp=3.5,
+                                 restart_count=0)
+WORKER = protocol.StartedWorker(rank=0, local_rank=0, role_rank=0, world_size=2,
+                                role_world_size=2, pid=11, stdout="/o", stderr="/e",
+                                error_file="/err")
+EVERY_REPORT = [
+    protocol.Rendezvous(group_rank=0, group_world_size=2, world_size=4, master_addr="h",
+                        master_port=29500),
+    protocol.Started(role="r", attempt=1, restart_count=1, group_rank=0, group_world_size=1,
+                     workers=(WORKER,)),
+    protocol.WorkerFailed(restart_count=0, remaining_restarts=2, failures=(FAILURE,)),
+    protocol.Restarting(reason="failure", remaining_restarts=1, max_restarts=2),
+    protocol.Succeeded(restart_count=0, return_values={0: b"\x80\x05K\x01.", 3: b""}),
+    protocol.Failed(failures=(FAILURE,)),
+    protocol.AgentError(message="no", traceback=None),
+    protocol.Log(rank=0, stream="stdout", attempt=0, lines=("a", "b")),
+]
+
+
+def test_the_dispatch_table_covers_every_report_kind():
+    assert set(protocol.REPORTS) == set(ReportKind)
+    assert {type(r) for r in EVERY_REPORT} == set(protocol.REPORTS.values())
+
+
+@pytest.mark.parametrize("report", EVERY_REPORT, ids=lambda r: r.kind.value)
+def test_every_report_round_trips_through_json(report):
+    wire = json.loads(json.dumps(report_message(report)))
+    assert wire["kind"] == report.kind.value
+    assert parse_report(wire) == report
+
+
+@pytest.mark.parametrize("message, complaint", [
+    ({"kind": "reboot"}, "unknown report kind 'reboot'"),
+    ({}, "unknown report kind None"),
+    (["started"], "must be a JSON object"),
+    ({"kind": "restarting", "reason": "failure", "max_restarts": 2}, "no field 'remaining_restarts'"),
+    ({"kind": "restarting", "reason": "failure", "remaining_restarts": "1", "max_restarts": 2},
+     "remaining_restarts must be int"),
+    ({"kind": "restarting", "reason": "failure", "remaining_restarts": True, "max_restarts": 2},
+     "remaining_restarts must be int"),
+    ({"kind": "worker_failed", "restart_count": 0, "remaining_restarts": 0, "failures": [1]},
+     "'failures' must be a list of objects"),
+    ({"kind": "failed", "failures": [{"rank": 0}]}, "FailureReport message has no field"),
+    ({"kind": "succeeded", "restart_count": 0, "return_values": {"x": "AA=="}}, "bad return_values"),
+    ({"kind": "log", "rank": 0, "stream": "stdin", "attempt": 0, "lines": []}, "'stream'"),
+    ({"kind": "log", "rank": 0, "stream": "stdout", "attempt": 0, "lines": [1]}, "list of strings"),
+])
+def test_malformed_reports_are_protocol_errors(message, complaint):
+    with pytest.raises(ProtocolError, match=complaint.replace("(", r"\(").replace("[", r"\[")):
+        parse_report(message)
+
+
+@pytest.fixture
+def pair():
+    ours, theirs = socket.socketpair()
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+def test_a_channel_refuses_a_frame_over_its_limit(pair):
+    ours, theirs = pair
+    channel = Channel(ours, max_frame=1024)
+    theirs.sendall(b"x" * 2000)
+    with pytest.raises(ProtocolError, match="longer than 1024 bytes"):
+        channel.receive_ready()
+
+
+def test_a_channel_refuses_garbage_and_non_objects(pair):
+    ours, theirs = pair
+    channel = Channel(ours)
+    theirs.sendall(b"\x00\xffnot json\n")
+    with pytest.raises(ProtocolError, match="not a JSON message"):
+        channel.receive_ready()
+    theirs.sendall(b"[1, 2]\n")
+    with pytest.raises(ProtocolError, match="must be a JSON object"):
+        channel.receive_ready()
+
+
+def test_a_channel_delivers_whole_messages_and_the_end(pair):
+    ours, theirs = pair
+    channel = Channel(ours)
+    Channel(theirs).send_report(EVERY_REPORT[3])
+    theirs.sendall(b'{"kind": "log", "rank"')
+    messages, ended = channel.receive_ready()
+    assert [parse_report(m) for m in messages] == [EVERY_REPORT[3]] and not ended
+    theirs.shutdown(socket.SHUT_WR)
+    assert channel.receive_ready() == ([], True)

@@ -1,0 +1,264 @@
+"""The Job's state rules, without a process: reports in, state and events out.
+
+Like torch's rendezvous op tests, each case builds a state, applies reports
+and commands, and checks the result; the whole file runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from elastic_nb import protocol
+from elastic_nb import state as rules
+from elastic_nb.state import EventKind, JobState, JobStatus, NodeStatus, WorkerStatus
+
+T0 = 1000.0
+
+
+def job(*nproc: int, local: bool = True) -> JobState:
+    """A launched job with one node per ``nproc``."""
+    state = JobState(started_at=T0)
+    for index, n in enumerate(nproc):
+        rules.add_node(state, index, n, "trainer", local=local)
+    rules.launched(state, T0, {})
+    return state
+
+
+def started(state: JobState, node: int, first_rank: int, attempt: int = 0,
+            restart_count: int = 0, world_size: int | None = None, now: float = T0 + 1) -> list:
+    nproc = state.nodes[node].nproc
+    world = world_size or sum(n.nproc for n in state.nodes.values())
+    workers = tuple(
+        protocol.StartedWorker(rank=first_rank + i, local_rank=i, role_rank=first_rank + i,
+                               world_size=world, role_world_size=world, pid=100 * (node + 1) + i,
+                               stdout=f"/logs/node_{node}/attempt_{attempt}/{i}/stdout.log",
+                               stderr=f"/logs/node_{node}/attempt_{attempt}/{i}/stderr.log",
+                               error_file=f"/logs/node_{node}/attempt_{attempt}/{i}/error.json")
+        for i in range(nproc))
+    return rules.apply(state, node, protocol.Started(
+        role="trainer", attempt=attempt, restart_count=restart_count, group_rank=node,
+        group_world_size=len(state.nodes), workers=workers), now)
+
+
+def failure(rank: int, timestamp: float, restart_count: int = 0) -> protocol.FailureReport:
+    return protocol.FailureReport(rank=rank, local_rank=rank, pid=100 + rank, exitcode=-9,
+                                  signal="SIGKILL", message=f"killed rank {rank}", traceback=None,
+                                  timestamp=timestamp, restart_count=restart_count)
+
+
+def kinds(events: list) -> list[str]:
+    return [e.kind for e in events]
+
+
+def test_states_are_str_enums_that_print_as_their_values():
+    assert JobStatus.RUNNING == "running" and f"{JobStatus.RUNNING}" == "running"
+    assert f"{NodeStatus.KILLED:<8}|" == "killed  |"
+    assert str(EventKind.WORKER_FAILED) == "worker_failed"
+    assert EventKind.FAILED is not protocol.ReportKind.FAILED  # a final event is not a report
+
+
+def test_launch_then_start_runs_the_job():
+    state = job(2)
+    assert state.status == JobStatus.RENDEZVOUS
+    assert kinds(started(state, 0, 0)) == ["started"]
+    assert state.status == JobStatus.RUNNING
+    assert state.nodes[0].status == NodeStatus.RUNNING
+    assert [(w.rank, w.state, w.started_at, w.rank_dir) for w in state.workers.values()] == [
+        (0, WorkerStatus.RUNNING, T0 + 1, "/logs/node_0/attempt_0/0"),
+        (1, WorkerStatus.RUNNING, T0 + 1, "/logs/node_0/attempt_0/1")]
+
+
+def test_success_of_every_node_ends_the_job_with_its_results():
+    state = job(1, 1)
+    started(state, 0, 0)
+    started(state, 1, 1)
+    assert rules.apply(state, 0, protocol.Succeeded(0, {0: b"zero"}), T0 + 2) == []
+    events = rules.apply(state, 1, protocol.Succeeded(0, {1: b"one"}), T0 + 3)
+    assert kinds(events) == ["succeeded"] and events[0].detail == {"elapsed": 3.0}
+    assert state.status == JobStatus.SUCCEEDED and state.finished_at == T0 + 3
+    assert state.results == {0: b"zero", 1: b"one"}
+    assert {w.state for w in state.workers.values()} == {WorkerStatus.SUCCEEDED}
+
+
+@pytest.mark.parametrize("final_status, expected", [
+    (JobStatus.SUCCEEDED, ["rendezvous"]),
+    (JobStatus.FAILED, ["rendezvous"]),
+    (JobStatus.STOPPED, ["rendezvous"]),
+])
+def test_a_final_state_is_never_left(final_status, expected):
+    state = job(1)
+    rules.finish(state, final_status, T0 + 1)
+    events = rules.apply(state, 0, protocol.Rendezvous(0, 1, 1, None, None), T0 + 2)
+    assert kinds(events) == expected
+    assert rules.finish(state, JobStatus.RUNNING, T0 + 3) == []
+    assert state.status == final_status
+
+
+def test_a_worker_failure_carries_its_failure_and_restart_marks_the_group():
+    state = job(2)
+    started(state, 0, 0)
+    events = rules.apply(state, 0, protocol.WorkerFailed(0, 2, (failure(1, T0 + 2),)), T0 + 2)
+    assert kinds(events) == ["worker_failed"]
+    assert events[0].rank == 1 and events[0].failures[0].message == "killed rank 1"
+    assert state.workers[1].state == WorkerStatus.FAILED
+    events = rules.apply(state, 0, protocol.Restarting("failure", 1, 2), T0 + 3)
+    assert kinds(events) == ["restarting"] and state.status == JobStatus.RESTARTING
+    assert [w.state for w in state.workers.values()] == [WorkerStatus.RESTARTING,
+                                                          WorkerStatus.FAILED]
+    started(state, 0, 0, attempt=1, restart_count=1, now=T0 + 4)
+    assert state.status == JobStatus.RUNNING and state.restart_count == 1
+    assert [(w.attempt, w.started_at) for w in state.workers.values()] == [(1, T0 + 4)] * 2
+    assert len(state.failure_history) == 1
+
+
+def test_the_final_failure_names_the_first_rank_that_failed():
+    state = job(3)
+    started(state, 0, 0)
+    events = rules.apply(state, 0, protocol.Failed((failure(2, T0 + 5), failure(0, T0 + 3),
+                                                    failure(1, T0 + 3))), T0 + 6)
+    assert kinds(events) == ["failed"]
+    assert events[0].detail["error"] == "rank 0 (node 0, trainer) failed: killed rank 0"
+    assert [f.rank for f in events[0].failures] == [0, 1, 2]
+    assert state.first_failure().rank == 0
+
+
+def test_a_failed_node_fails_the_job_and_marks_the_others_to_stop():
+    state = job(1, 1)
+    started(state, 0, 0)
+    started(state, 1, 1)
+    events = rules.apply(state, 1, protocol.Failed((failure(1, T0 + 2),)), T0 + 2)
+    assert kinds(events) == ["failed"]
+    assert (state.nodes[0].stopping, state.nodes[1].stopping) == (True, False)
+    events = rules.node_gone(state, 0, -15, T0 + 3, "see agent.log")
+    assert state.nodes[0].status == NodeStatus.STOPPED
+    assert kinds(events) == ["node_exited"] and events[0].detail["status"] == "stopped"
+    assert state.workers[0].state == WorkerStatus.STOPPED
+    assert state.error is None, "a node the Job stopped is no error of its own"
+
+
+def test_an_agent_that_dies_unexpectedly_fails_the_job_saying_where_to_look():
+    state = job(1)
+    started(state, 0, 0)
+    events = rules.node_gone(state, 0, 1, T0 + 2, "see /logs/node_0/agent.log")
+    assert kinds(events) == ["node_exited", "failed"]
+    assert state.nodes[0].status == NodeStatus.FAILED
+    assert events[1].detail["error"] == ("the agent of node 0 exited unexpectedly (exit code 1); "
+                                         "see /logs/node_0/agent.log")
+
+
+def test_an_agent_error_is_an_event_and_fails_the_job():
+    state = job(1)
+    events = rules.apply(state, 0, protocol.AgentError("no rendezvous", None), T0 + 1)
+    assert kinds(events) == ["agent_error", "failed"]
+    assert events[1].detail["error"] == "no rendezvous"
+    assert state.nodes[0].error == "no rendezvous"
+
+
+def test_a_killed_node_ends_as_killed_not_failed_and_survivors_decide():
+    state = job(1, 1)
+    started(state, 0, 0)
+    started(state, 1, 1)
+    assert kinds(rules.node_killed(state, 1, T0 + 2)) == ["node_killed"]
+    events = rules.node_gone(state, 1, -9, T0 + 3, "see agent.log")
+    assert kinds(events) == ["node_exited"] and events[0].detail["status"] == "killed"
+    assert state.status == JobStatus.RUNNING
+    rules.apply(state, 0, protocol.Succeeded(0, {0: b"x"}), T0 + 4)
+    assert state.status == JobStatus.SUCCEEDED
+    assert {i: n.status for i, n in state.nodes.items()} == {0: "succeeded", 1: "killed"}
+
+
+def test_every_node_killed_fails_the_job():
+    state = job(1)
+    rules.node_killed(state, 0, T0 + 1)
+    events = rules.node_gone(state, 0, -9, T0 + 2, "")
+    assert kinds(events) == ["node_exited", "failed"]
+    assert events[-1].detail["error"] == "every node was killed"
+
+
+def test_stop_marks_live_nodes_stopped_as_they_go_then_the_job():
+    state = job(1, 1)
+    started(state, 0, 0)
+    assert rules.stop_requested(state, T0 + 1) == []
+    assert all(n.stopping for n in state.nodes.values())
+    assert kinds(rules.node_gone(state, 0, -15, T0 + 2, "")) == ["node_exited"]
+    assert kinds(rules.node_gone(state, 1, -15, T0 + 3, "")) == ["node_exited", "stopped"]
+    assert {n.status for n in state.nodes.values()} == {NodeStatus.STOPPED}
+    assert state.status == JobStatus.STOPPED
+
+
+@pytest.mark.parametrize("command", ["kill_rank", "kill_node"])
+def test_commands_on_what_is_not_running_are_refused(command):
+    state = job(1)
+    started(state, 0, 0)
+    rules.apply(state, 0, protocol.Succeeded(0, {0: b"x"}), T0 + 2)
+    with pytest.raises(ValueError, match="is not running"):
+        if command == "kill_rank":
+            rules.rank_killed(state, 0, "SIGKILL", T0 + 3)
+        else:
+            rules.node_killed(state, 0, T0 + 3)
+
+
+def test_killing_a_rank_records_its_signal_and_pid():
+    state = job(2)
+    started(state, 0, 0)
+    (event,) = rules.rank_killed(state, 1, "SIGTERM", T0 + 2)
+    assert (event.kind, event.rank, event.detail) == ("killed", 1, {"signal": "SIGTERM",
+                                                                     "pid": 101})
+
+
+def test_membership_change_names_who_joined_and_who_left():
+    state = job(1, 1)
+    for node in (0, 1):
+        rules.apply(state, node, protocol.Rendezvous(node, 2, 2, None, None), T0 + 1)
+    assert EventKind.MEMBERSHIP_CHANGED not in kinds(state.events)
+    rules.node_killed(state, 1, T0 + 2)
+    rules.node_added(state, 2, 1, "trainer", local=True, host="localhost", now=T0 + 3)
+    rules.apply(state, 2, protocol.Rendezvous(1, 2, 2, None, None), T0 + 4)
+    events = rules.apply(state, 0, protocol.Rendezvous(0, 2, 2, None, None), T0 + 4)
+    assert kinds(events) == ["rendezvous", "membership_changed"]
+    assert {k: events[1].detail[k] for k in ("members", "joined", "left")} == {
+        "members": [0, 2], "joined": [2], "left": [1]}
+
+
+def test_the_live_world_counts_live_nodes_only():
+    state = job(2, 2)
+    rules.node_killed(state, 1, T0 + 1)
+    rules.node_added(state, 2, 3, "trainer", local=False, host="b", now=T0 + 2)
+    assert state.live_world_size() == 5
+    assert state.live_nodes() == [0, 2]
+
+
+def test_joining_is_refused_at_max_nodes_and_after_the_end():
+    state = job(1, 1)
+    assert "max_nodes=2" in rules.check_can_add_node(state, max_nodes=2)
+    assert rules.check_can_add_node(state, max_nodes=3) is None
+    rules.finish(state, JobStatus.STOPPED, T0 + 1)
+    assert rules.check_can_add_node(state, max_nodes=3) == "the job has already stopped"
+
+
+def test_a_joined_nodes_added_event_names_its_host():
+    state = job(1)
+    (event,) = rules.node_added(state, 1, 2, "eval", local=False, host="hostb", now=T0 + 1)
+    assert event.detail == {"nproc": 2, "role": "eval", "host": "hostb"}
+    assert state.nodes[1].local is False
+
+
+def test_a_joined_node_that_breaks_the_protocol_is_dropped_and_the_job_goes_on():
+    state = job(1)
+    started(state, 0, 0)
+    rules.node_added(state, 1, 1, "trainer", local=False, host="hostb", now=T0 + 1)
+    events = rules.agent_error(state, 1, "node 1 sent a bad message: x", T0 + 2, drop=True)
+    assert kinds(events) == ["agent_error"] and events[0].detail["dropped"] is True
+    assert state.nodes[1].status == NodeStatus.DROPPED and state.status == JobStatus.RUNNING
+    assert state.error is None
+    rules.node_gone(state, 1, None, T0 + 3, "on hostb")
+    assert state.nodes[1].status == NodeStatus.DROPPED
+    rules.apply(state, 0, protocol.Succeeded(0, {0: b"x"}), T0 + 4)
+    assert state.status == JobStatus.SUCCEEDED
+
+
+def test_a_local_agent_that_breaks_the_protocol_fails_the_job():
+    state = job(1)
+    events = rules.agent_error(state, 0, "node 0 sent a bad message: x", T0 + 1)
+    assert kinds(events) == ["agent_error", "failed"]
+    assert state.nodes[0].status == NodeStatus.FAILED
