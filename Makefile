@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint test bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) -m elastic_nb demo
 
-test: setup
+lint: setup
+	$(PY) -m ruff check elastic_nb
+	$(PY) -m mypy
+
+test: lint
 	# The browser test drives Debian's Chromium; ELASTIC_NB_SKIP_BROWSER=1 skips it locally.
 	if [ "$$ELASTIC_NB_SKIP_BROWSER" != 1 ]; then scripts/install-browser; fi
 	$(PY) -m pytest
