@@ -117,10 +117,11 @@ class ReportingAgent(LocalElasticAgent):
         self._node_logs = logs_specs
         self._failure_reported = False
         self._restart_reason: str | None = None
-        self._restart_requested = threading.Event()
+        self._requested_restart: str | None = None  # a reason, set by the command thread
 
-    def request_restart(self) -> None:
-        self._restart_requested.set()
+    def request_restart(self, reason: str) -> None:
+        """Restart the group at the next monitor tick: ``user``, or ``membership`` (a peer was lost)."""
+        self._requested_restart = reason
 
     def worker_pids(self) -> set[int]:
         pcontext = self._pcontext
@@ -166,12 +167,17 @@ class ReportingAgent(LocalElasticAgent):
         return pids
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
-        if self._restart_requested.is_set():
-            self._restart_requested.clear()
-            self._restart_reason = "user"
+        requested, self._requested_restart = self._requested_restart, None
+        if requested is not None:
+            self._restart_reason = requested
             self._restart_workers(worker_group)
             return RunResult(state=WorkerState.HEALTHY)
         result = super()._monitor_workers(worker_group)
+        if result.state == WorkerState.SUCCEEDED:
+            # Report before torch's exit barrier: a peer lost while this node waits there must
+            # not hold the results back (the Job ends the wait once the job has succeeded).
+            self._channel.send_report(protocol.Succeeded(restart_count=self.restart_count,
+                                                         return_values=dict(result.return_values)))
         if result.state in _FAILED_STATES and not self._failure_reported:
             self._failure_reported = True
             self._channel.send_report(protocol.WorkerFailed(
@@ -296,9 +302,7 @@ def run_node(config: AgentConfig, channel: Channel) -> int:
             failure_report(rank, f, agent.restart_count)
             for rank, f in sorted(result.failures.items()))))
         return 1
-    channel.send_report(protocol.Succeeded(restart_count=agent.restart_count,
-                                           return_values=dict(result.return_values)))
-    return 0
+    return 0  # the agent reported its results before the exit barrier
 
 
 def _describe(exc: BaseException, config: AgentConfig) -> str:
@@ -319,7 +323,7 @@ def _listen_for_commands(channel: Channel, agent: ReportingAgent, local: bool) -
                 os.kill(os.getpid(), signal.SIGTERM)  # torch stops the workers, then exits
                 return
             if kind == CommandKind.RESTART:
-                agent.request_restart()
+                agent.request_restart(str(message.get("reason", "user")))
             elif kind == CommandKind.SIGNAL and message["pid"] in agent.worker_pids():
                 os.kill(message["pid"], signal.Signals[message["signal"]])
 

@@ -58,6 +58,7 @@ from elastic_nb.supervisor import (
 
 _POLL_INTERVAL = 0.05
 _STATS_INTERVAL = 1.0
+_EXIT_BARRIER_GRACE = 3.0  # after success, how long agents may take to pass torch's exit barrier
 _live_jobs: weakref.WeakSet[Job] = weakref.WeakSet()
 
 
@@ -410,6 +411,7 @@ class Job:
         """A machine lost: SIGKILL node ``index``'s agent and all its workers at once."""
         with self._lock:
             self._apply(rules.node_killed(self._state, index, time.time()))
+            self._restart_survivors(index)  # first: their workers must not fail on the lost peer
             agent = self._agents.get(index)
             if agent is None:
                 self._channels[index].send(CommandKind.KILL)
@@ -445,7 +447,7 @@ class Job:
                 raise RuntimeError(f"job {self.run_id} has already {self.state}")
             for index, node in self._state.nodes.items():
                 if node.status == NodeStatus.RUNNING:
-                    self._channels[index].send(CommandKind.RESTART)
+                    self._channels[index].send(CommandKind.RESTART, reason="user")
 
     def stacks(self, timeout: float = 5) -> dict[int, str]:
         """The live Python stack of every thread of every running rank.
@@ -555,6 +557,8 @@ class Job:
             self._apply(rules.agent_error(self._state, index,
                                           f"node {index} sent a bad message: {error}",
                                           time.time(), drop=joined))
+            if joined:
+                self._restart_survivors(index)
         if joined:
             self._shutdown_channel(index)
 
@@ -593,6 +597,16 @@ class Job:
         with self._lock:
             self._tailer.retire(lambda s: s.node == index)
             self._apply(rules.node_gone(self._state, index, returncode, time.time(), where))
+            if self._state.nodes[index].status == NodeStatus.LOST:
+                self._restart_survivors(index)
+
+    def _restart_survivors(self, lost: int) -> None:
+        """Node ``lost`` is gone: the others re-form the world now (a membership restart)."""
+        for index in rules.survivors(self._state, lost):
+            try:
+                self._channels[index].send(CommandKind.RESTART, reason="membership")
+            except OSError:
+                pass  # that node is going too; its own loss is handled when its channel closes
 
     def _reap_exited_agents(self) -> None:
         for index, agent in self._agents.items():
@@ -611,6 +625,8 @@ class Job:
                 listener(event)
             if event.kind == EventKind.FAILED:
                 self._stop_remaining_nodes()
+            elif event.kind == EventKind.SUCCEEDED:
+                self._end_exit_barrier_waits()
         if events:
             self._changed.notify_all()
             if self.done:
@@ -625,6 +641,24 @@ class Job:
                 self._wake()
 
             threading.Thread(target=stop_them, name="elastic_nb-stop", daemon=True).start()
+
+    def _end_exit_barrier_waits(self) -> None:
+        """Every node reported success: an agent still there after a grace waits in torch's
+        exit barrier for a peer that was lost, and is stopped instead of waiting it out."""
+        def end_them() -> None:
+            deadline = time.monotonic() + _EXIT_BARRIER_GRACE
+            while True:
+                with self._lock:
+                    left = [i for i, n in self._state.nodes.items() if not n.gone]
+                if not left:
+                    return
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            self._stop_nodes(left)
+            self._wake()
+
+        threading.Thread(target=end_them, name="elastic_nb-exit-barrier", daemon=True).start()
 
     def _close(self) -> None:
         with self._lock:

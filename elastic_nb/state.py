@@ -19,8 +19,9 @@ States and their transitions, as torch's ``WorkerState`` documents its own:
 ``NodeStatus``::
 
     STARTING ──started workers──▶ RUNNING ──every worker returned──▶ SUCCEEDED
-    STARTING | RUNNING ──budget spent, agent error, agent died──▶ FAILED
+    STARTING | RUNNING ──budget spent, agent error──▶ FAILED
     STARTING | RUNNING ──job.kill_node──▶ KILLED
+    STARTING | RUNNING ──its agent vanished without a last report, or its channel closed──▶ LOST
     STARTING | RUNNING ──job.stop, or the job failed elsewhere──▶ STOPPED
     STARTING | RUNNING ──a joined node broke the protocol──▶ DROPPED (the job goes on)
 
@@ -66,6 +67,7 @@ class NodeStatus(StrEnum):
     KILLED = "killed"
     STOPPED = "stopped"
     DROPPED = "dropped"
+    LOST = "lost"
 
     @property
     def live(self) -> bool:
@@ -268,7 +270,9 @@ def _note_round_member(state: JobState, node: int, group_rank: int, group_world_
 
 def _on_started(state: JobState, node: NodeState, msg: protocol.Started, now: float) -> None:
     node.status = NodeStatus.RUNNING
-    for rank in [r for r, w in state.workers.items() if w.node == node.index]:
+    # a new attempt replaces this node's workers; those of nodes gone are in no world now
+    for rank in [r for r, w in state.workers.items()
+                 if w.node == node.index or not state.nodes[w.node].status.live]:
         del state.workers[rank]
     for w in msg.workers:
         state.workers[w.rank] = WorkerInfo(
@@ -374,7 +378,10 @@ def node_gone(state: JobState, index: int, returncode: int | None, now: float,
               where: str) -> list[Event]:
     """Node ``index``'s channel closed: its agent exited, was killed, or crashed.
 
-    ``where`` tells the user where to look (its agent log, or its host).
+    An agent that goes without a last report (success, failure, error) is
+    lost: the survivors re-form without it (``survivors``) or, with no node
+    left, the job fails naming it. ``where`` tells the user where to look
+    (its agent log, or its host).
     """
     node = state.nodes[index]
     before = len(state.events)
@@ -383,10 +390,9 @@ def node_gone(state: JobState, index: int, returncode: int | None, now: float,
         if node.stopping or state.stop_requested:
             node.status = NodeStatus.STOPPED
         else:
-            node.status = NodeStatus.FAILED
+            node.status = NodeStatus.LOST
             node.error = (f"the agent of node {index} exited unexpectedly "
                           f"(exit code {returncode}); {where}")
-            state.error = state.error or node.error
     for worker in _workers_of(state, index, WorkerStatus.RUNNING, WorkerStatus.RESTARTING):
         worker.state = WorkerStatus.STOPPED
     state.record(now, EventKind.NODE_EXITED, node=index,
@@ -464,12 +470,30 @@ def check_finished(state: JobState, now: float) -> list[Event]:
     elif statuses and all(s in _ENDED_WITHOUT_FAILING for s in statuses):
         if NodeStatus.SUCCEEDED in statuses:
             return finish(state, JobStatus.SUCCEEDED, now)
-        state.error = state.error or "every node was killed"
+        if all(s == NodeStatus.KILLED for s in statuses):
+            state.error = state.error or "every node was killed"
+        else:
+            state.error = state.error or "no node is left: " + "; ".join(
+                f"node {n.index} {n.status}" + (f" ({n.error})" if n.error else "")
+                for n in state.nodes.values())
         return finish(state, JobStatus.FAILED, now)
     return []
 
 
-_ENDED_WITHOUT_FAILING = (NodeStatus.SUCCEEDED, NodeStatus.KILLED, NodeStatus.DROPPED)
+def survivors(state: JobState, lost: int) -> list[int]:
+    """The live nodes to restart at once because node ``lost`` is gone (a membership restart).
+
+    Their workers may wait for the lost node's ranks anywhere (starting, in
+    ``init_process_group``, in a collective): restarting re-forms the world
+    from the nodes that are left instead of waiting out a collective timeout.
+    """
+    if state.done or state.stop_requested:
+        return []
+    return [i for i in state.live_nodes() if i != lost]
+
+
+_ENDED_WITHOUT_FAILING = (NodeStatus.SUCCEEDED, NodeStatus.KILLED, NodeStatus.DROPPED,
+                          NodeStatus.LOST)
 
 
 def finish(state: JobState, status: JobStatus, now: float) -> list[Event]:

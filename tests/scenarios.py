@@ -261,3 +261,58 @@ def raise_on_rank(failing: int) -> int:
     if rank() == failing:
         raise ValueError(f"rank {failing} refuses")
     return rank()
+
+
+# ---------------------------------------------------------------- fault moments
+
+HELD_MOMENTS = ("init_process_group", "in_collective", "between_collectives", "exit_barrier")
+
+
+def held_at(moment: str, marks: str, steps: int = 3) -> dict[str, int]:
+    """All-reduce ``steps`` times; the first time, node 1's ranks hold the others at ``moment``.
+
+    "The first time" is per rank, remembered by a file in the directory
+    ``marks`` (a user restart keeps the restart count, so that cannot tell).
+
+    Each rank prints ``phase <name>`` as it gets there, so a test knows where
+    every rank is before it strikes:
+
+    * ``init_process_group``: node 1 sleeps before joining the group; the
+      others wait inside ``init_process_group``.
+    * ``in_collective``: node 1 sleeps after joining; the others wait inside
+      the first ``all_reduce``.
+    * ``between_collectives``: every rank computes (sleeps 5 s) between the
+      first two all-reduces; nobody is in a collective.
+    * ``exit_barrier``: node 1 sleeps after its last all-reduce; node 0's
+      ranks return, and their agent waits in torch's exit barrier.
+
+    Returns the world size and restart count it finished with.
+    """
+    import torch
+    import torch.distributed as dist
+
+    mark = os.path.join(marks, f"rank-{rank()}")
+    first_attempt = not os.path.exists(mark) and int(os.environ["GROUP_WORLD_SIZE"]) > 1
+    open(mark, "w").close()
+    holder = first_attempt and int(os.environ["GROUP_RANK"]) == 1
+
+    def phase(name: str, hold: bool = False, pause: float = 600) -> None:
+        print(f"phase {name}", flush=True)
+        if hold:
+            time.sleep(pause)
+
+    phase("started", hold=holder and moment == "init_process_group")
+    dist.init_process_group(backend="gloo")
+    phase("joined", hold=holder and moment == "in_collective")
+    world = dist.get_world_size()
+    for step in range(steps):
+        t = torch.ones(1)
+        phase(f"collective {step}")
+        dist.all_reduce(t)
+        if t.item() != world:
+            raise RuntimeError(f"all-reduce gave {t.item()} in a world of {world}")
+        phase(f"between {step}", hold=first_attempt and moment == "between_collectives" and step == 0,
+              pause=5)
+    phase("returning", hold=holder and moment == "exit_barrier")
+    dist.destroy_process_group()
+    return {"world_size": world, "restart_count": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}

@@ -136,14 +136,36 @@ def test_a_failed_node_fails_the_job_and_marks_the_others_to_stop():
     assert state.error is None, "a node the Job stopped is no error of its own"
 
 
-def test_an_agent_that_dies_unexpectedly_fails_the_job_saying_where_to_look():
+def test_the_last_node_lost_fails_the_job_saying_where_to_look():
     state = job(1)
     started(state, 0, 0)
     events = rules.node_gone(state, 0, 1, T0 + 2, "see /logs/node_0/agent.log")
     assert kinds(events) == ["node_exited", "failed"]
-    assert state.nodes[0].status == NodeStatus.FAILED
-    assert events[1].detail["error"] == ("the agent of node 0 exited unexpectedly (exit code 1); "
-                                         "see /logs/node_0/agent.log")
+    assert state.nodes[0].status == NodeStatus.LOST
+    assert rules.survivors(state, 0) == []
+    assert events[1].detail["error"] == ("no node is left: node 0 lost (the agent of node 0 exited "
+                                         "unexpectedly (exit code 1); see /logs/node_0/agent.log)")
+
+
+@pytest.mark.parametrize("how", ["agent_died", "killed", "dropped"])
+def test_a_lost_node_leaves_the_survivors_to_re_form(how):
+    state = job(1, 1, 1)
+    started(state, 0, 0)
+    started(state, 1, 1)
+    if how == "agent_died":
+        rules.node_gone(state, 1, -9, T0 + 2, "see agent.log")
+    elif how == "killed":
+        rules.node_killed(state, 1, T0 + 2)
+    else:
+        rules.agent_error(state, 1, "bad message", T0 + 2, drop=True)
+    assert rules.survivors(state, 1) == [0, 2]
+    assert state.status == JobStatus.RUNNING and state.error is None
+
+
+def test_no_membership_restart_once_the_job_is_stopping():
+    state = job(1, 1)
+    rules.stop_requested(state, T0 + 1)
+    assert rules.survivors(state, 1) == []
 
 
 def test_an_agent_error_is_an_event_and_fails_the_job():
@@ -262,3 +284,14 @@ def test_a_local_agent_that_breaks_the_protocol_fails_the_job():
     events = rules.agent_error(state, 0, "node 0 sent a bad message: x", T0 + 1)
     assert kinds(events) == ["agent_error", "failed"]
     assert state.nodes[0].status == NodeStatus.FAILED
+
+
+def test_a_new_attempt_drops_the_workers_of_nodes_that_are_gone():
+    state = job(1, 1)
+    started(state, 0, 0)
+    started(state, 1, 1)
+    rules.node_killed(state, 1, T0 + 2)
+    rules.node_gone(state, 1, -9, T0 + 3, "")
+    assert state.workers[1].state == WorkerStatus.STOPPED
+    started(state, 0, 0, attempt=1, world_size=1, now=T0 + 4)
+    assert [(w.rank, w.node, w.world_size) for w in state.workers.values()] == [(0, 0, 1)]
