@@ -26,6 +26,8 @@ lint: setup
 test: lint
 	# The browser test drives Debian's Chromium; ELASTIC_NB_SKIP_BROWSER=1 skips it locally.
 	if [ "$$ELASTIC_NB_SKIP_BROWSER" != 1 ]; then scripts/install-browser; fi
+	# The two-host tests build network namespaces with iproute2's ip (as root).
+	scripts/install-iproute2
 	$(PY) -m pytest
 
 bench: setup

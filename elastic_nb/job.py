@@ -25,8 +25,8 @@ from typing import Any
 
 import cloudpickle
 
+from elastic_nb import network, stacks
 from elastic_nb import snapshot as snapshots
-from elastic_nb import stacks
 from elastic_nb import state as rules
 from elastic_nb.errors import JobFailed, RankFailure
 from elastic_nb.join_server import JoinRefused, JoinServer
@@ -134,13 +134,15 @@ class Job:
 
     def _start_agent(self, index: int, nproc: int, role: str, payload: bytes) -> None:
         node_dir = os.path.join(self._plan.log_dir, f"node_{index}")
-        env = agent_environment(self.run_id, self.planned_world_size, self._plan.env)
+        address = network.advertised_address(self._plan.listen_addr)
+        sockets = network.socket_env(address, self._plan.env, os.environ)
+        env = agent_environment(self.run_id, self.planned_world_size, {**self._plan.env, **sockets})
         agent = AgentProcess.start(node_dir, env)
         channel = Channel(agent.socket)
         config = AgentConfig(
             node=index, role=role, nproc=nproc, payload=payload, run_id=self.run_id,
             backend=self.backend, endpoint=self.endpoint, options=self._plan.options,
-            log_dir=node_dir, local_addr="127.0.0.1")
+            log_dir=node_dir, local_addr=address)
         channel.send(CommandKind.CONFIGURE, **config.to_message())
         self._agents[index] = agent
         self._channels[index] = channel

@@ -9,11 +9,12 @@ failures, results) reach the notebook's Job.
 
 from __future__ import annotations
 
+import os
 import socket
 import tempfile
 from dataclasses import replace
 
-from elastic_nb import agent
+from elastic_nb import agent, network
 from elastic_nb.plan import JobOptions
 from elastic_nb.protocol import AgentConfig, Channel, HandshakeKind, decode_bytes
 from elastic_nb.rendezvous import discovery, register_backends
@@ -26,7 +27,16 @@ class JoinError(RuntimeError):
 def join(backend: str, endpoint: str, run_id: str, nproc: int, role: str = "default",
          local_addr: str | None = None, log_dir: str | None = None,
          rdzv_configs: dict[str, str] | None = None, timeout: float = 60) -> int:
-    """Run one node of job ``run_id`` here; the agent's exit code."""
+    """Run one node of job ``run_id`` here; the agent's exit code.
+
+    ``local_addr`` is the address peers reach this host at; its interface
+    carries the ranks' gloo/NCCL traffic unless GLOO_SOCKET_IFNAME /
+    NCCL_SOCKET_IFNAME are set.
+    """
+    try:
+        os.environ.update(network.socket_env(local_addr, os.environ))
+    except ValueError as exc:
+        raise JoinError(f"--local-addr: {exc}") from None
     register_backends()
     rdzv_configs = dict(rdzv_configs or {})
     try:

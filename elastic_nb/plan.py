@@ -20,6 +20,7 @@ from typing import Any
 
 import cloudpickle
 
+from elastic_nb import network
 from elastic_nb.errors import LaunchError
 from elastic_nb.logs import DEFAULT_PREFIX_TEMPLATE, PREFIX_FIELDS, template_fields
 from elastic_nb.payload import pack_call
@@ -158,6 +159,7 @@ def make_plan(fn: Callable[..., Any] | None, args: tuple, kwargs: dict[str, Any]
                           "e.g. {'last_call_timeout': 5}")
     if not (backend == "c10d" and endpoint is None):
         endpoint, rdzv_configs = check_endpoint(backend, endpoint, rdzv_configs)
+    _check_listen_addr(listen_addr)
 
     default_payload = pack(fn, args, kwargs) if fn is not None else None
     node_plans = tuple(plan_node(i, node, default_payload) for i, node in enumerate(nodes))
@@ -304,6 +306,17 @@ def check_endpoint(backend: str, endpoint: str | None,
     if backend in ("etcd", "etcd-v2") and scheme:
         return hostport, {"protocol": scheme, **(rdzv_configs or {})}
     return endpoint, rdzv_configs
+
+
+def _check_listen_addr(listen_addr: str) -> None:
+    if not isinstance(listen_addr, str):
+        raise LaunchError(f"listen_addr must be an address of this host, got {listen_addr!r}")
+    if network.advertised_address(listen_addr) is None:
+        return
+    try:
+        network.interface_of(listen_addr)
+    except ValueError as exc:
+        raise LaunchError(f"listen_addr: {exc}") from None
 
 
 def _make_log_dir(log_dir: str | None, run_id: str) -> str:

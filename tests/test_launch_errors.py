@@ -43,6 +43,9 @@ def no_process_starts():
         ({"run_id": "has space"}, r"run_id 'has space' must be letters"),
         ({"master_port": 70000}, r"master_port must be between 1 and 65535"),
         ({"rdzv_timeout": 0}, r"rdzv_timeout must be > 0"),
+        ({"listen_addr": "192.0.2.77"},
+         r"listen_addr: no interface of this host has the address 192\.0\.2\.77 \(interfaces: .*lo: 127\.0\.0\.1"),
+        ({"listen_addr": "no-such-host.invalid"}, r"listen_addr: 'no-such-host.invalid' is neither an IP"),
     ],
 )
 def test_bad_option(kwargs, message):

@@ -1,6 +1,7 @@
-"""A throwaway single-member etcd server on 127.0.0.1 for notebooks, demos and tests.
+"""A throwaway single-member etcd server for notebooks, demos and tests.
 
-`EtcdServer` runs one etcd process on free loopback ports (client and peer)
+`EtcdServer` runs one etcd process on free ports (clients on 127.0.0.1, or
+the address given as ``host``; the raft peer port always on loopback)
 with a temporary data directory, waits until it answers ``/health``, and on
 `stop()` terminates it (killing it after a timeout) and deletes the data
 directory. It serves the etcd v3 API (for the ``etcd3`` rendezvous backend);
@@ -129,14 +130,14 @@ def find_etcd_binary(binary: str | os.PathLike[str] | None = None) -> str:
     )
 
 
-def _free_ports(count: int) -> list[int]:
-    """Ports that were free a moment ago (held together so they differ)."""
+def _free_ports(*hosts: str) -> list[int]:
+    """A port of each of ``hosts`` that was free a moment ago (held together so they differ)."""
     sockets = []
     try:
-        for _ in range(count):
+        for host in hosts:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
             sockets.append(sock)
+            sock.bind((host, 0))
         return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
@@ -183,6 +184,9 @@ class EtcdServer:
         stop_timeout: seconds to wait after SIGTERM before SIGKILL.
         tls: ``(certificate, key)`` PEM files: serve clients over HTTPS.
         extra_args: further etcd command-line flags.
+        host: the address clients reach etcd at, and the only one it listens
+            on for them (an address of this host other machines can reach,
+            for a job that takes nodes from elsewhere).
     """
 
     def __init__(
@@ -194,7 +198,9 @@ class EtcdServer:
         stop_timeout: float = 10.0,
         tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
         extra_args: Sequence[str] = (),
+        host: str = HOST,
     ) -> None:
+        self._host = host
         self.enable_v2 = enable_v2
         self.tls = None if tls is None else (os.fspath(tls[0]), os.fspath(tls[1]))
         self.start_timeout = start_timeout
@@ -213,8 +219,8 @@ class EtcdServer:
 
     @property
     def host(self) -> str:
-        """The address etcd listens on (always 127.0.0.1)."""
-        return HOST
+        """The address etcd listens on for clients (127.0.0.1 unless ``host=`` said otherwise)."""
+        return self._host
 
     def _ports(self) -> tuple[int, int]:
         if self._port is None or self._peer_port is None or not self.is_running:
@@ -233,8 +239,8 @@ class EtcdServer:
 
     @property
     def endpoint(self) -> str:
-        """``127.0.0.1:PORT``, the form ``--rdzv-endpoint`` takes."""
-        return f"{HOST}:{self.port}"
+        """``HOST:PORT``, the form ``--rdzv-endpoint`` takes."""
+        return f"{self._host}:{self.port}"
 
     @property
     def scheme(self) -> str:
@@ -317,9 +323,9 @@ class EtcdServer:
             return self
 
     def _launch(self, binary: str) -> None:
-        self._port, self._peer_port = _free_ports(2)
+        self._port, self._peer_port = _free_ports(self._host, HOST)
         self._base_dir = Path(tempfile.mkdtemp(prefix="elastic_nb_etcd_"))
-        client_url = f"{self.scheme}://{HOST}:{self._port}"
+        client_url = f"{self.scheme}://{self._host}:{self._port}"
         peer_url = f"http://{HOST}:{self._peer_port}"
         cmd = [
             binary,
@@ -359,7 +365,7 @@ class EtcdServer:
 
     def _wait_healthy(self) -> None:
         assert self._proc is not None
-        url = f"{self.scheme}://{HOST}:{self._port}/health"
+        url = f"{self.scheme}://{self._host}:{self._port}/health"
         opener = _health_opener()
         deadline = time.monotonic() + self.start_timeout
         while True:
@@ -377,7 +383,7 @@ class EtcdServer:
                 pass
             if time.monotonic() >= deadline:
                 raise EtcdServerError(
-                    f"etcd at {HOST}:{self._port} was not healthy within {self.start_timeout:g} s. "
+                    f"etcd at {self._host}:{self._port} was not healthy within {self.start_timeout:g} s. "
                     f"Its log ends with:\n{self.log_tail()}"
                 )
             time.sleep(0.05)

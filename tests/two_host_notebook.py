@@ -1,0 +1,140 @@
+"""The notebook side of the two-host test, run inside host A's namespace.
+
+``python two_host_notebook.py SCENARIO BACKEND LISTEN_ADDR`` launches a job
+that takes one node from another host, prints one ``JOIN {...}`` line with
+what ``python -m elastic_nb join`` needs, drives the scenario, and prints one
+``RESULT {...}`` line with what the Job saw. The functions are defined here,
+in ``__main__``, so cloudpickle sends them by value: the joined node needs no
+copy of this file.
+
+Scenarios:
+
+* ``results``: a world of 2 (min = max = 2 nodes) all-reduces once; every
+  rank's return value comes back.
+* ``kill_node``: min 1, max 2 nodes; once the remote node runs, it is killed;
+  the local node re-forms a world of 1 and returns.
+* ``stop``: a world of 2 ticks until ``job.stop()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import elastic_nb as enb
+
+
+def where() -> dict:
+    """Which interface and address this rank's traffic uses, and the all-reduced sum."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    t = torch.tensor(int(os.environ["RANK"]) + 1)
+    dist.all_reduce(t)
+    print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} sum {t.item()}", flush=True)
+    dist.destroy_process_group()
+    return {"sum": int(t.item()), "world_size": int(os.environ["WORLD_SIZE"]),
+            "gloo_ifname": os.environ.get("GLOO_SOCKET_IFNAME"),
+            "master_addr": os.environ["MASTER_ADDR"]}
+
+
+def grow_then_shrink(mark: str) -> dict:
+    """Step while the world is 1 (until the remote node joins) or 2 (until it is lost);
+    return once a world of 1 follows a world of 2 on this host."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    world = dist.get_world_size()
+    if world == 2 and os.environ["LOCAL_WORLD_SIZE"] == "1" and os.environ["GROUP_RANK"] == "0":
+        open(mark, "w").close()
+    step = 0
+    while world > 1 or not os.path.exists(mark):
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        print(f"step {step} world {world}", flush=True)
+        time.sleep(0.2)
+        step += 1
+    dist.destroy_process_group()
+    return {"world_size": world, "restart_count": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}
+
+
+def tick() -> None:
+    for i in range(100_000):
+        print(f"tick {i}", flush=True)
+        time.sleep(0.2)
+
+
+def emit(kind: str, payload: dict) -> None:
+    print(f"{kind} {json.dumps(payload)}", flush=True)
+
+
+def remote_node(job: enb.Job) -> int:
+    return next(n.index for n in job.snapshot().nodes if not n.local)
+
+
+def remote_ranks(job: enb.Job) -> list[int]:
+    return sorted(w.rank for w in job.snapshot().workers if not w.local)
+
+
+def main(scenario: str, backend: str, listen_addr: str) -> None:
+    server = None
+    options: dict = {"backend": backend, "listen_addr": listen_addr, "start_method": "forkserver",
+                     "rdzv_timeout": 90}
+    if backend == "etcd3":  # an etcd on this host that the other one reaches
+        server = enb.EtcdServer(host=listen_addr).start()
+        options["endpoint"] = server.endpoint
+    try:
+        if scenario == "results":
+            job = enb.launch(where, nproc=1, min_nodes=2, max_nodes=2, **options)
+        elif scenario == "kill_node":
+            mark = os.path.join(tempfile.mkdtemp(), "saw-two")
+            job = enb.launch(grow_then_shrink, mark, nproc=1, min_nodes=1, max_nodes=2,
+                             max_restarts=0, **options)
+        else:
+            job = enb.launch(tick, nproc=1, min_nodes=2, max_nodes=2, **options)
+        emit("JOIN", {"backend": job.backend, "endpoint": job.endpoint, "run_id": job.run_id})
+        try:
+            facts = drive(job, scenario)
+        finally:
+            job.stop()
+        facts.update(state=str(job.state), nodes={i: str(s) for i, s in job.nodes.items()},
+                     events=[[e.kind, e.node, e.detail.get("reason")] for e in job.events],
+                     run_id=job.run_id)
+        emit("RESULT", facts)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def drive(job: enb.Job, scenario: str) -> dict:
+    job.wait_until(lambda: remote_ranks(job), timeout=120, what="the remote node's ranks")
+    ranks = remote_ranks(job)
+    facts: dict = {"remote_ranks": ranks}
+    if scenario == "results":
+        facts["results"] = job.result(timeout=120)
+        facts["remote_logs"] = job.logs(rank=ranks[0])
+    elif scenario == "kill_node":
+        job.wait_until(lambda: "world 2" in job.logs(rank=ranks[0]), timeout=120,
+                       what="the remote rank stepping in a world of 2")
+        facts["remote_logs"] = job.logs(rank=ranks[0])
+        struck = time.time()
+        job.kill_node(remote_node(job))
+        facts["results"] = job.result(timeout=120)
+        facts["took"] = job.snapshot().finished_at - struck
+    else:
+        job.wait_until(lambda: "tick 3" in job.logs(rank=ranks[0]), timeout=120,
+                       what="the remote rank ticking")
+        facts["remote_logs"] = job.logs(rank=ranks[0])
+        struck = time.time()
+        job.stop()
+        facts["took"] = time.time() - struck
+    return facts
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
