@@ -43,6 +43,10 @@ class JoinServer:
         self._admit = admit
         self._timeout = HANDSHAKE_TIMEOUT if handshake_timeout is None else handshake_timeout
         self._listener = socket.create_server((listen_addr, 0))
+        host, port = self._listener.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            host = socket.getfqdn()
+        self._address = f"{host}:{port}"
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name=f"{name}-join",
                                         daemon=True)
@@ -50,10 +54,7 @@ class JoinServer:
     @property
     def address(self) -> str:
         """Where nodes from other machines connect (published in the rendezvous store)."""
-        host, port = self._listener.getsockname()[:2]
-        if host in ("0.0.0.0", "::"):
-            host = socket.getfqdn()
-        return f"{host}:{port}"
+        return self._address
 
     def start(self) -> None:
         self._thread.start()

@@ -4,7 +4,8 @@ The kernel packs a function call with cloudpickle (``pack_call``); torch's
 agent starts each worker with ``run_worker(payload)``. The worker installs the
 notebook's source lines into linecache (so tracebacks show notebook code),
 arms a stack-dump signal, dies with its parent, runs the call and returns the
-result cloudpickled. An exception propagates to torch's ``record`` wrapper,
+result cloudpickled. Rank 0 first starts the store ``init_process_group``
+will use, listening on ``MASTER_ADDR`` only. An exception propagates to torch's ``record`` wrapper,
 which writes it to the rank's error file.
 """
 
@@ -14,6 +15,7 @@ import copyreg
 import ctypes
 import faulthandler
 import io
+import ipaddress
 import linecache
 import os
 import signal
@@ -30,6 +32,7 @@ STACK_DUMP_SIGNAL = signal.SIGUSR1
 STACKS_FILE = "stacks.txt"
 _MAX_SOURCE_BYTES = 8 << 20
 _PR_SET_PDEATHSIG = 1
+_workers_store: Any = None  # rank 0's store for init_process_group, alive as long as the worker
 
 
 def interactive_sources() -> dict[str, list[str]]:
@@ -97,10 +100,34 @@ def _arm_stack_dumps() -> None:
     faulthandler.register(STACK_DUMP_SIGNAL, file=stacks, all_threads=True)
 
 
+def _host_workers_store() -> None:
+    """Rank 0 hosts the workers' store (``init_process_group``'s ``env://``) on MASTER_ADDR only.
+
+    torch starts that store as a multi-tenant TCPStore server on MASTER_PORT,
+    which listens on every interface; one started here first, on a socket
+    bound to MASTER_ADDR, is the one ``init_process_group`` then uses. A
+    MASTER_ADDR that is a name, not an address (no ``listen_addr`` or
+    ``--local-addr`` was given), is left to torch.
+    """
+    global _workers_store
+    env = os.environ
+    if env.get("RANK") != "0" or env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        return
+    try:
+        ipaddress.ip_address(env.get("MASTER_ADDR", ""))
+        port = int(env["MASTER_PORT"])
+    except (KeyError, ValueError):
+        return
+    from elastic_nb.rendezvous import embedded
+
+    _workers_store = embedded.host_store(env["MASTER_ADDR"], port, multi_tenant=True)
+
+
 def run_worker(payload: bytes) -> bytes:
     """Entry point of a worker process: run the packed call, return its result pickled."""
     _die_with_parent()
     _arm_stack_dumps()
+    _host_workers_store()
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)

@@ -19,9 +19,11 @@ from datetime import timedelta
 from torch.distributed import DistNetworkError, TCPStore
 
 
-def host_store(host: str = "127.0.0.1", port: int = 0) -> TCPStore:
+def host_store(host: str = "127.0.0.1", port: int = 0, multi_tenant: bool = False) -> TCPStore:
     """Start a TCPStore server in this process, listening on ``host`` only;
-    its ``.port`` is the one bound (a free one for ``port=0``).
+    its ``.port`` is the one bound (a free one for ``port=0``). A
+    ``multi_tenant`` server is the one later multi-tenant TCPStores of this
+    process on that port use (as ``init_process_group``'s does).
 
     Raises:
         DistNetworkError: ``host:port`` cannot be bound (in use, or not an
@@ -31,7 +33,8 @@ def host_store(host: str = "127.0.0.1", port: int = 0) -> TCPStore:
     bound_port = listener.getsockname()[1]
     # TCPStore owns the descriptor from here on and closes it with the server.
     return TCPStore(host, bound_port, is_master=True, wait_for_workers=False,
-                    timeout=timedelta(seconds=60), master_listen_fd=listener.detach())
+                    timeout=timedelta(seconds=60), master_listen_fd=listener.detach(),
+                    multi_tenant=multi_tenant)
 
 
 def _bind(host: str, port: int) -> socket.socket:

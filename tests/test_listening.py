@@ -1,0 +1,48 @@
+"""Nothing listens beyond what was asked: a default job is reachable on loopback only.
+
+The embedded store and the join port bind to ``listen_addr`` (127.0.0.1 by
+default); agents listen on nothing; workers' gloo pairs use the loopback
+interface (``GLOO_SOCKET_IFNAME`` follows the address).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import psutil
+import scenarios
+from util import job_processes
+
+import elastic_nb as enb
+
+
+def listening(proc: psutil.Process) -> list[str]:
+    return [f"{c.laddr.ip}:{c.laddr.port}" for c in proc.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN]
+
+
+def is_loopback(endpoint: str) -> bool:
+    address = ipaddress.ip_address(endpoint.rsplit(":", 1)[0].split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def test_a_default_job_listens_on_loopback_only(tmp_path):
+    job = enb.launch(scenarios.held_at, "in_collective", str(tmp_path),
+                     nodes=[enb.Node(1), enb.Node(1)], start_method="forkserver")
+    try:
+        job.wait_until(lambda: all("phase joined" in job.logs(rank=r) for r in (0, 1)),
+                       what="both ranks in the gloo group")
+        kernel = listening(psutil.Process())
+        by_kind: dict[str, list[str]] = {}
+        for proc in job_processes(job.run_id):
+            kind = "agent" if "elastic_nb.agent" in " ".join(proc.cmdline()) else "worker"
+            by_kind.setdefault(kind, []).extend(listening(proc))
+    finally:
+        job.stop()
+    assert kernel, "the kernel hosts the store and the join port"
+    assert job.endpoint in kernel and job.join_address in kernel
+    assert all(is_loopback(e) for e in kernel), kernel
+    assert by_kind.get("agent", []) == [], "agents listen on nothing"
+    print("worker listeners:", by_kind.get("worker"))
+    assert all(is_loopback(e) for e in by_kind.get("worker", [])), by_kind["worker"]
