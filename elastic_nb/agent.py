@@ -37,6 +37,7 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 
 from elastic_nb import payload, protocol
+from elastic_nb.heartbeat import RoundSeen, peer_lapsed
 from elastic_nb.logs import LogSource, LogTailer, NodeLogsSpecs, started_sources
 from elastic_nb.protocol import AgentConfig, Channel, CommandKind
 from elastic_nb.rendezvous import register_backends
@@ -118,6 +119,7 @@ class ReportingAgent(LocalElasticAgent):
         self._failure_reported = False
         self._restart_reason: str | None = None
         self._requested_restart: str | None = None  # a reason, set by the command thread
+        self._round: RoundSeen | None = None
 
     def request_restart(self, reason: str) -> None:
         """Restart the group at the next monitor tick: ``user``, or ``membership`` (a peer was lost)."""
@@ -134,6 +136,9 @@ class ReportingAgent(LocalElasticAgent):
     def _rendezvous(self, worker_group: WorkerGroup) -> None:
         super()._rendezvous(worker_group)
         group_rank, group_world_size = _group_ranks(worker_group)
+        state = self._rendezvous_state()
+        if state is not None:
+            self._round = RoundSeen(state.round, group_world_size)
         self._channel.send_report(protocol.Rendezvous(
             group_rank=group_rank,
             group_world_size=group_world_size,
@@ -173,6 +178,10 @@ class ReportingAgent(LocalElasticAgent):
             self._restart_workers(worker_group)
             return RunResult(state=WorkerState.HEALTHY)
         result = super()._monitor_workers(worker_group)
+        if result.state == WorkerState.HEALTHY and self._peer_lapsed():
+            self._restart_reason = "membership"
+            self._restart_workers(worker_group)
+            return result
         if result.state == WorkerState.SUCCEEDED:
             # Report before torch's exit barrier: a peer lost while this node waits there must
             # not hold the results back (the Job ends the wait once the job has succeeded).
@@ -187,6 +196,17 @@ class ReportingAgent(LocalElasticAgent):
                                for rank, f in sorted(result.failures.items())),
             ))
         return result
+
+    def _rendezvous_state(self) -> Any:
+        """torch's dynamic rendezvous state as last synced (None for the etcd v1 handler)."""
+        holder = getattr(self._worker_group.spec.rdzv_handler, "_state_holder", None)
+        return holder.state if holder is not None else None
+
+    def _peer_lapsed(self) -> bool:
+        """A peer of this round stopped heartbeating (torch syncs the state every tick)."""
+        state = self._rendezvous_state()
+        return state is not None and peer_lapsed(self._round, state.round, state.complete,
+                                                 state.closed, len(state.participants))
 
     def _restart_workers(self, worker_group: WorkerGroup) -> None:
         if self._restart_reason is not None:

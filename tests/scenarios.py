@@ -316,3 +316,31 @@ def held_at(moment: str, marks: str, steps: int = 3) -> dict[str, int]:
     phase("returning", hold=holder and moment == "exit_barrier")
     dist.destroy_process_group()
     return {"world_size": world, "restart_count": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}
+
+
+def compute_once_grown(mark: str) -> dict[str, int]:
+    """Step alone until a peer joins; then all-reduce once and compute (sleep) for ten minutes.
+
+    A peer lost while this rank computes is noticed by no collective: only the
+    rendezvous heartbeat tells. Once a world of 1 follows the bigger one
+    (``mark`` remembers it), return.
+    """
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group(backend="gloo")
+    world = dist.get_world_size()
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    if world > 1:
+        open(mark, "w").close()
+        print(f"phase computing world {world}", flush=True)
+        time.sleep(600)
+    step = 0
+    while not os.path.exists(mark):
+        dist.all_reduce(t)
+        print(f"step {step} world {world}", flush=True)
+        time.sleep(0.2)
+        step += 1
+    dist.destroy_process_group()
+    return {"world_size": world, "restart_count": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}

@@ -15,12 +15,15 @@ reliability section quotes them.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
+import psutil
 import pytest
 import scenarios
-from util import wait_until
+from util import alive, wait_until
 
 import elastic_nb as enb
 
@@ -207,3 +210,55 @@ def test_torchs_etcd_backends_on_a_representative_subset(tmp_path, fault, moment
             assert results[1] == {"world_size": 2, "restart_count": 1}
     assert took < BOUND
     report(fault, moment, backend_name, took, str(job.state))
+
+
+TORCHRUN_PEER = """
+import os, time, torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.ones(1)
+dist.all_reduce(t)
+print(f"torchrun peer rank {os.environ['RANK']} world {dist.get_world_size()}", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_lost_torchrun_peer_is_noticed_by_its_heartbeat(tmp_path, backend):
+    """A plain torchrun node (no channel to the Job) dies while the job's rank computes:
+    no collective notices; the lapsed rendezvous heartbeat makes the survivor re-form."""
+    script = tmp_path / "peer.py"
+    script.write_text(TORCHRUN_PEER)
+    job = enb.launch(scenarios.compute_once_grown, str(tmp_path / "grown"), nproc=1, min_nodes=1,
+                     max_nodes=2, max_restarts=0, start_method="forkserver", **backend)
+    conf = "keep_alive_interval=1,keep_alive_max_attempt=3"
+    if job.backend == "c10d":
+        conf += ",is_host=false"  # the Job hosts the store
+    peer = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1:2", "--nproc-per-node", "1",
+         "--rdzv-backend", job.backend, "--rdzv-endpoint", job.endpoint, "--rdzv-id", job.run_id,
+         "--rdzv-conf", conf, "--max-restarts", "0", "--monitor-interval", "0.1", str(script)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tree: list[psutil.Process] = []
+    try:
+        job.wait_until(lambda: "phase computing world 2" in job.logs(rank=0), timeout=120,
+                       what="rank 0 computing in a world of 2")
+        tree = [psutil.Process(peer.pid), *psutil.Process(peer.pid).children(recursive=True)]
+        restarts_before = kinds(job).count("restarting")
+        struck = time.time()
+        for proc in tree:  # the machine is gone: torchrun's agent and its workers at once
+            proc.kill()
+        took = outcome_time(job, struck)
+        results = job.result()
+    finally:
+        job.stop()
+        if peer.poll() is None:
+            peer.kill()
+        peer.communicate()
+    assert results == {0: {"world_size": 1, "restart_count": 0}}
+    assert "worker_failed" not in kinds(job), "a lost peer is no failure of the survivor's"
+    reasons = [e.detail["reason"] for e in job.events if e.kind == "restarting"]
+    assert set(reasons) == {"membership"} and len(reasons) == restarts_before + 1
+    assert not any(alive(p.pid) for p in tree)
+    assert took < BOUND
+    report("lose torchrun node", "between_collectives", backend["backend"], took,
+           "succeeded, world 1 (heartbeat)")
