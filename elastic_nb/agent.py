@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from torch.distributed.elastic.agent.server.api import (
+    _TERMINAL_STATE_SYNC_ID,
     RunResult,
     WorkerGroup,
     WorkerSpec,
@@ -35,14 +36,17 @@ from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous import registry as rdzv_registry
+from torch.distributed.elastic.utils.store import _NUM_MEMBERS
 
 from elastic_nb import payload, protocol
-from elastic_nb.heartbeat import RoundSeen, peer_lapsed
+from elastic_nb.heartbeat import RoundSeen, peers_lost, silent_peers
 from elastic_nb.logs import LogSource, LogTailer, NodeLogsSpecs, started_sources
 from elastic_nb.protocol import AgentConfig, Channel, CommandKind
 from elastic_nb.rendezvous import register_backends
 
 _FAILED_STATES = (WorkerState.FAILED, WorkerState.UNHEALTHY)
+# the counter torch's exit barrier (store_util.barrier) adds each node to, in the round's store
+_EXIT_BARRIER_MEMBERS = f"{_TERMINAL_STATE_SYNC_ID}{_NUM_MEMBERS}"
 
 
 def failure_report(rank: int, failure: ProcessFailure, restart_count: int) -> protocol.FailureReport:
@@ -203,10 +207,22 @@ class ReportingAgent(LocalElasticAgent):
         return holder.state if holder is not None else None
 
     def _peer_lapsed(self) -> bool:
-        """A peer of this round stopped heartbeating (torch syncs the state every tick)."""
+        """A peer of this round stopped heartbeating and did not finish (torch syncs the
+        state every tick; the exit barrier's count is read only when someone is silent)."""
         state = self._rendezvous_state()
-        return state is not None and peer_lapsed(self._round, state.round, state.complete,
-                                                 state.closed, len(state.participants))
+        if state is None:
+            return False
+        silent = silent_peers(self._round, state.round, state.complete, state.closed,
+                              len(state.participants))
+        return silent > 0 and peers_lost(silent, self._finished_nodes())
+
+    def _finished_nodes(self) -> int:
+        """How many nodes of this round reached torch's exit barrier (its member count)."""
+        store = self._worker_group.store
+        try:
+            return int(store.add(_EXIT_BARRIER_MEMBERS, 0)) if store is not None else 0
+        except Exception:  # the store is unreachable: nothing tells them finished
+            return 0
 
     def _restart_workers(self, worker_group: WorkerGroup) -> None:
         if self._restart_reason is not None:

@@ -9,8 +9,13 @@ leaves them waiting for it. A node that joined with plain ``torchrun`` has
 no channel to the Job, so its loss reaches the survivors only this way.
 
 Each agent reads the state torch already syncs every monitor tick
-(``num_nodes_waiting``) and asks ``peer_lapsed``; a lapse is a membership
-restart, as when the Job reports a lost node.
+(``num_nodes_waiting``) and asks ``silent_peers``. A node that finished
+(its workers returned and it reached torch's exit barrier) may stop
+heartbeating too, legitimately: after an exit barrier that timed out its
+store connection is broken and it cannot even close the rendezvous. So the
+agent counts the nodes of its round that reached the barrier, and only
+silent peers beyond those are lost (``peers_lost``): a membership restart,
+as when the Job reports a lost node.
 """
 
 from __future__ import annotations
@@ -26,14 +31,19 @@ class RoundSeen:
     nodes: int
 
 
-def peer_lapsed(mine: RoundSeen | None, round_now: int, complete: bool, closed: bool,
-                participants: int) -> bool:
-    """True when the round this node runs in has lost a participant to a lapsed heartbeat.
+def silent_peers(mine: RoundSeen | None, round_now: int, complete: bool, closed: bool,
+                 participants: int) -> int:
+    """How many nodes of the round this node runs in no longer heartbeat.
 
-    Not a lapse: no round yet, a newer round (the others already re-form, and
-    torch's own waiting-node check takes this node there), a closed
-    rendezvous (the job is ending), an incomplete round.
+    None counts when there is no round yet, a newer one (the others already
+    re-form, and torch's own waiting-node check takes this node there), a
+    closed rendezvous (the job is ending) or an incomplete round.
     """
     if mine is None or closed or not complete or round_now != mine.round:
-        return False
-    return participants < mine.nodes
+        return 0
+    return max(mine.nodes - participants, 0)
+
+
+def peers_lost(silent: int, finished: int) -> bool:
+    """Silent peers beyond those that finished (reached the exit barrier) are lost."""
+    return silent > finished

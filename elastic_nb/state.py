@@ -170,6 +170,7 @@ class NodeState:
     error: str | None = None
     gone: bool = False  # its channel has closed
     stopping: bool = False  # the Job asked it to stop
+    in_rendezvous: bool = False  # it reported a round or workers: others may wait for its ranks
 
 
 @dataclass
@@ -244,6 +245,7 @@ def _on_rendezvous(state: JobState, node: NodeState, msg: protocol.Rendezvous, n
     state.record(now, EventKind.RENDEZVOUS, node=node.index, detail={
         "group_rank": msg.group_rank, "group_world_size": msg.group_world_size,
         "world_size": msg.world_size})
+    node.in_rendezvous = True
     _note_round_member(state, node.index, msg.group_rank, msg.group_world_size, msg.world_size, now)
     if state.status == JobStatus.PENDING:
         _set_status(state, JobStatus.RENDEZVOUS)
@@ -270,6 +272,7 @@ def _note_round_member(state: JobState, node: int, group_rank: int, group_world_
 
 def _on_started(state: JobState, node: NodeState, msg: protocol.Started, now: float) -> None:
     node.status = NodeStatus.RUNNING
+    node.in_rendezvous = True
     # a new attempt replaces this node's workers; those of nodes gone are in no world now
     for rank in [r for r, w in state.workers.items()
                  if w.node == node.index or not state.nodes[w.node].status.live]:
@@ -351,11 +354,19 @@ def agent_error(state: JobState, index: int, message: str, now: float,
         node.status = NodeStatus.DROPPED if drop else NodeStatus.FAILED
     node.error = node.error or message
     if not drop:
-        state.error = state.error or message
+        state.error = state.error or message + _lost_before(state)
     state.record(now, EventKind.AGENT_ERROR, node=index,
                  detail={"message": message, "dropped": drop})
     check_finished(state, now)
     return state.events[before:]
+
+
+def _lost_before(state: JobState) -> str:
+    """The nodes the job lost, which a survivor's error (a rendezvous that timed out waiting
+    for ``min_nodes``) is often about: '' if none."""
+    lost = [f"node {n.index} {n.status}" + (f" ({n.error})" if n.error else "")
+            for n in state.nodes.values() if n.status in _LOST_STATUSES]
+    return f" (after losing {'; '.join(lost)})" if lost else ""
 
 
 def _on_log(state: JobState, node: NodeState, msg: protocol.Log, now: float) -> None:
@@ -486,14 +497,17 @@ def survivors(state: JobState, lost: int) -> list[int]:
     Their workers may wait for the lost node's ranks anywhere (starting, in
     ``init_process_group``, in a collective): restarting re-forms the world
     from the nodes that are left instead of waiting out a collective timeout.
+    A node that never reported a rendezvous round (a joined peer dropped at
+    once) is in no world, and nobody restarts for it; one lost inside its first
+    round before it reported is seen by its lapsed heartbeat (``heartbeat``).
     """
-    if state.done or state.stop_requested:
+    if state.done or state.stop_requested or not state.nodes[lost].in_rendezvous:
         return []
     return [i for i in state.live_nodes() if i != lost]
 
 
-_ENDED_WITHOUT_FAILING = (NodeStatus.SUCCEEDED, NodeStatus.KILLED, NodeStatus.DROPPED,
-                          NodeStatus.LOST)
+_LOST_STATUSES = (NodeStatus.KILLED, NodeStatus.DROPPED, NodeStatus.LOST)
+_ENDED_WITHOUT_FAILING = (NodeStatus.SUCCEEDED, *_LOST_STATUSES)
 
 
 def finish(state: JobState, status: JobStatus, now: float) -> list[Event]:

@@ -262,3 +262,24 @@ def test_a_lost_torchrun_peer_is_noticed_by_its_heartbeat(tmp_path, backend):
     assert took < BOUND
     report("lose torchrun node", "between_collectives", backend["backend"], took,
            "succeeded, world 1 (heartbeat)")
+
+
+@pytest.mark.slow
+def test_a_loss_below_min_nodes_fails_the_job_naming_the_lost_node(tmp_path, backend):
+    """min_nodes = 2: the survivor waits for a replacement for rdzv_timeout, then the job
+    fails, and the error says which node was lost."""
+    job = enb.launch(scenarios.held_at, "between_collectives", str(tmp_path),
+                     nodes=[enb.Node(1), enb.Node(1)], min_nodes=2, max_nodes=2, rdzv_timeout=10,
+                     start_method="forkserver", **backend)
+    try:
+        struck = at_moment(job, "between_collectives", lambda: job.kill_node(1))
+        took = outcome_time(job, struck)
+    finally:
+        job.stop()
+    assert job.state == "failed"
+    assert job.nodes == {0: "failed", 1: "killed"}
+    error = next(e for e in job.events if e.kind == "failed").detail["error"]
+    assert "after losing node 1 killed" in error
+    assert "worker_failed" not in kinds(job)
+    assert took < 10 + BOUND
+    report("kill node", "below min_nodes", backend["backend"], took, "failed, names node 1")

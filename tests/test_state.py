@@ -162,6 +162,18 @@ def test_a_lost_node_leaves_the_survivors_to_re_form(how):
     assert state.status == JobStatus.RUNNING and state.error is None
 
 
+def test_nobody_restarts_for_a_node_that_was_in_no_round():
+    state = job(1, 1)
+    started(state, 0, 0)
+    rules.node_added(state, 2, 1, "trainer", local=False, host="mallory", now=T0 + 2)
+    rules.agent_error(state, 2, "bad message", T0 + 3, drop=True)  # dropped before any round
+    assert rules.survivors(state, 2) == []
+    rules.apply(state, 1, protocol.Rendezvous(group_rank=1, group_world_size=2, world_size=2,
+                                              master_addr="127.0.0.1", master_port=1), T0 + 4)
+    rules.node_killed(state, 1, T0 + 5)  # in a round, before its workers started
+    assert rules.survivors(state, 1) == [0]
+
+
 def test_no_membership_restart_once_the_job_is_stopping():
     state = job(1, 1)
     rules.stop_requested(state, T0 + 1)
@@ -174,6 +186,19 @@ def test_an_agent_error_is_an_event_and_fails_the_job():
     assert kinds(events) == ["agent_error", "failed"]
     assert events[1].detail["error"] == "no rendezvous"
     assert state.nodes[0].error == "no rendezvous"
+
+
+def test_a_survivor_that_cannot_re_form_fails_the_job_naming_the_nodes_lost():
+    state = job(1, 1, 1)
+    started(state, 0, 0)
+    rules.node_killed(state, 1, T0 + 2)
+    rules.node_gone(state, 2, -9, T0 + 2, "see /logs/node_2/agent.log")
+    events = rules.apply(state, 0, protocol.AgentError("RendezvousTimeoutError: min_nodes=3", None),
+                         T0 + 30)
+    assert kinds(events) == ["agent_error", "failed"]
+    assert events[1].detail["error"] == (
+        "RendezvousTimeoutError: min_nodes=3 (after losing node 1 killed; node 2 lost (the agent "
+        "of node 2 exited unexpectedly (exit code -9); see /logs/node_2/agent.log))")
 
 
 def test_a_killed_node_ends_as_killed_not_failed_and_survivors_decide():
