@@ -283,3 +283,23 @@ def test_a_loss_below_min_nodes_fails_the_job_naming_the_lost_node(tmp_path, bac
     assert "worker_failed" not in kinds(job)
     assert took < 10 + BOUND
     report("kill node", "below min_nodes", backend["backend"], took, "failed, names node 1")
+
+
+def test_faults_after_results_change_nothing_and_say_why(tmp_path):
+    """Once the job has succeeded, every command is refused with a reason, or (stop) a no-op."""
+    job = enb.launch(scenarios.held_at, "none", str(tmp_path), nodes=[enb.Node(1), enb.Node(1)],
+                     start_method="forkserver")
+    results = job.result(timeout=120)
+    with pytest.raises(ValueError, match=r"rank 1 is not running \(state: succeeded\)"):
+        job.kill(1)
+    with pytest.raises(ValueError, match=r"node 1 is not running \(status: succeeded\)"):
+        job.kill_node(1)
+    with pytest.raises(RuntimeError, match="has already succeeded"):
+        job.restart()
+    with pytest.raises(RuntimeError, match="has already succeeded"):
+        job.add_node(enb.Node(1))
+    job.stop()
+    assert job.state == "succeeded" and job.result() == results
+    assert results == {r: {"world_size": 2, "restart_count": 0} for r in (0, 1)}
+    finals = [k for k in kinds(job) if k in ("succeeded", "failed", "stopped")]
+    assert finals == ["succeeded"]
