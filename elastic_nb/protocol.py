@@ -21,7 +21,7 @@ import json
 import socket
 import threading
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from elastic_nb.plan import JobOptions
 from elastic_nb.strenum import StrEnum
@@ -97,6 +97,17 @@ def _flat(cls: Any, message: dict[str, Any], *skip: str) -> dict[str, Any]:
     return values
 
 
+_R = TypeVar("_R", bound="_FlatRecord")
+
+
+class _FlatRecord:
+    """A record whose fields are all scalars: ``from_message`` checks and takes each one."""
+
+    @classmethod
+    def from_message(cls: type[_R], message: dict[str, Any]) -> _R:
+        return cls(**_flat(cls, message))
+
+
 def _records(cls: Any, message: dict[str, Any], name: str) -> tuple[Any, ...]:
     items = message.get(name)
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
@@ -105,7 +116,7 @@ def _records(cls: Any, message: dict[str, Any], name: str) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True)
-class FailureReport:
+class FailureReport(_FlatRecord):
     """How one worker failed, as torch's error file or exit code tells it."""
 
     rank: int
@@ -118,13 +129,9 @@ class FailureReport:
     timestamp: float
     restart_count: int
 
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> FailureReport:
-        return cls(**_flat(cls, message))
-
 
 @dataclass(frozen=True)
-class StartedWorker:
+class StartedWorker(_FlatRecord):
     """One worker of a new attempt: its ranks, pid and files."""
 
     rank: int
@@ -137,23 +144,15 @@ class StartedWorker:
     stderr: str
     error_file: str
 
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> StartedWorker:
-        return cls(**_flat(cls, message))
-
 
 @dataclass(frozen=True)
-class Rendezvous:
+class Rendezvous(_FlatRecord):
     kind: ClassVar[ReportKind] = ReportKind.RENDEZVOUS
     group_rank: int
     group_world_size: int
     world_size: int
     master_addr: str | None
     master_port: int | None
-
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> Rendezvous:
-        return cls(**_flat(cls, message))
 
 
 @dataclass(frozen=True)
@@ -186,15 +185,11 @@ class WorkerFailed:
 
 
 @dataclass(frozen=True)
-class Restarting:
+class Restarting(_FlatRecord):
     kind: ClassVar[ReportKind] = ReportKind.RESTARTING
     reason: str  # failure, membership or user
     remaining_restarts: int
     max_restarts: int
-
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> Restarting:
-        return cls(**_flat(cls, message))
 
 
 @dataclass(frozen=True)
@@ -230,14 +225,10 @@ class Failed:
 
 
 @dataclass(frozen=True)
-class AgentError:
+class AgentError(_FlatRecord):
     kind: ClassVar[ReportKind] = ReportKind.AGENT_ERROR
     message: str
     traceback: str | None
-
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> AgentError:
-        return cls(**_flat(cls, message))
 
 
 @dataclass(frozen=True)
