@@ -4,9 +4,9 @@ The kernel packs a function call with cloudpickle (``pack_call``); torch's
 agent starts each worker with ``run_worker(payload)``. The worker installs the
 notebook's source lines into linecache (so tracebacks show notebook code),
 arms a stack-dump signal, dies with its parent, runs the call and returns the
-result cloudpickled. Rank 0 first starts the store ``init_process_group``
-will use, listening on ``MASTER_ADDR`` only. An exception propagates to torch's ``record`` wrapper,
-which writes it to the rank's error file.
+result cloudpickled (rank 0 first starts the store ``init_process_group``
+will use, listening on ``MASTER_ADDR`` only). An exception propagates to
+torch's ``record`` wrapper, which writes it to the rank's error file.
 """
 
 from __future__ import annotations
