@@ -48,7 +48,27 @@ def flood(seconds: float) -> int:
     return count
 
 
-WORKLOADS = {"allreduce_once": allreduce_once, "elastic_steps": elastic_steps, "flood": flood}
+def restart_probe() -> int:
+    """Stamp entering user code; attempt 0 joins the group, all-reduces, then waits to be
+    killed; later attempts return at once. Returns the restart count."""
+    import os
+    import time
+
+    entered = time.time()
+    restarts = int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+    print(f"entered rank {os.environ['RANK']} pid {os.getpid()} restarts {restarts} "
+          f"t={entered:.3f}", flush=True)
+    if restarts == 0:
+        dist.init_process_group(backend="gloo")
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        print(f"ready rank {os.environ['RANK']} pid {os.getpid()}", flush=True)
+        time.sleep(600)
+    return restarts
+
+
+WORKLOADS = {"allreduce_once": allreduce_once, "elastic_steps": elastic_steps, "flood": flood,
+             "restart_probe": restart_probe}
 
 if __name__ == "__main__":
     import ast
