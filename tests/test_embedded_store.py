@@ -3,7 +3,6 @@ is given, never on every interface, and clients reach it there."""
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from datetime import timedelta
 
@@ -11,6 +10,7 @@ import psutil
 import pytest
 import torch.distributed as dist
 from torch.distributed import TCPStore
+from util import is_loopback
 
 from elastic_nb.rendezvous.embedded import free_port, host_store
 
@@ -37,13 +37,6 @@ def listen_addresses(port: int) -> list[str]:
         for conn in psutil.Process().net_connections(kind="inet")
         if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
     ]
-
-
-def is_loopback(ip: str) -> bool:
-    """Loopback, IPv4-mapped IPv6 (``::ffff:127.0.0.1``) included."""
-    address = ipaddress.ip_address(ip.split("%")[0])
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
 
 
 @pytest.fixture(params=LOOPBACKS)

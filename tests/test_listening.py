@@ -7,11 +7,9 @@ interface (``GLOO_SOCKET_IFNAME`` follows the address).
 
 from __future__ import annotations
 
-import ipaddress
-
 import psutil
 import scenarios
-from util import job_processes
+from util import is_loopback, job_processes
 
 import elastic_nb as enb
 
@@ -21,10 +19,8 @@ def listening(proc: psutil.Process) -> list[str]:
             if c.status == psutil.CONN_LISTEN]
 
 
-def is_loopback(endpoint: str) -> bool:
-    address = ipaddress.ip_address(endpoint.rsplit(":", 1)[0].split("%")[0])
-    mapped = getattr(address, "ipv4_mapped", None)
-    return (mapped or address).is_loopback
+def on_loopback(endpoint: str) -> bool:
+    return is_loopback(endpoint.rsplit(":", 1)[0])
 
 
 def test_a_default_job_listens_on_loopback_only(tmp_path):
@@ -42,7 +38,7 @@ def test_a_default_job_listens_on_loopback_only(tmp_path):
         job.stop()
     assert kernel, "the kernel hosts the store and the join port"
     assert job.endpoint in kernel and job.join_address in kernel
-    assert all(is_loopback(e) for e in kernel), kernel
+    assert all(on_loopback(e) for e in kernel), kernel
     assert by_kind.get("agent", []) == [], "agents listen on nothing"
     print("worker listeners:", by_kind.get("worker"))
-    assert all(is_loopback(e) for e in by_kind.get("worker", [])), by_kind["worker"]
+    assert all(on_loopback(e) for e in by_kind.get("worker", [])), by_kind["worker"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections.abc import Callable
@@ -54,3 +55,10 @@ def job_processes(run_id: str | None = None, kernel_pid: int | None = None) -> l
         except psutil.Error:
             continue
     return found
+
+
+def is_loopback(ip: str) -> bool:
+    """Loopback, IPv4-mapped IPv6 (``::ffff:127.0.0.1``) included."""
+    address = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
