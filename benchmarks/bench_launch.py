@@ -1,18 +1,26 @@
-"""Wall time of a trivial gloo all-reduce job: elastic_nb beside torchrun, same run.
+"""Launch time of a trivial gloo all-reduce job: elastic_nb beside torchrun, same run.
 
     python benchmarks/bench_launch.py [--sizes 2 4 8] [--repeats 3]
 
-For each world size N it times, alternating so machine noise hits all alike:
-  torchrun    `python -m torch.distributed.run --standalone --nproc-per-node N workloads.py allreduce_once`
-  enb spawn   `elastic_nb.run(allreduce_once, nproc=N)` from this process
-  enb fork    the same with start_method="forkserver" (torch preloaded once per node)
-and prints medians and the ratio to torchrun.
+For each world size N, alternating so machine noise hits all alike:
+  torchrun   `python -m torch.distributed.run --standalone --nproc-per-node N
+             workloads.py allreduce_once`, the whole command
+  enb first  a fresh interpreter imports elastic_nb, then `elastic_nb.run(allreduce_once,
+             nproc=N, keep_warm=0)`: the call to every rank's result, no warm host
+             (the interpreter's whole life is printed beside it)
+  enb repeat `elastic_nb.run(allreduce_once, nproc=N)` again in this process: the call
+             to every rank's result on the warm host the last run left
+Prints medians, ratios to torchrun, and where a repeat launch's time goes (by the
+Job's events and the ranks' own timestamps): planning, handing the node to its
+host and the rendezvous round, forking the workers, unpickling to user code,
+init_process_group, and the all-reduce and results coming back.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -24,6 +32,9 @@ sys.path.insert(0, HERE)
 import elastic_nb as enb  # noqa: E402
 from workloads import allreduce_once  # noqa: E402
 
+STAMP = re.compile(r"(entered|joined) rank (\d+) t=([\d.]+)")
+PHASES = ("plan", "rendezvous", "fork", "to user code", "init_process_group", "results")
+
 
 def time_torchrun(n: int) -> float:
     start = time.perf_counter()
@@ -33,37 +44,77 @@ def time_torchrun(n: int) -> float:
     return time.perf_counter() - start
 
 
-def time_enb(n: int, start_method: str) -> float:
+def time_first(n: int) -> tuple[float, float]:
+    """The call in a fresh interpreter, and that interpreter's whole life."""
     start = time.perf_counter()
-    results = enb.run(allreduce_once, nproc=n, start_method=start_method)
+    out = subprocess.run([sys.executable, __file__, "--first-launch-child", str(n)],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.split()[-1]), time.perf_counter() - start
+
+
+def first_launch_child(n: int) -> None:
+    start = time.perf_counter()
+    results = enb.run(allreduce_once, nproc=n, keep_warm=0)
     elapsed = time.perf_counter() - start
     assert results == {r: float(n) for r in range(n)}, results
-    return elapsed
+    print(f"{elapsed:.4f}")
+
+
+def time_repeat(n: int) -> tuple[float, dict[str, float]]:
+    called = time.time()
+    job = enb.launch(allreduce_once, nproc=n)
+    results = job.result(timeout=120)
+    returned = time.time()
+    assert results == {r: float(n) for r in range(n)}, results
+    assert all(node.warm for node in job.snapshot().nodes), "no warm host was used"
+    stamps: dict[str, list[float]] = {"entered": [], "joined": []}
+    for what, _, t in STAMP.findall(job.logs()):
+        stamps[what].append(float(t))
+    first = {kind: next(e.time for e in job.events if e.kind == kind)
+             for kind in ("launched", "rendezvous", "started")}
+    marks = [called, first["launched"], first["rendezvous"], first["started"],
+             max(stamps["entered"]), max(stamps["joined"]), returned]
+    # plan: make_plan and the Job until it starts ("launched"); rendezvous: handing the node
+    # to its host and the round; fork: torch starting the workers; the rest, the ranks' stamps
+    return returned - called, dict(zip(PHASES, (b - a for a, b in zip(marks, marks[1:])),
+                                       strict=True))
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--first-launch-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    variants = {
-        "torchrun": time_torchrun,
-        "enb spawn": lambda n: time_enb(n, "spawn"),
-        "enb forkserver": lambda n: time_enb(n, "forkserver"),
-    }
+    if args.first_launch_child:
+        first_launch_child(args.first_launch_child)
+        return
     print(f"{os.cpu_count()} cores, medians of {args.repeats} runs, seconds")
-    print(f"{'N':>3} " + " ".join(f"{name:>15}" for name in variants)
-          + "   ratio spawn/torchrun  forkserver/torchrun")
+    enb.run(allreduce_once, nproc=1)  # leaves a warm host for the repeats
     for n in args.sizes:
-        samples: dict[str, list[float]] = {name: [] for name in variants}
+        torchrun, first, life, repeat = [], [], [], []
+        phases: dict[str, list[float]] = {p: [] for p in PHASES}
         for _ in range(args.repeats):
-            for name, measure in variants.items():
-                samples[name].append(measure(n))
-        medians = {name: statistics.median(values) for name, values in samples.items()}
-        base = medians["torchrun"]
-        print(f"{n:>3} " + " ".join(f"{medians[name]:>15.2f}" for name in variants)
-              + f"   {medians['enb spawn'] / base:>20.2f}  {medians['enb forkserver'] / base:>19.2f}",
+            torchrun.append(time_torchrun(n))
+            call, whole = time_first(n)
+            first.append(call)
+            life.append(whole)
+            total, split = time_repeat(n)
+            repeat.append(total)
+            for phase, seconds in split.items():
+                phases[phase].append(seconds)
+        base = median(torchrun)
+        print(f"N={n}: torchrun {base:.2f}   enb first {median(first):.2f} "
+              f"({median(first) / base:.2f}x; whole interpreter {median(life):.2f}, "
+              f"{median(life) / base:.2f}x)   enb repeat {median(repeat):.3f} "
+              f"({median(repeat) / base:.3f}x)", flush=True)
+        print("      repeat: " + "  ".join(f"{p} {median(phases[p]):.3f}" for p in PHASES),
               flush=True)
+    enb.shutdown()
 
 
 if __name__ == "__main__":

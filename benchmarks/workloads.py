@@ -7,8 +7,15 @@ import torch.distributed as dist
 
 
 def allreduce_once() -> float:
-    """Join a gloo group, all-reduce one tensor, leave: the cost of a trivial job."""
+    """Join a gloo group, all-reduce one tensor, leave: the cost of a trivial job.
+    Stamps entering user code and having joined the group (for the launch breakdown)."""
+    import os
+    import time
+
+    rank = os.environ["RANK"]
+    print(f"entered rank {rank} t={time.time():.4f}", flush=True)
     dist.init_process_group(backend="gloo")
+    print(f"joined rank {rank} t={time.time():.4f}", flush=True)
     t = torch.ones(1)
     dist.all_reduce(t)
     dist.destroy_process_group()

@@ -12,6 +12,7 @@ from typing import Any
 
 from elastic_nb.api import launch, run
 from elastic_nb.errors import JobFailed, LaunchError, RankFailure
+from elastic_nb.host_pool import HostInfo, hosts, set_keep_warm, shutdown
 from elastic_nb.job import Job
 from elastic_nb.plan import BACKENDS, Node
 from elastic_nb.rendezvous.etcd_server import EtcdServer
@@ -23,6 +24,7 @@ __all__ = [
     "EtcdServer",
     "Event",
     "EventKind",
+    "HostInfo",
     "Job",
     "JobFailed",
     "JobSnapshot",
@@ -33,8 +35,11 @@ __all__ = [
     "RankFailure",
     "WorkerInfo",
     "WorkerStatus",
+    "hosts",
     "launch",
     "run",
+    "set_keep_warm",
+    "shutdown",
 ]
 
 

@@ -1,25 +1,30 @@
-"""Agent process main: one node of a job.
+"""Agent process main: a node host, running one node of a job after another.
 
-Each node runs here, in its own process and process group: a real torch
-``LocalElasticAgent`` whose only additions are reports to the Job (rendezvous
-result, ranks and pids per attempt, worker failures, restarts, final results)
-and a ``restart`` command. Rendezvous, restart policy, error files and
-shutdown are torch's.
+Each node runs in a host process of its own session and process group: a
+real torch ``LocalElasticAgent`` whose only additions are reports to the Job
+(rendezvous result, ranks and pids per attempt, worker failures, restarts,
+final results) and a ``restart`` command. Rendezvous, restart policy, error
+files and shutdown are torch's.
 
-Started by the Job as ``python -m elastic_nb.agent FD`` with one end of a
-socketpair as FD; the first message on it is the node's ``AgentConfig``.
-When the Job's end closes (the kernel died), the node kills its whole
-process group, workers included.
+Started by the Job (``supervisor.AgentProcess.start``) with one end of a
+socketpair as FD; each ``CONFIGURE`` on it is one job's ``AgentConfig``, and
+``NODE_DONE`` answers when that job's node is over. The host then waits for
+the next job (the kernel's host pool decides how long it stays warm). When
+the Job's end closes (the kernel died), the host kills its whole process
+group, workers and forkserver included.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterable
 from typing import Any
@@ -33,6 +38,7 @@ from torch.distributed.elastic.agent.server.api import (
 )
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing import SignalException
+from torch.distributed.elastic.multiprocessing import api as torch_mp_api
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous import registry as rdzv_registry
@@ -118,7 +124,7 @@ class ReportingAgent(LocalElasticAgent):
         super().__init__(spec, logs_specs, **kwargs)
         self._channel = channel
         self._node = node
-        self._forwarder = forwarder
+        self.forwarder = forwarder
         self._node_logs = logs_specs
         self._failure_reported = False
         self._restart_reason: str | None = None
@@ -169,10 +175,10 @@ class ReportingAgent(LocalElasticAgent):
         started = protocol.Started(
             role=worker_group.spec.role, attempt=self._node_logs.last_attempt,
             restart_count=self.restart_count, group_rank=group_rank,
-            group_world_size=group_world_size, workers=workers)
+            group_world_size=group_world_size, observed_at=time.time(), workers=workers)
         self._channel.send_report(started)
-        if self._forwarder is not None:  # after STARTED: the Job drops lines of ranks it has not seen
-            self._forwarder.follow(started_sources(self._node, started))
+        if self.forwarder is not None:  # after STARTED: the Job drops lines of ranks it has not seen
+            self.forwarder.follow(started_sources(self._node, started))
         return pids
 
     def _monitor_workers(self, worker_group: WorkerGroup) -> RunResult:
@@ -196,6 +202,7 @@ class ReportingAgent(LocalElasticAgent):
             self._channel.send_report(protocol.WorkerFailed(
                 restart_count=self.restart_count,
                 remaining_restarts=self._remaining_restarts,
+                observed_at=time.time(),
                 failures=tuple(failure_report(rank, f, self.restart_count)
                                for rank, f in sorted(result.failures.items())),
             ))
@@ -224,6 +231,11 @@ class ReportingAgent(LocalElasticAgent):
         except Exception:  # the store is unreachable: nothing tells them finished
             return 0
 
+    def _stop_workers(self, worker_group: WorkerGroup) -> None:
+        # torch stops the group for a restart with a 30 s SIGTERM grace whatever
+        # shutdown_timeout says: a worker that ignores SIGTERM held every restart 30 s
+        self._shutdown(timeout=self._shutdown_timeout)
+
     def _restart_workers(self, worker_group: WorkerGroup) -> None:
         if self._restart_reason is not None:
             reason, self._restart_reason = self._restart_reason, None
@@ -235,6 +247,7 @@ class ReportingAgent(LocalElasticAgent):
             reason=reason,
             remaining_restarts=self._remaining_restarts,
             max_restarts=worker_group.spec.max_restarts,
+            observed_at=time.time(),
         ))
         super()._restart_workers(worker_group)
 
@@ -276,69 +289,233 @@ def _prepare_process(config: AgentConfig) -> None:
     # round (see README, "Why TORCH_DISABLE_SHARE_RDZV_TCP_STORE").
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     if config.options.start_method == "forkserver":
-        multiprocessing.set_forkserver_preload(["torch", "torch.distributed", "elastic_nb.payload"])
+        multiprocessing.set_forkserver_preload(list(payload.FORKSERVER_PRELOAD))
+
+
+class _ExceptionTextFilter(logging.Filter):
+    """Puts a record's traceback in its message, so torch's log formatter never sees exc_info.
+
+    torch's formatter imports ``torch._dynamo`` (with sympy) the first time it
+    formats a record with exc_info: the "failed (exitcode: ...)" line of the
+    first worker failure cost ~1.5 s before the agent acted on it. The text
+    printed is the same.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            text = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            record.msg, record.args, record.exc_info = f"{record.getMessage()}\n{text}", (), None
+        return True
+
+
+def _quiet_failure_logs() -> None:
+    logger = torch_mp_api.logger
+    if not any(isinstance(f, _ExceptionTextFilter) for f in logger.filters):
+        logger.addFilter(_ExceptionTextFilter())
+
+
+def _stop_heartbeats(handler: Any) -> bool:
+    """After a job stopped by a signal, silence its rendezvous handler (left open, as torchrun
+    leaves it) so the host can serve another job; False when the handler cannot be silenced."""
+    stop = getattr(handler, "_stop_heartbeats", None)
+    if stop is None:
+        return False
+    stop()
+    return True
+
+
+class NodeHost:
+    """An agent process: runs the node of one job after another, and the Job's commands.
+
+    ``serve`` (a local host) takes each job's ``AgentConfig`` from the channel
+    and runs it with ``run``; between jobs it keeps what is expensive: this
+    interpreter with torch imported, and the forkserver workers fork from.
+    Each job still gets its own environment, sys.path and cwd (the kernel's),
+    agent log, ``ReportingAgent``, rendezvous handler and workers. A node
+    joined from another machine runs one job (``run``) and exits.
+
+    One thread reads the channel throughout: configurations queue for the
+    main thread; commands act at once. When the Job's end closes (the kernel
+    died), a local host kills its whole process group, workers included.
+    """
+
+    def __init__(self, channel: Channel, local: bool) -> None:
+        self._channel = channel
+        self._local = local
+        self._configs: queue.SimpleQueue[AgentConfig | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._agent: ReportingAgent | None = None
+        self._job: str | None = None  # the run id of the job this host was last given
+        self._in_run = False  # inside agent.run(): a SIGTERM there stops the job as torch does
+        self._stop_requested = False
+        self._reusable = True
+        threading.Thread(target=self._listen, name="elastic_nb-commands", daemon=True).start()
+
+    def serve(self) -> int:
+        """Run jobs as the Job sends them, until it goes or a job leaves this host unusable."""
+        signal.signal(signal.SIGTERM, torch_mp_api._terminate_process_handler)
+        _quiet_failure_logs()
+        while True:
+            try:
+                config = self._configs.get()
+            except SignalException:
+                return 0  # SIGTERM while idle: nothing to stop
+            if config is None:
+                return 0
+            try:
+                exitcode, reusable = self.run(config), self._reusable
+            except SignalException:  # a stop that landed as torch's run returned: leave
+                exitcode, reusable = 1, False
+            self._channel.send_report(protocol.NodeDone(exitcode=exitcode, reusable=reusable))
+            if not reusable:
+                return exitcode
+
+    def run(self, config: AgentConfig) -> int:
+        """Run one node of a job to completion, reporting to the Job; its exit code."""
+        self._reusable = True
+        with self._lock:
+            self._job = config.run_id
+        _enter_job(config)
+        _prepare_process(config)
+        try:
+            register_backends()
+            handler = rdzv_registry.get_rendezvous_handler(rendezvous_parameters(config))
+        except Exception as exc:
+            self._channel.send_report(protocol.AgentError(_describe(exc, config),
+                                                          traceback.format_exc()))
+            return 1
+        agent = self._make_agent(config, handler)
+        forwarder = agent.forwarder
+        shutdown_rendezvous = True
+        with self._lock:
+            if self._stop_requested:  # stopped before it began
+                self._stop_requested = False
+                return 1
+            self._agent, self._in_run = agent, True
+        try:
+            result = agent.run()
+        except SignalException:
+            # As torchrun: a node stopped by a signal leaves the rendezvous open for the others.
+            shutdown_rendezvous = False
+            return 1
+        except Exception as exc:
+            self._channel.send_report(protocol.AgentError(_describe(exc, config),
+                                                          traceback.format_exc()))
+            return 1
+        finally:
+            with self._lock:
+                self._agent, self._in_run, self._stop_requested = None, False, False
+            if shutdown_rendezvous:
+                handler.shutdown()
+            else:
+                self._reusable = _stop_heartbeats(handler)
+            if forwarder is not None:
+                forwarder.close()
+        if result is None:
+            self._channel.send_report(protocol.AgentError(
+                "this node was not admitted to the rendezvous (the world is full)", None))
+            return 1
+        if result.is_failed():
+            self._channel.send_report(protocol.Failed(failures=tuple(
+                failure_report(rank, f, agent.restart_count)
+                for rank, f in sorted(result.failures.items()))))
+            return 1
+        return 0  # the agent reported its results before the exit barrier
+
+    def _make_agent(self, config: AgentConfig, handler: Any) -> ReportingAgent:
+        options = config.options
+        spec = WorkerSpec(
+            role=config.role,
+            local_world_size=config.nproc,
+            entrypoint=payload.run_worker,
+            args=(config.payload, payload.JobContext.of_this_process()),
+            rdzv_handler=handler,
+            max_restarts=options.max_restarts,
+            monitor_interval=options.monitor_interval,
+            master_addr=options.master_addr,
+            master_port=options.master_port,
+            local_addr=config.local_addr,
+        )
+        return ReportingAgent(
+            spec,
+            NodeLogsSpecs(config.log_dir, tee=config.tee),
+            self._channel,
+            config.node,
+            LogForwarder(self._channel) if config.tee else None,
+            start_method=options.start_method,
+            exit_barrier_timeout=options.exit_barrier_timeout,
+            log_line_prefix_template=options.log_line_prefix_template if config.tee else None,
+            shutdown_timeout=options.shutdown_timeout,
+        )
+
+    def _stop(self, run_id: str | None = None) -> None:
+        """Stop the job running here as torch stops on SIGTERM; the host stays.
+
+        ``run_id`` names the job to stop: a stop that crossed the end of that
+        job on the wire must not stop the next one.
+        """
+        with self._lock:
+            if run_id is not None and run_id != self._job:
+                return
+            if self._in_run:
+                os.kill(os.getpid(), signal.SIGTERM)  # torch stops the workers, then returns
+            else:
+                self._stop_requested = True
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                message = self._channel.receive() or {}
+            except (OSError, ValueError):
+                message = {}
+            kind = message.get("kind")
+            if kind == CommandKind.CONFIGURE:
+                config = AgentConfig.from_message(message)
+                with self._lock:
+                    self._job, self._stop_requested = config.run_id, False
+                self._configs.put(config)
+                continue
+            if (kind is None and self._local) or kind == CommandKind.KILL:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+            if kind is None:
+                self._configs.put(None)
+                self._stop()
+                return
+            with self._lock:
+                agent = self._agent
+            if kind == CommandKind.STOP:
+                self._stop(message.get("run_id"))
+            elif agent is None:
+                continue  # between jobs: a command for a job that is over
+            elif kind == CommandKind.RESTART:
+                agent.request_restart(str(message.get("reason", "user")))
+            elif kind == CommandKind.SIGNAL and message["pid"] in agent.worker_pids():
+                os.kill(message["pid"], signal.Signals[message["signal"]])
+
+
+def _enter_job(config: AgentConfig) -> None:
+    """Take on the kernel's environment, sys.path and cwd, and the job's agent log."""
+    if config.env is not None:
+        os.environ.clear()
+        os.environ.update(config.env)
+    if config.sys_path is not None:
+        sys.path[:] = list(dict.fromkeys(config.sys_path + sys.path))
+    if config.cwd is not None:
+        os.chdir(config.cwd)
+    if not config.tee:  # a local node: torch's agent log goes to the job's node directory
+        os.makedirs(config.log_dir, exist_ok=True)
+        fd = os.open(os.path.join(config.log_dir, "agent.log"),
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
 
 
 def run_node(config: AgentConfig, channel: Channel) -> int:
-    """Run one node to completion, reporting to ``channel``; the process exit code."""
-    _prepare_process(config)
-    try:
-        register_backends()
-        handler = rdzv_registry.get_rendezvous_handler(rendezvous_parameters(config))
-    except Exception as exc:
-        channel.send_report(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
-        return 1
-    options = config.options
-    spec = WorkerSpec(
-        role=config.role,
-        local_world_size=config.nproc,
-        entrypoint=payload.run_worker,
-        args=(config.payload,),
-        rdzv_handler=handler,
-        max_restarts=options.max_restarts,
-        monitor_interval=options.monitor_interval,
-        master_addr=options.master_addr,
-        master_port=options.master_port,
-        local_addr=config.local_addr,
-    )
-    forwarder = LogForwarder(channel) if config.tee else None
-    agent = ReportingAgent(
-        spec,
-        NodeLogsSpecs(config.log_dir, tee=config.tee),
-        channel,
-        config.node,
-        forwarder,
-        start_method=options.start_method,
-        exit_barrier_timeout=options.exit_barrier_timeout,
-        log_line_prefix_template=options.log_line_prefix_template if config.tee else None,
-        shutdown_timeout=options.shutdown_timeout,
-    )
-    _listen_for_commands(channel, agent, local=not config.tee)
-    shutdown_rendezvous = True
-    try:
-        result = agent.run()
-    except SignalException:
-        # As torchrun: a node stopped by a signal leaves the rendezvous open for the others.
-        shutdown_rendezvous = False
-        return 1
-    except Exception as exc:
-        channel.send_report(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
-        return 1
-    finally:
-        if shutdown_rendezvous:
-            handler.shutdown()
-        if forwarder is not None:
-            forwarder.close()
-    if result is None:
-        channel.send_report(protocol.AgentError(
-            "this node was not admitted to the rendezvous (the world is full)", None))
-        return 1
-    if result.is_failed():
-        channel.send_report(protocol.Failed(failures=tuple(
-            failure_report(rank, f, agent.restart_count)
-            for rank, f in sorted(result.failures.items()))))
-        return 1
-    return 0  # the agent reported its results before the exit barrier
+    """Run one node joined from another machine to completion; the process exit code."""
+    return NodeHost(channel, local=False).run(config)
 
 
 def _describe(exc: BaseException, config: AgentConfig) -> str:
@@ -346,35 +523,11 @@ def _describe(exc: BaseException, config: AgentConfig) -> str:
             f"{type(exc).__name__}: {exc}")
 
 
-def _listen_for_commands(channel: Channel, agent: ReportingAgent, local: bool) -> None:
-    """Carry out the Job's commands; when the Job is gone, a local node dies with it."""
-
-    def listen() -> None:
-        while True:
-            message = channel.receive() or {}
-            kind = message.get("kind")
-            if (kind is None and local) or kind == CommandKind.KILL:
-                os.killpg(os.getpgid(0), signal.SIGKILL)
-            if kind is None or kind == CommandKind.STOP:
-                os.kill(os.getpid(), signal.SIGTERM)  # torch stops the workers, then exits
-                return
-            if kind == CommandKind.RESTART:
-                agent.request_restart(str(message.get("reason", "user")))
-            elif kind == CommandKind.SIGNAL and message["pid"] in agent.worker_pids():
-                os.kill(message["pid"], signal.Signals[message["signal"]])
-
-    threading.Thread(target=listen, name="elastic_nb-commands", daemon=True).start()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     fd = int(argv[0])
     os.set_inheritable(fd, False)  # workers must not hold the Job's channel open
-    channel = Channel(socket.socket(fileno=fd))
-    message = channel.receive()
-    if message is None or message["kind"] != CommandKind.CONFIGURE:
-        return 2
-    return run_node(AgentConfig.from_message(message), channel)
+    return NodeHost(Channel(socket.socket(fileno=fd)), local=True).serve()
 
 
 if __name__ == "__main__":

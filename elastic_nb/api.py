@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from elastic_nb import host_pool
 from elastic_nb.job import Job
 from elastic_nb.plan import Node, make_plan
 
@@ -28,7 +29,7 @@ def launch(
     monitor_interval: float = 0.1,
     exit_barrier_timeout: float = 30,
     rdzv_timeout: float | None = None,
-    start_method: str = "spawn",
+    start_method: str = "forkserver",
     log_line_prefix_template: str | None = None,
     log_dir: str | None = None,
     env: dict[str, str] | None = None,
@@ -37,6 +38,7 @@ def launch(
     rdzv_configs: dict[str, Any] | None = None,
     shutdown_timeout: int = 5,
     listen_addr: str = "127.0.0.1",
+    keep_warm: float | None = None,
     **kwargs: Any,
 ) -> Job:
     """Start ``fn(*args, **kwargs)`` on every rank of a new elastic job; return its Job at once.
@@ -46,6 +48,11 @@ def launch(
     ``listen_addr`` is where this kernel serves the embedded c10d store and
     accepts nodes joining from other machines (``python -m elastic_nb join``);
     the default accepts them from this machine only.
+
+    Each local node runs in a host process that outlives the job: idle for
+    ``keep_warm`` seconds (default ``elastic_nb.set_keep_warm``, 300 s), it
+    runs the next launch's node at once, torch already imported and its
+    forkserver warm. ``keep_warm=0`` ends the hosts with the job.
     """
     plan = make_plan(
         fn, args, kwargs, nodes=nodes, nproc=nproc, backend=backend, endpoint=endpoint,
@@ -54,7 +61,8 @@ def launch(
         rdzv_timeout=rdzv_timeout, start_method=start_method,
         log_line_prefix_template=log_line_prefix_template, log_dir=log_dir, env=env,
         master_addr=master_addr, master_port=master_port, rdzv_configs=rdzv_configs,
-        shutdown_timeout=shutdown_timeout, listen_addr=listen_addr)
+        shutdown_timeout=shutdown_timeout, listen_addr=listen_addr,
+        keep_warm=host_pool.POOL.keep_warm if keep_warm is None else keep_warm)
     return Job(plan).start()
 
 

@@ -16,6 +16,7 @@ import os
 import queue
 import selectors
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -25,7 +26,7 @@ from typing import Any
 
 import cloudpickle
 
-from elastic_nb import network, stacks
+from elastic_nb import host_pool, network, stacks
 from elastic_nb import snapshot as snapshots
 from elastic_nb import state as rules
 from elastic_nb.errors import JobFailed, RankFailure
@@ -37,6 +38,7 @@ from elastic_nb.protocol import (
     Channel,
     CommandKind,
     Log,
+    NodeDone,
     ProtocolError,
     Report,
     Restarting,
@@ -96,6 +98,7 @@ class Job:
         self._book = LogBook()
         self._tailer = LogTailer(self._book)
         self._agents: dict[int, AgentProcess] = {}
+        self._released: set[int] = set()  # nodes whose host went back to the pool
         self._channels: dict[int, Channel] = {}
         self._remote_sources: dict[tuple[int, int, str, int], LogSource] = {}
         self._accepted: queue.SimpleQueue[tuple[int, Channel]] = queue.SimpleQueue()
@@ -137,13 +140,22 @@ class Job:
         address = network.advertised_address(self._plan.listen_addr)
         sockets = network.socket_env(address, self._plan.env, os.environ)
         env = agent_environment(self.run_id, self.planned_world_size, {**self._plan.env, **sockets})
-        agent = AgentProcess.start(node_dir, env)
+        agent = host_pool.POOL.acquire(self.run_id)
+        warm = agent is not None
+        if agent is None:
+            agent = AgentProcess.start(node_dir, env, self._plan.options.start_method)
+            host_pool.POOL.register(agent, self.run_id)
         channel = Channel(agent.socket)
         config = AgentConfig(
             node=index, role=role, nproc=nproc, payload=payload, run_id=self.run_id,
             backend=self.backend, endpoint=self.endpoint, options=self._plan.options,
-            log_dir=node_dir, local_addr=address)
-        channel.send(CommandKind.CONFIGURE, **config.to_message())
+            log_dir=node_dir, local_addr=address, env=env,
+            sys_path=[p for p in sys.path if p], cwd=os.getcwd())
+        try:
+            channel.send(CommandKind.CONFIGURE, **config.to_message())
+        except OSError:  # the host died as it was taken: the pump sees its channel end
+            pass
+        rules.host_assigned(self._state, index, agent.pid, warm)
         self._agents[index] = agent
         self._channels[index] = channel
         self._selector.register(agent.socket, selectors.EVENT_READ, index)
@@ -282,7 +294,7 @@ class Job:
         last_output = self._book.last_line_time()
         with self._lock:
             return snapshots.build(self._plan, self.endpoint, self._state, last_output, stats,
-                                   time.time())
+                                   time.time(), idle_hosts=host_pool.POOL.idle_count())
 
     def _sample_stats(self, pids: list[int]) -> dict[int, tuple[float, int]]:
         with self._stats_lock:
@@ -418,7 +430,7 @@ class Job:
             if agent is None:
                 self._channels[index].send(CommandKind.KILL)
                 return
-        agent.kill()
+        host_pool.POOL.discard(agent)  # the host dies with its node
 
     def add_node(self, node: Node) -> int:
         """Start another agent that joins at the next rendezvous round; its node index.
@@ -433,9 +445,9 @@ class Job:
                 raise ValueError(reason)
             index = len(self._state.nodes)
             node_plan = plan_node(index, node, self._plan.default_payload)
-            self._start_agent(index, node_plan.nproc, node_plan.role, node_plan.payload)
             self._apply(rules.node_added(self._state, index, node_plan.nproc, node_plan.role,
                                          local=True, host="localhost", now=time.time()))
+            self._start_agent(index, node_plan.nproc, node_plan.role, node_plan.payload)
         self._wake()
         return index
 
@@ -466,7 +478,11 @@ class Job:
         return stacks.dump(targets, timeout)
 
     def stop(self) -> None:
-        """End the job now: SIGTERM each node, SIGKILL what is left; no process remains."""
+        """End the job now: each node stops its workers as torch does on SIGTERM.
+
+        A node that does not stop within its shutdown timeout is killed; a
+        local host that stopped cleanly may stay warm for the next launch.
+        """
         with self._lock:
             self._apply(rules.stop_requested(self._state, time.time()))
             nodes = self._stopping_nodes()
@@ -479,29 +495,27 @@ class Job:
 
     def _stopping_nodes(self) -> list[int]:
         """Nodes the state says to stop whose agents are still there."""
-        return [i for i, n in self._state.nodes.items()
-                if n.stopping and (self._agents[i].alive() if i in self._agents else not n.gone)]
+        return [i for i, n in self._state.nodes.items() if n.stopping and not n.gone]
 
     def _stop_nodes(self, nodes: list[int]) -> None:
-        """Stop local nodes (SIGTERM, then SIGKILL); ask remote ones to stop, then let go."""
+        """Ask nodes to stop; kill a local one that does not, let go of a remote one."""
         grace = self._plan.options.shutdown_timeout + 2
-        remote = [i for i in nodes if i not in self._agents]
-        for index in remote:
+        for index in nodes:
             try:
-                self._channels[index].send(CommandKind.STOP)
+                self._channels[index].send(CommandKind.STOP, run_id=self.run_id)
             except OSError:
                 pass
-        for index in nodes:
-            if index in self._agents:
-                self._agents[index].stop(grace=grace)
         deadline = time.monotonic() + grace
         with self._changed:
-            while (any(not self._state.nodes[i].gone for i in remote)
+            while (any(not self._state.nodes[i].gone for i in nodes)
                    and time.monotonic() < deadline):
                 self._changed.wait(0.1)
-            for index in remote:
-                if not self._state.nodes[index].gone:  # unresponsive: it stops when it loses us
-                    self._shutdown_channel(index)
+            stuck = [i for i in nodes if not self._state.nodes[i].gone]
+        for index in stuck:
+            if index in self._agents:
+                host_pool.POOL.discard(self._agents[index])  # the pump sees its channel end
+            else:  # unresponsive: it stops when it loses us
+                self._shutdown_channel(index)
 
     # ------------------------------------------------------ the pump thread
 
@@ -573,6 +587,9 @@ class Job:
     def _on_report(self, index: int, report: Report) -> None:
         now = time.time()
         with self._lock:
+            if isinstance(report, NodeDone):
+                self._host_done(index, report)
+                return
             if isinstance(report, Log):
                 source = self._remote_sources.get((index, report.rank, report.stream,
                                                    report.attempt))
@@ -590,10 +607,24 @@ class Job:
                         ((index, s.rank, s.stream, s.attempt), s) for s in sources)
             self._apply(rules.apply(self._state, index, report, now))
 
-    def _on_node_gone(self, index: int) -> None:
-        """The agent's channel closed: it exited, was killed, or crashed."""
+    def _host_done(self, index: int, report: NodeDone) -> None:
+        """A local host finished its node of this job: the node is gone, the host goes back."""
+        agent = self._agents[index]
+        self._selector.unregister(agent.socket)
+        self._on_node_gone(index, report.exitcode)
+        node = self._state.nodes[index]
+        if report.reusable and node.status != NodeStatus.KILLED:
+            self._released.add(index)
+            host_pool.POOL.release(agent, self._plan.keep_warm)
+        else:
+            host_pool.POOL.discard(agent)
+
+    def _on_node_gone(self, index: int, returncode: int | None = None) -> None:
+        """The node is over: its host said so, or its channel closed (exited, killed, crashed)."""
         agent = self._agents.get(index)
-        returncode = agent.returncode() if agent is not None else None
+        if agent is not None and returncode is None:
+            returncode = agent.returncode()
+            host_pool.POOL.discard(agent)
         where = (f"see {self.log_dir}/node_{index}/agent.log" if agent is not None
                  else f"on {self._state.nodes[index].host}")
         with self._lock:
@@ -664,8 +695,9 @@ class Job:
 
     def _close(self) -> None:
         with self._lock:
-            for channel in self._channels.values():
-                channel.close()
+            for index, channel in self._channels.items():
+                if index not in self._released:  # a released host's channel is the pool's now
+                    channel.close()
             self._join_server.close()
             self._selector.close()
             self._wakeup_r.close()

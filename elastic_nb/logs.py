@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from torch.distributed.elastic.multiprocessing.api import LogsDest, LogsSpecs, Std
 
+from elastic_nb.payload import TORCH_VARS_KEY
+
 if TYPE_CHECKING:  # protocol builds on plan, which builds on this module
     from elastic_nb.protocol import Started
 
@@ -78,6 +80,9 @@ class NodeLogsSpecs(LogsSpecs):
             dest.stderrs[local_rank] = os.path.join(rank_dir, "stderr.log")
             dest.error_files[local_rank] = os.path.join(rank_dir, "error.json")
             env["TORCHELASTIC_ERROR_FILE"] = dest.error_files[local_rank]
+            # what torch set for this rank, so the worker can rebuild its environment on
+            # top of the job's (a forkserver's children inherit an older job's)
+            env[TORCH_VARS_KEY] = ",".join(sorted(env))
             if self._tees:
                 dest.tee_stdouts[local_rank] = dest.stdouts[local_rank]
                 dest.tee_stderrs[local_rank] = dest.stderrs[local_rank]

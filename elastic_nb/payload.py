@@ -1,7 +1,10 @@
 """The trampoline every worker process runs.
 
 The kernel packs a function call with cloudpickle (``pack_call``); torch's
-agent starts each worker with ``run_worker(payload)``. The worker installs the
+agent starts each worker with ``run_worker(payload, context)``. The worker
+first takes on its job's environment, ``sys.path`` and cwd (``JobContext``:
+a worker forked from a warm host's forkserver inherits those of an older
+job) with torch's per-rank variables on top, then installs the
 notebook's source lines into linecache (so tracebacks show notebook code),
 arms a stack-dump signal, dies with its parent, runs the call and returns the
 result cloudpickled (rank 0 first starts the store ``init_process_group``
@@ -14,6 +17,7 @@ from __future__ import annotations
 import copyreg
 import ctypes
 import faulthandler
+import importlib
 import io
 import ipaddress
 import linecache
@@ -23,6 +27,7 @@ import sys
 import types
 from collections import ChainMap
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -32,7 +37,34 @@ STACK_DUMP_SIGNAL = signal.SIGUSR1
 STACKS_FILE = "stacks.txt"
 _MAX_SOURCE_BYTES = 8 << 20
 _PR_SET_PDEATHSIG = 1
+FORKSERVER_PRELOAD = ("torch", "torch.distributed", "elastic_nb.payload")  # what workers fork with
+TORCH_VARS_KEY = "ELASTIC_NB_TORCH_VARS"  # names the variables torch set for this rank
 _workers_store: Any = None  # rank 0's store for init_process_group, alive as long as the worker
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a worker takes from its agent at start: the job's environment, path and cwd."""
+
+    env: dict[str, str]
+    sys_path: list[str]
+    cwd: str
+
+    @classmethod
+    def of_this_process(cls) -> JobContext:
+        return cls(dict(os.environ), list(sys.path), os.getcwd())
+
+
+def _enter_job(context: JobContext) -> None:
+    """Replace the inherited environment with the job's, keeping what torch set for this rank."""
+    names = os.environ.get(TORCH_VARS_KEY, "").split(",")
+    torch_vars = {name: os.environ[name] for name in names if name in os.environ}
+    os.environ.clear()
+    os.environ.update(context.env)
+    os.environ.update(torch_vars)
+    sys.path[:] = context.sys_path
+    os.chdir(context.cwd)
+    importlib.invalidate_caches()  # modules written since the forkserver started are found
 
 
 def interactive_sources() -> dict[str, list[str]]:
@@ -123,8 +155,9 @@ def _host_workers_store() -> None:
     _workers_store = embedded.host_store(env["MASTER_ADDR"], port, multi_tenant=True)
 
 
-def run_worker(payload: bytes) -> bytes:
+def run_worker(payload: bytes, context: JobContext) -> bytes:
     """Entry point of a worker process: run the packed call, return its result pickled."""
+    _enter_job(context)
     _die_with_parent()
     _arm_stack_dumps()
     _host_workers_store()

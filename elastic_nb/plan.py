@@ -101,6 +101,7 @@ class JobPlan:
     env: dict[str, str]
     listen_addr: str = "127.0.0.1"
     default_payload: bytes | None = field(default=None, repr=False)
+    keep_warm: float = 0.0  # seconds a local host stays idle for the next launch (0: it ends)
 
     @property
     def world_size(self) -> int:
@@ -116,7 +117,7 @@ def make_plan(fn: Callable[..., Any] | None, args: tuple, kwargs: dict[str, Any]
               log_line_prefix_template: str | None, log_dir: str | None,
               env: dict[str, str] | None, master_addr: str | None, master_port: int | None,
               rdzv_configs: dict[str, Any] | None, shutdown_timeout: int,
-              listen_addr: str) -> JobPlan:
+              listen_addr: str, keep_warm: float) -> JobPlan:
     """Check every argument of ``launch`` and pack the calls; raises LaunchError.
 
     ``endpoint`` None with the c10d backend means the embedded store, which
@@ -146,6 +147,7 @@ def make_plan(fn: Callable[..., Any] | None, args: tuple, kwargs: dict[str, Any]
     rdzv_timeout = DEFAULT_RDZV_TIMEOUT if rdzv_timeout is None else rdzv_timeout
     _check_number("rdzv_timeout", rdzv_timeout, positive=True)
     _check_int("shutdown_timeout", shutdown_timeout, minimum=0)
+    _check_number("keep_warm", keep_warm, positive=False)
     if start_method not in START_METHODS:
         hint = " (fork is unsafe in a Jupyter kernel)" if start_method == "fork" else ""
         raise LaunchError(f"start_method must be one of {', '.join(START_METHODS)}, "
@@ -172,7 +174,8 @@ def make_plan(fn: Callable[..., Any] | None, args: tuple, kwargs: dict[str, Any]
         shutdown_timeout=shutdown_timeout)
     return JobPlan(run_id=run_id, backend=backend, endpoint=endpoint, nodes=node_plans,
                    options=options, log_dir=_make_log_dir(log_dir, run_id), env=env,
-                   listen_addr=listen_addr, default_payload=default_payload)
+                   listen_addr=listen_addr, default_payload=default_payload,
+                   keep_warm=float(keep_warm))
 
 
 def plan_node(index: int, node: Node, default_payload: bytes | None) -> NodePlan:
@@ -198,7 +201,7 @@ LAUNCH_OPTIONS = (
     "nodes", "nproc", "backend", "endpoint", "run_id", "min_nodes", "max_nodes", "max_restarts",
     "monitor_interval", "exit_barrier_timeout", "rdzv_timeout", "start_method",
     "log_line_prefix_template", "log_dir", "env", "master_addr", "master_port", "rdzv_configs",
-    "shutdown_timeout", "listen_addr",
+    "shutdown_timeout", "listen_addr", "keep_warm",
 )
 
 

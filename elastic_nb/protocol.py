@@ -44,12 +44,13 @@ class ReportKind(StrEnum):
     FAILED = "failed"  # the node gave up: restart budget spent (the failures)
     AGENT_ERROR = "agent_error"  # the agent itself could not go on
     LOG = "log"  # lines a joined node's ranks printed (its files are on its machine)
+    NODE_DONE = "node_done"  # the host finished its node of the job (it may serve the next job)
 
 
 class CommandKind(StrEnum):
     """What the Job tells an agent."""
 
-    CONFIGURE = "configure"  # first message to a local agent: its AgentConfig
+    CONFIGURE = "configure"  # run a node of a job on this host: its AgentConfig
     RESTART = "restart"  # restart the group now (reason user, budget untouched)
     SIGNAL = "signal"  # signal one of the node's workers (pid, signal)
     KILL = "kill"  # SIGKILL the whole node at once
@@ -77,7 +78,7 @@ def decode_bytes(text: str) -> bytes:
 
 _SCALARS: dict[str, tuple[type, ...]] = {
     "int": (int,), "float": (int, float), "str": (str,), "str | None": (str, type(None)),
-    "int | None": (int, type(None)), "float | None": (int, float, type(None)),
+    "int | None": (int, type(None)), "float | None": (int, float, type(None)), "bool": (bool,),
 }
 
 
@@ -91,7 +92,8 @@ def _flat(cls: Any, message: dict[str, Any], *skip: str) -> dict[str, Any]:
             raise ProtocolError(f"{cls.__name__} message has no field {f.name!r}")
         value = message[f.name]
         accepted = _SCALARS.get(str(f.type))
-        if accepted is not None and (not isinstance(value, accepted) or isinstance(value, bool)):
+        wrong_bool = isinstance(value, bool) != (accepted is not None and bool in accepted)
+        if accepted is not None and (not isinstance(value, accepted) or wrong_bool):
             raise ProtocolError(f"{cls.__name__}.{f.name} must be {f.type}, got {value!r}")
         values[f.name] = value
     return values
@@ -163,6 +165,7 @@ class Started:
     restart_count: int
     group_rank: int
     group_world_size: int
+    observed_at: float  # the agent's clock, as the workers started
     workers: tuple[StartedWorker, ...]
 
     @classmethod
@@ -176,6 +179,7 @@ class WorkerFailed:
     kind: ClassVar[ReportKind] = ReportKind.WORKER_FAILED
     restart_count: int
     remaining_restarts: int
+    observed_at: float  # the agent's clock, as its monitor saw the failure
     failures: tuple[FailureReport, ...]
 
     @classmethod
@@ -190,6 +194,7 @@ class Restarting(_FlatRecord):
     reason: str  # failure, membership or user
     remaining_restarts: int
     max_restarts: int
+    observed_at: float  # the agent's clock, as it began stopping the group
 
 
 @dataclass(frozen=True)
@@ -249,11 +254,21 @@ class Log:
         return cls(**_flat(cls, message, "lines"), lines=tuple(lines))
 
 
-Report = Rendezvous | Started | WorkerFailed | Restarting | Succeeded | Failed | AgentError | Log
+@dataclass(frozen=True)
+class NodeDone(_FlatRecord):
+    """The host's last report for a job: its node's exit code, and whether it can run another."""
 
+    kind: ClassVar[ReportKind] = ReportKind.NODE_DONE
+    exitcode: int
+    reusable: bool
+
+
+Report = (Rendezvous | Started | WorkerFailed | Restarting | Succeeded | Failed | AgentError | Log
+          | NodeDone)
 REPORTS: dict[ReportKind, Any] = {
     cls.kind: cls
-    for cls in (Rendezvous, Started, WorkerFailed, Restarting, Succeeded, Failed, AgentError, Log)
+    for cls in (Rendezvous, Started, WorkerFailed, Restarting, Succeeded, Failed, AgentError, Log,
+                NodeDone)
 }
 """The dispatch table: each report kind and the record it parses into."""
 
@@ -363,8 +378,8 @@ class Channel:
 class AgentConfig:
     """Everything an agent process needs to run one node of a job.
 
-    The Job sends it as the first message on the channel (``CONFIGURE``);
-    a node joining from another machine builds it from the join descriptor.
+    The Job sends it to a local host (``CONFIGURE``), once per job the host
+    runs; a node joining from another machine builds it from the join descriptor.
     ``payload`` is the cloudpickled function call the workers run.
     """
 
@@ -379,6 +394,10 @@ class AgentConfig:
     log_dir: str
     local_addr: str | None
     tee: bool = False
+    # a local host takes on the kernel's environment, sys.path and cwd for each job
+    env: dict[str, str] | None = None
+    sys_path: list[str] | None = None
+    cwd: str | None = None
 
     def to_message(self) -> dict[str, Any]:
         return {**asdict(self), "payload": encode_bytes(self.payload)}

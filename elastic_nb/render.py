@@ -155,6 +155,9 @@ def summary_text(snap: JobSnapshot) -> str:
     head = (f"Job {snap.run_id} [{snap.status}] backend={snap.backend} "
             f"world={snap.world_size} restarts={snap.restart_count}/{snap.max_restarts} "
             f"elapsed={snap.elapsed:.1f}s")
+    warm = [n.index for n in snap.nodes if n.warm]
+    if warm:
+        head += f" warm hosts: node{'s' if len(warm) > 1 else ''} {', '.join(map(str, warm))}"
     rows = [f"  rank {w.rank:>3} node {w.node} {w.role:<10} pid {w.pid:<8} {w.state}"
             for w in snap.workers]
     if snap.status == "failed":
@@ -177,7 +180,10 @@ def megabytes_text(rss: int | None) -> str:
 
 
 def header_html(snap: JobSnapshot) -> str:
-    nodes = ", ".join(f"{n.index}: {n.status}" for n in snap.nodes)
+    nodes = ", ".join(f"{n.index}: {n.status}" + (" (warm host)" if n.warm else "")
+                      for n in snap.nodes)
+    if snap.idle_hosts:
+        nodes += f" · {snap.idle_hosts} warm host{'s' if snap.idle_hosts > 1 else ''} idle"
     color = JOB_COLORS.get(snap.status, "#000")
     return (
         f"<div class='enb-header' style='font-family:monospace'>"

@@ -47,6 +47,8 @@ class NodeView:
     local: bool
     status: NodeStatus
     error: str | None
+    host_pid: int | None = None  # a local node's host process
+    warm: bool = False  # its host had served an earlier job (no interpreter or torch import)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class JobSnapshot:
     failures: tuple[RankFailure, ...]  # those that ended the job, first cause first
     failure_history: tuple[RankFailure, ...]
     error: str | None
+    idle_hosts: int = 0  # this kernel's warm hosts waiting for a launch, as the snapshot was taken
 
     @property
     def done(self) -> bool:
@@ -104,7 +107,7 @@ class JobSnapshot:
 
 
 def build(plan: JobPlan, endpoint: str, state: JobState, last_output: dict[int, float],
-          stats: dict[int, tuple[float, int]], now: float) -> JobSnapshot:
+          stats: dict[int, tuple[float, int]], now: float, idle_hosts: int = 0) -> JobSnapshot:
     """The snapshot of ``state``; ``stats`` are CPU%/RSS of local workers by pid."""
     nodes = {i: n for i, n in state.nodes.items()}
     workers = []
@@ -123,8 +126,9 @@ def build(plan: JobPlan, endpoint: str, state: JobState, last_output: dict[int, 
         status=state.status, started_at=state.started_at, finished_at=state.finished_at,
         max_restarts=plan.options.max_restarts, restart_count=state.restart_count,
         planned_world_size=plan.world_size, live_world_size=state.live_world_size(),
-        nodes=tuple(NodeView(n.index, n.nproc, n.role, n.host, n.local, n.status, n.error)
+        nodes=tuple(NodeView(n.index, n.nproc, n.role, n.host, n.local, n.status, n.error,
+                             n.host_pid, n.warm)
                     for _, n in sorted(nodes.items())),
         workers=tuple(workers), events=tuple(state.events),
         failures=ordered_failures(state.failures.values()),
-        failure_history=tuple(state.failure_history), error=state.error)
+        failure_history=tuple(state.failure_history), error=state.error, idle_hosts=idle_hosts)

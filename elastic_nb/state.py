@@ -171,6 +171,8 @@ class NodeState:
     gone: bool = False  # its channel has closed
     stopping: bool = False  # the Job asked it to stop
     in_rendezvous: bool = False  # it reported a round or workers: others may wait for its ranks
+    host_pid: int | None = None  # a local node's host process
+    warm: bool = False  # a local node whose host had served an earlier job
 
 
 @dataclass
@@ -224,6 +226,17 @@ def add_node(state: JobState, index: int, nproc: int, role: str, local: bool,
     node = NodeState(index, nproc, role, local, host)
     state.nodes[index] = node
     return node
+
+
+def host_assigned(state: JobState, index: int, pid: int, warm: bool) -> None:
+    """A local node runs in host process ``pid``, started for it or ``warm`` from the pool."""
+    node = state.nodes[index]
+    node.host_pid, node.warm = pid, warm
+
+
+def _observed(node: NodeState, observed_at: float, now: float) -> float:
+    """When a local agent saw what it reports (its clock is ours); a remote one's, on arrival."""
+    return min(observed_at, now) if node.local else now
 
 
 def launched(state: JobState, now: float, detail: dict[str, Any]) -> list[Event]:
@@ -283,7 +296,7 @@ def _on_started(state: JobState, node: NodeState, msg: protocol.Started, now: fl
             node=node.index, pid=w.pid, state=WorkerStatus.RUNNING,
             restart_count=msg.restart_count, attempt=msg.attempt, world_size=w.world_size,
             started_at=now, rank_dir=os.path.dirname(w.stdout))
-    state.record(now, EventKind.STARTED, node=node.index, detail={
+    state.record(_observed(node, msg.observed_at, now), EventKind.STARTED, node=node.index, detail={
         "attempt": msg.attempt, "restart_count": msg.restart_count,
         "ranks": [w.rank for w in msg.workers], "pids": [w.pid for w in msg.workers]})
     _set_status(state, JobStatus.RUNNING)
@@ -305,7 +318,8 @@ def _on_worker_failed(state: JobState, node: NodeState, msg: protocol.WorkerFail
         worker = state.workers.get(failure.rank)
         if worker is not None:
             worker.state = WorkerStatus.FAILED
-        state.record(now, EventKind.WORKER_FAILED, node=node.index, rank=failure.rank, detail={
+        state.record(_observed(node, msg.observed_at, now), EventKind.WORKER_FAILED,
+                     node=node.index, rank=failure.rank, detail={
             "message": failure.message, "exitcode": failure.exitcode, "signal": failure.signal,
             "restart_count": failure.restart_count,
             "remaining_restarts": msg.remaining_restarts}, failures=(failure,))
@@ -314,7 +328,7 @@ def _on_worker_failed(state: JobState, node: NodeState, msg: protocol.WorkerFail
 def _on_restarting(state: JobState, node: NodeState, msg: protocol.Restarting, now: float) -> None:
     for worker in _workers_of(state, node.index, WorkerStatus.RUNNING):
         worker.state = WorkerStatus.RESTARTING
-    state.record(now, EventKind.RESTARTING, node=node.index, detail={
+    state.record(_observed(node, msg.observed_at, now), EventKind.RESTARTING, node=node.index, detail={
         "reason": msg.reason, "remaining_restarts": msg.remaining_restarts,
         "max_restarts": msg.max_restarts})
     _set_status(state, JobStatus.RESTARTING)

@@ -1,11 +1,11 @@
 """Agent processes on this machine: start, environment, signals, stop and kill, stats.
 
-Each local node is ``python -m elastic_nb.agent FD`` in its own session and
-process group, with one end of a socketpair as FD. The supervisor starts it
-with the kernel's environment (``sys.path``, ``env=``, job markers), stops it
-with SIGTERM then SIGKILL of its whole group (nothing is left behind), kills
-it at once for "node lost", and samples CPU and RSS of workers that run on
-this machine (never a pid reported by another machine).
+Each local node host runs ``elastic_nb.agent.main(FD)`` in its own session
+and process group, with one end of a socketpair as FD. The supervisor starts
+it with the kernel's environment (``sys.path``, ``env=``, job markers; each
+job sends its own again), kills its whole group at once (a node lost, or a
+host no longer wanted: nothing is left behind), and samples CPU and RSS of
+workers that run on this machine (never a pid reported by another machine).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import psutil
+
+from elastic_nb.payload import FORKSERVER_PRELOAD
 
 SignalLike = int | str | signal.Signals
 
@@ -84,6 +86,19 @@ def agent_environment(run_id: str, world_size: int, extra: dict[str, str]) -> di
     return env
 
 
+# A host's first lines, before anything imports torch: a host whose workers fork from a
+# forkserver starts that forkserver first, so its import of torch runs beside the host's own.
+_HOST_BOOT = (
+    "import sys\n"
+    "if sys.argv[2] == 'forkserver':\n"
+    "    import multiprocessing, multiprocessing.forkserver\n"
+    f"    multiprocessing.set_forkserver_preload({list(FORKSERVER_PRELOAD)!r})\n"
+    "    multiprocessing.forkserver.ensure_running()\n"
+    "from elastic_nb.agent import main\n"
+    "sys.exit(main(sys.argv[1:2]))\n"
+)
+
+
 @dataclass
 class AgentProcess:
     """A local node's agent: its process and the Job's end of its channel."""
@@ -92,13 +107,13 @@ class AgentProcess:
     socket: socket.socket
 
     @classmethod
-    def start(cls, node_dir: str, env: dict[str, str]) -> AgentProcess:
+    def start(cls, node_dir: str, env: dict[str, str], start_method: str) -> AgentProcess:
         ours, theirs = socket.socketpair()
         os.makedirs(node_dir, exist_ok=True)
         try:
             with open(os.path.join(node_dir, "agent.log"), "ab") as agent_log:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "elastic_nb.agent", str(theirs.fileno())],
+                    [sys.executable, "-c", _HOST_BOOT, str(theirs.fileno()), start_method],
                     pass_fds=[theirs.fileno()], start_new_session=True,
                     stdin=subprocess.DEVNULL, stdout=agent_log, stderr=subprocess.STDOUT,
                     env=env, cwd=os.getcwd())
@@ -120,26 +135,16 @@ class AgentProcess:
         """Its exit code once it has exited (reaped), waiting for it if it is exiting."""
         return self.process.wait()
 
-    def stop(self, grace: float) -> None:
-        """SIGTERM the agent (torch stops its workers), then SIGKILL whatever is left."""
-        pgid = self.process.pid  # the agent leads its own session and process group
-        if self.process.poll() is None:
-            send_signal(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
+    def kill(self) -> None:
+        """SIGKILL the host and its whole group (forkserver, workers) at once; return when
+        none of them is left."""
+        pgid = self.process.pid  # the host leads its own session and process group
         _kill_group(pgid, signal.SIGKILL)
         self.process.wait()
         deadline = time.monotonic() + 5
         while _group_members(pgid) and time.monotonic() < deadline:
             _kill_group(pgid, signal.SIGKILL)
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        """A machine lost: SIGKILL the agent and every worker at once."""
-        _kill_group(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+            time.sleep(0.02)
 
 
 class StatsSampler:

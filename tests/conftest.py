@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import pytest
 from etcd_fixtures import *  # noqa: F403 - session etcd servers: etcd_v2_server, etcd_v3_server
-from util import job_processes, wait_until
+from util import job_processes, leftover_processes, wait_until
+
+import elastic_nb as enb
 
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes():
-    """Every test must leave no agent, forkserver or worker behind."""
+    """Every test must leave no busy host, and no worker, behind.
+
+    Idle warm hosts (and each one's forkserver) stay for the next test, as
+    they stay for a notebook's next cell: the suite runs on warm hosts.
+    """
     yield
     try:
-        wait_until(lambda: not job_processes(), timeout=15, what="job processes to exit")
+        wait_until(lambda: not leftover_processes(), timeout=15, what="job processes to exit")
     except AssertionError:
-        leftovers = [(p.pid, " ".join(p.cmdline())[:120]) for p in job_processes()]
-        for proc in job_processes():
+        leftovers = [(p.pid, " ".join(p.cmdline())[:120]) for p in leftover_processes()]
+        for proc in leftover_processes():
             proc.kill()
         pytest.fail(f"processes left behind: {leftovers}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def warm_hosts_end_with_shutdown():
+    """At the end, ``shutdown()`` ends every warm host and nothing of any job is left."""
+    yield
+    enb.shutdown()
+    wait_until(lambda: not job_processes(), timeout=15, what="warm hosts to exit")
 
 
 @pytest.fixture(params=["c10d", "etcd", "etcd-v2", "etcd3"])

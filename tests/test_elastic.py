@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import scenarios
-from util import alive, job_processes, wait_until
+from util import alive, leftover_processes, wait_until
 
 import elastic_nb as enb
 
@@ -81,4 +81,4 @@ def test_membership_controls_reject_what_cannot_be_done(rdzv):
             job.result()
     finally:
         job.stop()
-    assert not job_processes(job.run_id)
+    assert not leftover_processes()

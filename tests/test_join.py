@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from util import job_processes, wait_until
+from util import leftover_processes, wait_until
 
 import elastic_nb as enb
 
@@ -85,7 +85,7 @@ def test_join_refuses_a_full_job(rdzv):
         assert "already has max_nodes=1 live nodes" in terminal.stderr
     finally:
         running.stop()
-    assert not job_processes(running.run_id)
+    assert not leftover_processes()
 
 
 def test_join_rejects_malformed_rendezvous_options():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import psutil
 import scenarios
-from util import is_loopback, job_processes
+from util import is_loopback, job_tree
 
 import elastic_nb as enb
 
@@ -31,7 +31,7 @@ def test_a_default_job_listens_on_loopback_only(tmp_path):
                        what="both ranks in the gloo group")
         kernel = listening(psutil.Process())
         by_kind: dict[str, list[str]] = {}
-        for proc in job_processes(job.run_id):
+        for proc in job_tree(job):
             kind = "agent" if "elastic_nb.agent" in " ".join(proc.cmdline()) else "worker"
             by_kind.setdefault(kind, []).extend(listening(proc))
     finally:
@@ -41,4 +41,5 @@ def test_a_default_job_listens_on_loopback_only(tmp_path):
     assert all(on_loopback(e) for e in kernel), kernel
     assert by_kind.get("agent", []) == [], "agents listen on nothing"
     print("worker listeners:", by_kind.get("worker"))
+    assert by_kind.get("worker"), "rank 0 hosts the workers' store"
     assert all(on_loopback(e) for e in by_kind.get("worker", [])), by_kind["worker"]

@@ -14,7 +14,7 @@ OPTIONS = dict(nodes=None, nproc=2, backend="c10d", endpoint=None, run_id=None, 
                max_nodes=None, max_restarts=0, monitor_interval=0.1, exit_barrier_timeout=30,
                rdzv_timeout=None, start_method="spawn", log_line_prefix_template=None,
                env=None, master_addr=None, master_port=None, rdzv_configs=None,
-               shutdown_timeout=5, listen_addr="127.0.0.1", log_dir=None)
+               shutdown_timeout=5, listen_addr="127.0.0.1", log_dir=None, keep_warm=0)
 
 
 class Weights:

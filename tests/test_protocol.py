@@ -20,13 +20,14 @@ EVERY_REPORT = [
     protocol.Rendezvous(group_rank=0, group_world_size=2, world_size=4, master_addr="h",
                         master_port=29500),
     protocol.Started(role="r", attempt=1, restart_count=1, group_rank=0, group_world_size=1,
-                     workers=(WORKER,)),
-    protocol.WorkerFailed(restart_count=0, remaining_restarts=2, failures=(FAILURE,)),
-    protocol.Restarting(reason="failure", remaining_restarts=1, max_restarts=2),
+                     observed_at=5.5, workers=(WORKER,)),
+    protocol.WorkerFailed(restart_count=0, remaining_restarts=2, observed_at=6, failures=(FAILURE,)),
+    protocol.Restarting(reason="failure", remaining_restarts=1, max_restarts=2, observed_at=7.0),
     protocol.Succeeded(restart_count=0, return_values={0: b"\x80\x05K\x01.", 3: b""}),
     protocol.Failed(failures=(FAILURE,)),
     protocol.AgentError(message="no", traceback=None),
     protocol.Log(rank=0, stream="stdout", attempt=0, lines=("a", "b")),
+    protocol.NodeDone(exitcode=0, reusable=True),
 ]
 
 
@@ -51,12 +52,15 @@ def test_every_report_round_trips_through_json(report):
      "remaining_restarts must be int"),
     ({"kind": "restarting", "reason": "failure", "remaining_restarts": True, "max_restarts": 2},
      "remaining_restarts must be int"),
-    ({"kind": "worker_failed", "restart_count": 0, "remaining_restarts": 0, "failures": [1]},
+    ({"kind": "worker_failed", "restart_count": 0, "remaining_restarts": 0, "observed_at": 1,
+      "failures": [1]},
      "'failures' must be a list of objects"),
     ({"kind": "failed", "failures": [{"rank": 0}]}, "FailureReport message has no field"),
     ({"kind": "succeeded", "restart_count": 0, "return_values": {"x": "AA=="}}, "bad return_values"),
     ({"kind": "log", "rank": 0, "stream": "stdin", "attempt": 0, "lines": []}, "'stream'"),
     ({"kind": "log", "rank": 0, "stream": "stdout", "attempt": 0, "lines": [1]}, "list of strings"),
+    ({"kind": "node_done", "exitcode": 0, "reusable": 1}, "reusable must be bool"),
+    ({"kind": "node_done", "exitcode": False, "reusable": True}, "exitcode must be int"),
 ])
 def test_malformed_reports_are_protocol_errors(message, complaint):
     with pytest.raises(ProtocolError, match=complaint.replace("(", r"\(").replace("[", r"\[")):

@@ -30,7 +30,7 @@ def test_a_remote_rank_never_shows_a_local_process_numbers():
     rules.node_added(state, 1, 1, "trainer", local=False, host="hostb", now=T0 + 1)
     rules.apply(state, 1, protocol.Started(
         role="trainer", attempt=0, restart_count=0, group_rank=1, group_world_size=2,
-        workers=(protocol.StartedWorker(1, 0, 1, 2, 2, os.getpid(), "/o", "/e", "/x"),)), T0 + 2)
+        observed_at=T0 + 2, workers=(protocol.StartedWorker(1, 0, 1, 2, 2, os.getpid(), "/o", "/e", "/x"),)), T0 + 2)
     local_pid = state.workers[0].pid
     # the remote rank's pid happens to be a live process here: its figures are not its own
     stats = {local_pid: (50.0, 1 << 20), os.getpid(): (99.0, 2 << 20)}
@@ -74,7 +74,7 @@ def test_before_any_worker_the_tiles_count_the_live_nodes_not_the_killed_ones():
 def test_failure_events_carry_their_failure_into_the_timeline_and_text():
     state = given.job(2)
     given.started(state, 0, 0)
-    rules.apply(state, 0, protocol.WorkerFailed(0, 0, (given.failure(1, T0 + 2),)), T0 + 2)
+    rules.apply(state, 0, protocol.WorkerFailed(0, 0, T0 + 2, (given.failure(1, T0 + 2),)), T0 + 2)
     rules.apply(state, 0, protocol.Failed((given.failure(1, T0 + 2),)), T0 + 3)
     snap = snapshots.build(plan(2), "e", state, {}, {}, T0 + 4)
     entries = render.timeline(snap)

@@ -37,7 +37,7 @@ def started(state: JobState, node: int, first_rank: int, attempt: int = 0,
         for i in range(nproc))
     return rules.apply(state, node, protocol.Started(
         role="trainer", attempt=attempt, restart_count=restart_count, group_rank=node,
-        group_world_size=len(state.nodes), workers=workers), now)
+        group_world_size=len(state.nodes), observed_at=now, workers=workers), now)
 
 
 def failure(rank: int, timestamp: float, restart_count: int = 0) -> protocol.FailureReport:
@@ -94,14 +94,31 @@ def test_a_final_state_is_never_left(final_status, expected):
     assert state.status == final_status
 
 
+def test_a_local_agent_dates_its_events_by_what_it_saw_and_a_remote_one_by_arrival():
+    state = job(1)
+    started(state, 0, 0)
+    rules.node_added(state, 1, 1, "trainer", local=False, host="hostb", now=T0 + 1)
+    # the local agent saw the failure at +2 and began the restart at +2.1; both reports
+    # arrive at +3 (a busy pump): the timeline keeps what the agent saw, in that order
+    failed = rules.apply(state, 0, protocol.WorkerFailed(0, 2, T0 + 2, (failure(0, T0 + 2),)),
+                         T0 + 3)
+    restarting = rules.apply(state, 0, protocol.Restarting("failure", 1, 2, T0 + 2.1), T0 + 3)
+    assert [e.time for e in failed + restarting] == [T0 + 2, T0 + 2.1]
+    # a clock ahead of ours never dates an event in the future
+    assert rules.apply(state, 0, protocol.Restarting("user", 1, 2, T0 + 9), T0 + 4)[0].time == T0 + 4
+    # another machine's clock is not ours: its reports are dated on arrival
+    remote = rules.apply(state, 1, protocol.Restarting("failure", 1, 2, T0 - 50), T0 + 5)
+    assert remote[0].time == T0 + 5
+
+
 def test_a_worker_failure_carries_its_failure_and_restart_marks_the_group():
     state = job(2)
     started(state, 0, 0)
-    events = rules.apply(state, 0, protocol.WorkerFailed(0, 2, (failure(1, T0 + 2),)), T0 + 2)
+    events = rules.apply(state, 0, protocol.WorkerFailed(0, 2, T0 + 2, (failure(1, T0 + 2),)), T0 + 2)
     assert kinds(events) == ["worker_failed"]
     assert events[0].rank == 1 and events[0].failures[0].message == "killed rank 1"
     assert state.workers[1].state == WorkerStatus.FAILED
-    events = rules.apply(state, 0, protocol.Restarting("failure", 1, 2), T0 + 3)
+    events = rules.apply(state, 0, protocol.Restarting("failure", 1, 2, T0 + 3), T0 + 3)
     assert kinds(events) == ["restarting"] and state.status == JobStatus.RESTARTING
     assert [w.state for w in state.workers.values()] == [WorkerStatus.RESTARTING,
                                                           WorkerStatus.FAILED]

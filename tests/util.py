@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import elastic_nb as enb
 import psutil
 
 T = TypeVar("T")
@@ -52,6 +53,39 @@ def job_processes(run_id: str | None = None, kernel_pid: int | None = None) -> l
             if kernel_pid is not None and env.get("ELASTIC_NB_KERNEL_PID") != str(kernel_pid):
                 continue
             found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def leftover_processes() -> list[psutil.Process]:
+    """This process's job processes but its idle warm hosts and what those keep (forkserver,
+    resource tracker: their direct children); a worker is a grandchild and never kept."""
+    kept: set[int] = set()
+    for host in enb.hosts():
+        if host.state != "idle":
+            continue
+        kept.add(host.pid)
+        try:
+            kept.update(child.pid for child in psutil.Process(host.pid).children())
+        except psutil.Error:
+            continue
+    return [p for p in job_processes() if p.pid not in kept]
+
+
+def job_tree(job: enb.Job) -> list[psutil.Process]:
+    """The hosts of a job's local nodes and everything under them (forkserver, workers).
+
+    A warm host's processes carry the run id of the job the host started
+    for, so a job's processes are found from its hosts, not by its run id.
+    """
+    found = []
+    for node in job.snapshot().nodes:
+        if node.host_pid is None:
+            continue
+        try:
+            host = psutil.Process(node.host_pid)
+            found += [host, *host.children(recursive=True)]
         except psutil.Error:
             continue
     return found
