@@ -132,6 +132,9 @@ class ElasticMagics(Magics):
     @argument("--prefix", default=None, help="log prefix template, e.g. '[${role_name}${rank}]:'")
     @argument("--min-nodes", type=int, default=None, help="fewest nodes the job runs with")
     @argument("--max-nodes", type=int, default=None, help="most nodes the job can grow to")
+    @argument("--start-method", default=None, help="forkserver (default) or spawn")
+    @argument("--keep-warm", type=float, default=None,
+              help="seconds the node hosts stay warm after the job (0: they end with it)")
     @argument("-o", "--out", default=None, help="store the Job in this notebook variable")
     @argument("--block", action="store_true", help="wait for the job and return {rank: value}")
     @line_cell_magic
@@ -207,7 +210,7 @@ class ElasticMagics(Magics):
             options["nodes"] = parse_nodes(args.nodes)
         else:
             options["nproc"] = args.nproc if args.nproc is not None else 1
-        for name in ("endpoint", "min_nodes", "max_nodes"):
+        for name in ("endpoint", "min_nodes", "max_nodes", "start_method", "keep_warm"):
             if getattr(args, name) is not None:
                 options[name] = getattr(args, name)
         if args.prefix is not None:

@@ -47,6 +47,14 @@ def test_magics_launch_show_and_return_in_a_real_kernel(tmp_path):
         "    raise AssertionError('a missing function must be a UsageError')",
         "help_text = get_ipython().find_line_magic('elastic_run').__doc__\n"
         "assert '--max-restarts' in help_text and '%%elastic_run -n 4 --block' in help_text",
+        "%elastic_run -n 1 -o cold --keep-warm 0 --start-method spawn square 1",
+        "import time\n"
+        "assert cold.result(timeout=120) == {0: 1}\n"
+        "pid = cold.snapshot().nodes[0].host_pid\n"
+        "deadline = time.monotonic() + 15\n"
+        "while pid in [h.pid for h in enb.hosts()] and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "assert pid not in [h.pid for h in enb.hosts()], 'keep-warm 0 ends the host'",
     )
     execute(nb, tmp_path)
     block, launched, cell_block = nb.cells[2], nb.cells[4], nb.cells[7]
