@@ -16,6 +16,7 @@ group, workers and forkserver included.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -44,7 +45,7 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 from torch.distributed.elastic.utils.store import _NUM_MEMBERS
 
-from elastic_nb import payload, protocol
+from elastic_nb import payload, protocol, rank_debugger
 from elastic_nb.heartbeat import RoundSeen, peers_lost, silent_peers
 from elastic_nb.logs import LogSource, LogTailer, NodeLogsSpecs, started_sources
 from elastic_nb.protocol import AgentConfig, Channel, CommandKind
@@ -130,6 +131,7 @@ class ReportingAgent(LocalElasticAgent):
         self._restart_reason: str | None = None
         self._requested_restart: str | None = None  # a reason, set by the command thread
         self._round: RoundSeen | None = None
+        self._pauses: dict[int, int] = {}  # rank -> its debugger notice's mtime, while paused
 
     def request_restart(self, reason: str) -> None:
         """Restart the group at the next monitor tick: ``user``, or ``membership`` (a peer was lost)."""
@@ -172,6 +174,7 @@ class ReportingAgent(LocalElasticAgent):
             for w in worker_group.workers
         )
         self._failure_reported = False
+        self._pauses.clear()
         started = protocol.Started(
             role=worker_group.spec.role, attempt=self._node_logs.last_attempt,
             restart_count=self.restart_count, group_rank=group_rank,
@@ -188,6 +191,8 @@ class ReportingAgent(LocalElasticAgent):
             self._restart_workers(worker_group)
             return RunResult(state=WorkerState.HEALTHY)
         result = super()._monitor_workers(worker_group)
+        if result.state == WorkerState.HEALTHY:
+            self._report_pauses(worker_group)
         if result.state == WorkerState.HEALTHY and self._peer_lapsed():
             self._restart_reason = "membership"
             self._restart_workers(worker_group)
@@ -207,6 +212,37 @@ class ReportingAgent(LocalElasticAgent):
                                for rank, f in sorted(result.failures.items())),
             ))
         return result
+
+    def _report_pauses(self, worker_group: WorkerGroup) -> None:
+        """A rank that stopped in its debugger wrote a notice beside its logs: report it, and
+        report when it is gone (the rank went on)."""
+        pcontext = self._pcontext
+        if pcontext is None:
+            return
+        for worker in worker_group.workers:
+            rank_dir = os.path.dirname(pcontext.error_files[worker.local_rank])
+            notice = os.path.join(rank_dir, rank_debugger.NOTICE_NAME)
+            try:
+                stamp = os.stat(notice).st_mtime_ns
+            except FileNotFoundError:
+                if self._pauses.pop(worker.global_rank, None) is not None:
+                    self._channel.send_report(protocol.Resumed(rank=worker.global_rank,
+                                                               observed_at=time.time()))
+                continue
+            if self._pauses.get(worker.global_rank) == stamp:
+                continue
+            try:
+                with open(notice) as source:
+                    data = json.load(source)
+            except (OSError, ValueError):
+                continue  # being replaced: read it next tick
+            self._pauses[worker.global_rank] = stamp
+            self._channel.send_report(protocol.Paused(
+                rank=worker.global_rank, reason=str(data["reason"]), file=str(data["file"]),
+                line=int(data["line"]), function=str(data["function"]),
+                source=str(data["source"]), cell=data.get("cell"),
+                exception=data.get("exception"), socket=str(data["socket"]),
+                observed_at=time.time()))
 
     def _rendezvous_state(self) -> Any:
         """torch's dynamic rendezvous state as last synced (None for the etcd v1 handler)."""
@@ -428,7 +464,8 @@ class NodeHost:
             role=config.role,
             local_world_size=config.nproc,
             entrypoint=payload.run_worker,
-            args=(config.payload, payload.JobContext.of_this_process()),
+            args=(config.payload, payload.JobContext.of_this_process(
+                options.post_mortem, options.post_mortem_timeout)),
             rdzv_handler=handler,
             max_restarts=options.max_restarts,
             monitor_interval=options.monitor_interval,

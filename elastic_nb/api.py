@@ -39,6 +39,8 @@ def launch(
     shutdown_timeout: int = 5,
     listen_addr: str = "127.0.0.1",
     keep_warm: float | None = None,
+    post_mortem: bool = False,
+    post_mortem_timeout: float = 600,
     **kwargs: Any,
 ) -> Job:
     """Start ``fn(*args, **kwargs)`` on every rank of a new elastic job; return its Job at once.
@@ -53,6 +55,11 @@ def launch(
     ``keep_warm`` seconds (default ``elastic_nb.set_keep_warm``, 300 s), it
     runs the next launch's node at once, torch already imported and its
     forkserver warm. ``keep_warm=0`` ends the hosts with the job.
+
+    ``breakpoint()`` in a rank pauses it for ``job.debug(rank)``; with
+    ``post_mortem=True`` a rank whose function raises waits (at most
+    ``post_mortem_timeout`` seconds) for ``job.debug`` at the failing frame,
+    then fails with its error as it would have.
     """
     plan = make_plan(
         fn, args, kwargs, nodes=nodes, nproc=nproc, backend=backend, endpoint=endpoint,
@@ -62,7 +69,8 @@ def launch(
         log_line_prefix_template=log_line_prefix_template, log_dir=log_dir, env=env,
         master_addr=master_addr, master_port=master_port, rdzv_configs=rdzv_configs,
         shutdown_timeout=shutdown_timeout, listen_addr=listen_addr,
-        keep_warm=host_pool.POOL.keep_warm if keep_warm is None else keep_warm)
+        keep_warm=host_pool.POOL.keep_warm if keep_warm is None else keep_warm,
+        post_mortem=post_mortem, post_mortem_timeout=post_mortem_timeout)
     return Job(plan).start()
 
 

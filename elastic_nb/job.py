@@ -29,6 +29,8 @@ import cloudpickle
 from elastic_nb import host_pool, network, stacks
 from elastic_nb import snapshot as snapshots
 from elastic_nb import state as rules
+from elastic_nb.collapse import collapse as collapse_lines
+from elastic_nb.debug_client import DebugSession
 from elastic_nb.errors import JobFailed, RankFailure
 from elastic_nb.join_server import JoinRefused, JoinServer
 from elastic_nb.logs import LogBook, LogLine, LogSource, LogTailer, started_sources
@@ -46,6 +48,7 @@ from elastic_nb.protocol import (
     encode_bytes,
     parse_report,
 )
+from elastic_nb.rank_debugger import PROMPT
 from elastic_nb.render import summary_text
 from elastic_nb.rendezvous import discovery, embedded
 from elastic_nb.state import Event, EventKind, JobState, JobStatus, NodeStatus, WorkerInfo
@@ -82,6 +85,8 @@ class Job:
     Commands:
         ``kill(rank, sig)``, ``kill_node(i)``, ``add_node(Node)``, ``restart()``,
         ``stacks()``, ``stop()``.
+    Debugging a paused rank:
+        ``debug(rank)`` (blocking: pdb through ``input()``), ``debug_session(rank)``.
     Observing:
         ``add_listener(fn)`` / ``remove_listener(fn)`` for events, ``log_book``
         for lines; ``show()`` displays the dashboard.
@@ -289,7 +294,7 @@ class Job:
         """The job as every view shows it, at this moment (CPU/RSS at most 1 s old)."""
         with self._lock:
             pids = [w.pid for w in self._state.workers.values()
-                    if w.state == rules.WorkerStatus.RUNNING and self._state.nodes[w.node].local]
+                    if w.state.alive and self._state.nodes[w.node].local]
         stats = self._sample_stats(pids)
         last_output = self._book.last_line_time()
         with self._lock:
@@ -370,22 +375,32 @@ class Job:
                 self._changed.wait(0.05)
 
     def logs(self, rank: int | None = None, stream: str | None = None,
-             attempt: int | None = None) -> str:
-        """Every line the ranks printed, prefixed; filter by rank, stream and attempt."""
+             attempt: int | None = None, collapse: bool = False) -> str:
+        """Every line the ranks printed, prefixed; filter by rank, stream and attempt.
+
+        ``collapse=True`` shows a line that several ranks printed near each
+        other once, as ``[ranks 0-7]: line`` (a single rank's view is exact).
+        """
         if stream is not None and stream not in ("stdout", "stderr"):
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
         if self.done and threading.current_thread() is not self._pump:
             self._pump.join()
         template = self.log_line_prefix_template
-        lines = [line.render(template) for line in self._book.lines(rank, stream, attempt)]
+        picked = self._book.lines(rank, stream, attempt)
+        shown = collapse_lines(picked) if collapse and rank is None else picked
+        lines = [line.render(template) for line in shown]
         dropped = self._book.dropped(rank)
         if dropped:
             lines.insert(0, f"[elastic_nb] {dropped} earlier lines were dropped from memory; "
                             f"every line is on disk under {self.log_dir}")
         return "\n".join(lines) + ("\n" if lines else "")
 
-    def follow(self) -> Iterator[str]:
-        """Yield each rank's lines, prefixed, as they arrive, until the job ends (blocking)."""
+    def follow(self, collapse: bool = False) -> Iterator[str]:
+        """Yield each rank's lines, prefixed, as they arrive, until the job ends (blocking).
+
+        ``collapse=True`` shows the same line printed by several ranks within
+        one batch (a tenth of a second) once, as ``[ranks 0-7]: line``.
+        """
         pending: queue.SimpleQueue[list[LogLine]] = queue.SimpleQueue()
         self._book.add_listener(pending.put)
         template = self.log_line_prefix_template
@@ -397,10 +412,11 @@ class Job:
                     if self.done and not self._pump.is_alive():
                         break
                     continue
-                for line in batch:
+                for line in collapse_lines(batch) if collapse else batch:
                     yield line.render(template)
             while not pending.empty():
-                for line in pending.get():
+                batch = pending.get()
+                for line in collapse_lines(batch) if collapse else batch:
                     yield line.render(template)
         finally:
             self._book.remove_listener(pending.put)
@@ -474,8 +490,54 @@ class Job:
                                           self._state.nodes[w.node].local,
                                           self._state.nodes[w.node].host)
                        for _, w in sorted(self._state.workers.items())
-                       if w.state == rules.WorkerStatus.RUNNING]
+                       if w.state.alive]
         return stacks.dump(targets, timeout)
+
+    def debug_session(self, rank: int) -> DebugSession:
+        """Connect to the debugger of a paused rank (``breakpoint()``, or post-mortem).
+
+        Raises ValueError when the rank is not paused or runs on another
+        machine, ``DebuggerBusy`` when another client has it.
+        """
+        with self._lock:
+            worker = self._state.workers.get(rank)
+            paused = sorted(r for r, w in self._state.workers.items() if w.pause is not None)
+            if worker is None or worker.pause is None:
+                state = worker.state if worker is not None else "not in this job"
+                raise ValueError(
+                    f"rank {rank} is not paused ({state}); paused ranks: {paused or 'none'}. "
+                    "A rank pauses at breakpoint() or, with launch(post_mortem=True), where it "
+                    "raised")
+            node = self._state.nodes[worker.node]
+            if not node.local:
+                raise ValueError(f"rank {rank} runs on {node.host}: its debugger listens there, "
+                                 f"at {worker.pause.socket}")
+            path, reason = worker.pause.socket, worker.pause.reason
+        return DebugSession(rank, path, reason)
+
+    def debug(self, rank: int, read: Callable[[str], str] = input,
+              write: Callable[[str], Any] = print) -> None:
+        """Drive pdb in a paused rank from here: blocking, until the rank goes on or ends.
+
+        Each command is read with ``read`` (``input``: in Jupyter the frontend
+        asks for it) and pdb's answer is written with ``write``. ``c``
+        resumes the rank, ``q`` makes it fail (its restart policy applies);
+        an empty line or end of input leaves the session, which resumes it.
+        """
+        session = self.debug_session(rank)
+        try:
+            write(session.output.rstrip("\n"))
+            while not session.ended:
+                try:
+                    command = read(PROMPT)
+                except EOFError:
+                    break
+                output = session.send(command or "c")
+                if output.strip():
+                    write(output.rstrip("\n"))
+        finally:
+            session.close()
+        write(f"[elastic_nb] {session.end_message}")
 
     def stop(self) -> None:
         """End the job now: each node stops its workers as torch does on SIGTERM.

@@ -6,7 +6,8 @@ first takes on its job's environment, ``sys.path`` and cwd (``JobContext``:
 a worker forked from a warm host's forkserver inherits those of an older
 job) with torch's per-rank variables on top, then installs the
 notebook's source lines into linecache (so tracebacks show notebook code),
-arms a stack-dump signal, dies with its parent, runs the call and returns the
+arms a stack-dump signal and the rank's debugger (``rank_debugger``: ``breakpoint()``,
+post-mortem), dies with its parent, runs the call and returns the
 result cloudpickled (rank 0 first starts the store ``init_process_group``
 will use, listening on ``MASTER_ADDR`` only). An exception propagates to
 torch's ``record`` wrapper, which writes it to the rank's error file.
@@ -14,6 +15,7 @@ torch's ``record`` wrapper, which writes it to the rank's error file.
 
 from __future__ import annotations
 
+import bdb
 import copyreg
 import ctypes
 import faulthandler
@@ -33,6 +35,8 @@ from typing import Any
 import cloudpickle
 import cloudpickle.cloudpickle as _cloudpickle_impl
 
+from elastic_nb import rank_debugger
+
 STACK_DUMP_SIGNAL = signal.SIGUSR1
 STACKS_FILE = "stacks.txt"
 _MAX_SOURCE_BYTES = 8 << 20
@@ -49,10 +53,14 @@ class JobContext:
     env: dict[str, str]
     sys_path: list[str]
     cwd: str
+    post_mortem: bool = False  # a rank whose function raises waits for a debugger first
+    post_mortem_timeout: float = 600.0
 
     @classmethod
-    def of_this_process(cls) -> JobContext:
-        return cls(dict(os.environ), list(sys.path), os.getcwd())
+    def of_this_process(cls, post_mortem: bool = False,
+                        post_mortem_timeout: float = 600.0) -> JobContext:
+        return cls(dict(os.environ), list(sys.path), os.getcwd(), post_mortem,
+                   post_mortem_timeout)
 
 
 def _enter_job(context: JobContext) -> None:
@@ -84,6 +92,13 @@ def interactive_sources() -> dict[str, list[str]]:
     return sources
 
 
+def cell_numbers() -> dict[str, int]:
+    """IPython's cell files and their execution counts (``In[7]``), when in IPython."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    mapping = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    return {str(k): int(v) for k, v in mapping.items()} if isinstance(mapping, dict) else {}
+
+
 def _reduce_code_keeping_filename(code: types.CodeType) -> tuple:
     # cloudpickle >= 3.1 renames every by-value code object's file to
     # "<dynamic-code>" (for deterministic pickles); a worker's traceback then
@@ -104,7 +119,8 @@ def pack_call(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> by
     """Serialize one function call for the workers (raises if it cannot)."""
     buffer = io.BytesIO()
     _SourceKeepingPickler(buffer, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(
-        {"fn": fn, "args": args, "kwargs": kwargs, "sources": interactive_sources()}
+        {"fn": fn, "args": args, "kwargs": kwargs, "sources": interactive_sources(),
+         "cells": cell_numbers()}
     )
     return buffer.getvalue()
 
@@ -164,9 +180,18 @@ def run_worker(payload: bytes, context: JobContext) -> bytes:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
+    rank_debugger.install()
     call = cloudpickle.loads(payload)
     _install_sources(call["sources"])
-    result = call["fn"](*call["args"], **call["kwargs"])
+    rank_debugger.cell_numbers.update(call["cells"])
+    try:
+        result = call["fn"](*call["args"], **call["kwargs"])
+    except bdb.BdbQuit:
+        raise rank_debugger.quit_error(os.environ.get("RANK", "?")) from None
+    except Exception as exc:
+        if context.post_mortem:
+            rank_debugger.post_mortem(exc, context.post_mortem_timeout)
+        raise
     try:
         return cloudpickle.dumps(result)
     except Exception as exc:

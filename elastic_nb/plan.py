@@ -65,6 +65,8 @@ class JobOptions:
     master_addr: str | None
     master_port: int | None
     shutdown_timeout: int
+    post_mortem: bool = False  # a rank whose function raises waits for a debugger first
+    post_mortem_timeout: float = 600.0
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,7 +119,8 @@ def make_plan(fn: Callable[..., Any] | None, args: tuple, kwargs: dict[str, Any]
               log_line_prefix_template: str | None, log_dir: str | None,
               env: dict[str, str] | None, master_addr: str | None, master_port: int | None,
               rdzv_configs: dict[str, Any] | None, shutdown_timeout: int,
-              listen_addr: str, keep_warm: float) -> JobPlan:
+              listen_addr: str, keep_warm: float, post_mortem: bool = False,
+              post_mortem_timeout: float = 600.0) -> JobPlan:
     """Check every argument of ``launch`` and pack the calls; raises LaunchError.
 
     ``endpoint`` None with the c10d backend means the embedded store, which
@@ -148,6 +151,9 @@ def make_plan(fn: Callable[..., Any] | None, args: tuple, kwargs: dict[str, Any]
     _check_number("rdzv_timeout", rdzv_timeout, positive=True)
     _check_int("shutdown_timeout", shutdown_timeout, minimum=0)
     _check_number("keep_warm", keep_warm, positive=False)
+    if not isinstance(post_mortem, bool):
+        raise LaunchError(f"post_mortem must be True or False, not {post_mortem!r}")
+    _check_number("post_mortem_timeout", post_mortem_timeout, positive=True)
     if start_method not in START_METHODS:
         hint = " (fork is unsafe in a Jupyter kernel)" if start_method == "fork" else ""
         raise LaunchError(f"start_method must be one of {', '.join(START_METHODS)}, "
@@ -171,7 +177,8 @@ def make_plan(fn: Callable[..., Any] | None, args: tuple, kwargs: dict[str, Any]
         exit_barrier_timeout=float(exit_barrier_timeout), rdzv_timeout=float(rdzv_timeout),
         rdzv_configs=dict(rdzv_configs or {}), start_method=start_method,
         log_line_prefix_template=template, master_addr=master_addr, master_port=master_port,
-        shutdown_timeout=shutdown_timeout)
+        shutdown_timeout=shutdown_timeout, post_mortem=post_mortem,
+        post_mortem_timeout=float(post_mortem_timeout))
     return JobPlan(run_id=run_id, backend=backend, endpoint=endpoint, nodes=node_plans,
                    options=options, log_dir=_make_log_dir(log_dir, run_id), env=env,
                    listen_addr=listen_addr, default_payload=default_payload,
@@ -201,7 +208,7 @@ LAUNCH_OPTIONS = (
     "nodes", "nproc", "backend", "endpoint", "run_id", "min_nodes", "max_nodes", "max_restarts",
     "monitor_interval", "exit_barrier_timeout", "rdzv_timeout", "start_method",
     "log_line_prefix_template", "log_dir", "env", "master_addr", "master_port", "rdzv_configs",
-    "shutdown_timeout", "listen_addr", "keep_warm",
+    "shutdown_timeout", "listen_addr", "keep_warm", "post_mortem", "post_mortem_timeout",
 )
 
 

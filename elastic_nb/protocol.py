@@ -44,6 +44,8 @@ class ReportKind(StrEnum):
     FAILED = "failed"  # the node gave up: restart budget spent (the failures)
     AGENT_ERROR = "agent_error"  # the agent itself could not go on
     LOG = "log"  # lines a joined node's ranks printed (its files are on its machine)
+    PAUSED = "paused"  # a rank stopped in its debugger (breakpoint or post-mortem)
+    RESUMED = "resumed"  # ... and went on (or ended)
     NODE_DONE = "node_done"  # the host finished its node of the job (it may serve the next job)
 
 
@@ -255,6 +257,30 @@ class Log:
 
 
 @dataclass(frozen=True)
+class Paused(_FlatRecord):
+    """A rank waits in its debugger (``rank_debugger``) for ``job.debug(rank)``."""
+
+    kind: ClassVar[ReportKind] = ReportKind.PAUSED
+    rank: int
+    reason: str  # breakpoint or post_mortem
+    file: str
+    line: int
+    function: str
+    source: str  # the source line it stopped at
+    cell: int | None  # the notebook cell (execution count) that file is
+    exception: str | None  # post-mortem: the error, in one line
+    socket: str  # where its debugger listens, on the node's machine
+    observed_at: float
+
+
+@dataclass(frozen=True)
+class Resumed(_FlatRecord):
+    kind: ClassVar[ReportKind] = ReportKind.RESUMED
+    rank: int
+    observed_at: float
+
+
+@dataclass(frozen=True)
 class NodeDone(_FlatRecord):
     """The host's last report for a job: its node's exit code, and whether it can run another."""
 
@@ -264,11 +290,11 @@ class NodeDone(_FlatRecord):
 
 
 Report = (Rendezvous | Started | WorkerFailed | Restarting | Succeeded | Failed | AgentError | Log
-          | NodeDone)
+          | Paused | Resumed | NodeDone)
 REPORTS: dict[ReportKind, Any] = {
     cls.kind: cls
     for cls in (Rendezvous, Started, WorkerFailed, Restarting, Succeeded, Failed, AgentError, Log,
-                NodeDone)
+                Paused, Resumed, NodeDone)
 }
 """The dispatch table: each report kind and the record it parses into."""
 

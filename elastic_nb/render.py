@@ -30,19 +30,20 @@ class TileState(StrEnum):
     RUNNING = "running"
     RESTARTING = "restarting"
     RESTARTED = "restarted"  # running again, in a later attempt
+    PAUSED = "paused"  # waiting in its debugger
     FAILED = "failed"
     DONE = "done"
     STOPPED = "stopped"
 
     @property
     def killable(self) -> bool:
-        return self in (TileState.RUNNING, TileState.RESTARTED)
+        return self in (TileState.RUNNING, TileState.RESTARTED, TileState.PAUSED)
 
 
 TILE_COLORS = {
     TileState.PENDING: "#95a5a6", TileState.RUNNING: "#27ae60", TileState.RESTARTING: "#e67e22",
     TileState.RESTARTED: "#16a085", TileState.FAILED: "#c0392b", TileState.DONE: "#2471a3",
-    TileState.STOPPED: "#566573",
+    TileState.STOPPED: "#566573", TileState.PAUSED: "#8e44ad",
 }
 
 
@@ -63,6 +64,7 @@ class Tile:
     rss: int | None
     silent_for: float | None
     hung: bool
+    paused_at: str | None = None  # "cell 7, line 4": it waits for job.debug(rank)
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def tiles(snap: JobSnapshot, now: float, hung_after: float = 10.0,
             rank=w.rank, node=w.node, host=None if w.local else w.host, role=w.role, state=state,
             color=TILE_COLORS[state], pid=w.pid, restart_count=w.restart_count,
             attempt=w.attempt, cpu_percent=w.cpu_percent, rss=w.rss,
-            silent_for=silent.get(w.rank), hung=w.rank in hung))
+            silent_for=silent.get(w.rank), hung=w.rank in hung, paused_at=w.paused_at))
     return result
 
 
@@ -159,6 +161,7 @@ def summary_text(snap: JobSnapshot) -> str:
     if warm:
         head += f" warm hosts: node{'s' if len(warm) > 1 else ''} {', '.join(map(str, warm))}"
     rows = [f"  rank {w.rank:>3} node {w.node} {w.role:<10} pid {w.pid:<8} {w.state}"
+            + (f" at {w.paused_at} ({w.pause_reason}): job.debug({w.rank})" if w.paused_at else "")
             for w in snap.workers]
     if snap.status == "failed":
         cause = snap.first_failure
@@ -205,6 +208,9 @@ def tile_html(t: Tile) -> str:
         if t.host is not None:
             where += f" on {html.escape(t.host)}"
     cpu = "-" if t.cpu_percent is None else f"{t.cpu_percent:.0f}%"
+    if t.paused_at is not None:
+        hung = (f"<br><span class='enb-paused'>paused at {html.escape(t.paused_at)}</span>"
+                f" &nbsp; <code>job.debug({t.rank})</code>")
     return (
         f"<div class='enb-tile enb-{t.state}' data-rank='{t.rank}' style='border-left:6px solid {t.color};"
         f"padding:2px 6px;font-family:monospace;font-size:12px;line-height:1.35'>"

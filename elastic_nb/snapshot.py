@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 from elastic_nb.errors import RankFailure, ordered_failures
 from elastic_nb.plan import JobPlan
-from elastic_nb.state import Event, JobState, JobStatus, NodeStatus, WorkerStatus
+from elastic_nb.state import (
+    Event,
+    JobState,
+    JobStatus,
+    NodeStatus,
+    WorkerStatus,
+    pause_location,
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,8 @@ class WorkerView:
     last_output: float | None  # when it last printed a line
     cpu_percent: float | None
     rss: int | None
+    paused_at: str | None = None  # "cell 7, line 4" while it waits in its debugger
+    pause_reason: str | None = None  # breakpoint or post_mortem
 
 
 @dataclass(frozen=True)
@@ -113,13 +122,16 @@ def build(plan: JobPlan, endpoint: str, state: JobState, last_output: dict[int, 
     workers = []
     for rank, w in sorted(state.workers.items()):
         node = nodes[w.node]
-        usage = stats.get(w.pid) if node.local and w.state == WorkerStatus.RUNNING else None
+        usage = stats.get(w.pid) if node.local and w.state.alive else None
+        pause = w.pause if w.state == WorkerStatus.PAUSED else None
         workers.append(WorkerView(
             rank=rank, local_rank=w.local_rank, role=w.role, group_rank=w.group_rank,
             node=w.node, host=node.host, local=node.local, pid=w.pid, state=w.state,
             restart_count=w.restart_count, attempt=w.attempt, world_size=w.world_size,
             started_at=w.started_at, last_output=last_output.get(rank),
-            cpu_percent=usage[0] if usage else None, rss=usage[1] if usage else None))
+            cpu_percent=usage[0] if usage else None, rss=usage[1] if usage else None,
+            paused_at=pause_location(pause) if pause else None,
+            pause_reason=pause.reason if pause else None))
     return JobSnapshot(
         run_id=plan.run_id, backend=plan.backend, endpoint=endpoint, log_dir=plan.log_dir,
         prefix_template=plan.options.log_line_prefix_template, taken_at=now,

@@ -27,10 +27,11 @@ States and their transitions, as torch's ``WorkerState`` documents its own:
 
 ``WorkerStatus`` (one rank of the current attempt)::
 
-    RUNNING ──its group restarts──▶ RESTARTING (until the new attempt replaces it)
-    RUNNING ──it failed──▶ FAILED
+    RUNNING ──it stopped in its debugger (breakpoint, post-mortem)──▶ PAUSED ──resumed──▶ RUNNING
+    RUNNING | PAUSED ──its group restarts──▶ RESTARTING (until the new attempt replaces it)
+    RUNNING | PAUSED ──it failed──▶ FAILED
     RUNNING ──its node returned every result──▶ SUCCEEDED
-    RUNNING | RESTARTING ──its node stopped, failed or was lost──▶ STOPPED
+    RUNNING | PAUSED | RESTARTING ──its node stopped, failed or was lost──▶ STOPPED
 """
 
 from __future__ import annotations
@@ -77,10 +78,16 @@ class NodeStatus(StrEnum):
 
 class WorkerStatus(StrEnum):
     RUNNING = "running"
+    PAUSED = "paused"
     RESTARTING = "restarting"
     FAILED = "failed"
     SUCCEEDED = "succeeded"
     STOPPED = "stopped"
+
+    @property
+    def alive(self) -> bool:
+        """Its process is there to signal, dump or debug."""
+        return self in (WorkerStatus.RUNNING, WorkerStatus.PAUSED)
 
 
 class EventKind(StrEnum):
@@ -91,6 +98,8 @@ class EventKind(StrEnum):
     STARTED = "started"
     WORKER_FAILED = "worker_failed"
     RESTARTING = "restarting"
+    PAUSED = "paused"  # a rank stopped in its debugger
+    RESUMED = "resumed"
     KILLED = "killed"  # the user signalled a rank
     NODE_KILLED = "node_killed"
     NODE_ADDED = "node_added"
@@ -155,6 +164,7 @@ class WorkerInfo:
     world_size: int
     started_at: float = 0.0
     rank_dir: str = ""  # where its log, error and stack files are (on its node's machine)
+    pause: protocol.Paused | None = None  # where it waits in its debugger, while PAUSED
 
 
 @dataclass
@@ -326,8 +336,8 @@ def _on_worker_failed(state: JobState, node: NodeState, msg: protocol.WorkerFail
 
 
 def _on_restarting(state: JobState, node: NodeState, msg: protocol.Restarting, now: float) -> None:
-    for worker in _workers_of(state, node.index, WorkerStatus.RUNNING):
-        worker.state = WorkerStatus.RESTARTING
+    for worker in _workers_of(state, node.index, WorkerStatus.RUNNING, WorkerStatus.PAUSED):
+        worker.state, worker.pause = WorkerStatus.RESTARTING, None
     state.record(_observed(node, msg.observed_at, now), EventKind.RESTARTING, node=node.index, detail={
         "reason": msg.reason, "remaining_restarts": msg.remaining_restarts,
         "max_restarts": msg.max_restarts})
@@ -387,6 +397,35 @@ def _on_log(state: JobState, node: NodeState, msg: protocol.Log, now: float) -> 
     """A joined node's lines go to the log book, not the state (the Job does that)."""
 
 
+def _on_paused(state: JobState, node: NodeState, msg: protocol.Paused, now: float) -> None:
+    worker = state.workers.get(msg.rank)
+    if worker is None or not worker.state.alive:
+        return  # a notice from a rank already replaced
+    worker.state, worker.pause = WorkerStatus.PAUSED, msg
+    detail: dict[str, Any] = {"reason": msg.reason, "where": pause_location(msg),
+                              "source": msg.source}
+    if msg.exception:
+        detail["exception"] = msg.exception
+    state.record(_observed(node, msg.observed_at, now), EventKind.PAUSED, node=node.index,
+                 rank=msg.rank, detail=detail)
+
+
+def _on_resumed(state: JobState, node: NodeState, msg: protocol.Resumed, now: float) -> None:
+    worker = state.workers.get(msg.rank)
+    if worker is None or worker.state != WorkerStatus.PAUSED:
+        return
+    worker.state, worker.pause = WorkerStatus.RUNNING, None
+    state.record(_observed(node, msg.observed_at, now), EventKind.RESUMED, node=node.index,
+                 rank=msg.rank)
+
+
+def pause_location(pause: protocol.Paused) -> str:
+    """``cell 7, line 4`` for a notebook cell, else ``file.py:12`` (in ``function``)."""
+    if pause.cell is not None:
+        return f"cell {pause.cell}, line {pause.line}"
+    return f"{os.path.basename(pause.file)}:{pause.line} in {pause.function}"
+
+
 _RULES: dict[protocol.ReportKind, Any] = {
     protocol.ReportKind.RENDEZVOUS: _on_rendezvous,
     protocol.ReportKind.STARTED: _on_started,
@@ -396,6 +435,8 @@ _RULES: dict[protocol.ReportKind, Any] = {
     protocol.ReportKind.FAILED: _on_failed,
     protocol.ReportKind.AGENT_ERROR: _on_agent_error,
     protocol.ReportKind.LOG: _on_log,
+    protocol.ReportKind.PAUSED: _on_paused,
+    protocol.ReportKind.RESUMED: _on_resumed,
 }
 
 
@@ -418,7 +459,8 @@ def node_gone(state: JobState, index: int, returncode: int | None, now: float,
             node.status = NodeStatus.LOST
             node.error = (f"the agent of node {index} exited unexpectedly "
                           f"(exit code {returncode}); {where}")
-    for worker in _workers_of(state, index, WorkerStatus.RUNNING, WorkerStatus.RESTARTING):
+    for worker in _workers_of(state, index, WorkerStatus.RUNNING, WorkerStatus.PAUSED,
+                              WorkerStatus.RESTARTING):
         worker.state = WorkerStatus.STOPPED
     state.record(now, EventKind.NODE_EXITED, node=index,
                  detail={"status": node.status, "exitcode": returncode})
@@ -429,8 +471,8 @@ def node_gone(state: JobState, index: int, returncode: int | None, now: float,
 def rank_killed(state: JobState, rank: int, signal_name: str, now: float) -> list[Event]:
     """The user signals a rank; ValueError if it is not running."""
     worker = state.workers.get(rank)
-    if worker is None or worker.state != WorkerStatus.RUNNING:
-        running = sorted(r for r, w in state.workers.items() if w.state == WorkerStatus.RUNNING)
+    if worker is None or not worker.state.alive:
+        running = sorted(r for r, w in state.workers.items() if w.state.alive)
         status = worker.state if worker else "unknown"
         raise ValueError(f"rank {rank} is not running (state: {status}); running ranks: {running}")
     return [state.record(now, EventKind.KILLED, node=worker.node, rank=rank,

@@ -344,3 +344,22 @@ def compute_once_grown(mark: str) -> dict[str, int]:
         step += 1
     dist.destroy_process_group()
     return {"world_size": world, "restart_count": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}
+
+
+# ---------------------------------------------------------------- debugging
+
+def pause_on_rank(paused: int) -> int:
+    """Rank ``paused`` stops at breakpoint(); every rank returns rank * 10 (+ 1 if paused)."""
+    value = rank() * 10
+    if rank() == paused:
+        breakpoint()
+        value += 1  # where it stops
+    return value
+
+
+def fail_first_attempt_with_locals(failing: int) -> int:
+    """Rank ``failing`` raises on the first attempt, with a local worth inspecting."""
+    batch = [rank(), 42]
+    if rank() == failing and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        raise ValueError(f"bad batch {batch}")
+    return rank()
