@@ -135,6 +135,8 @@ class ElasticMagics(Magics):
     @argument("--start-method", default=None, help="forkserver (default) or spawn")
     @argument("--keep-warm", type=float, default=None,
               help="seconds the node hosts stay warm after the job (0: they end with it)")
+    @argument("--post-mortem", action="store_true",
+              help="a rank that raises waits for job.debug(rank) at the failing frame")
     @argument("-o", "--out", default=None, help="store the Job in this notebook variable")
     @argument("--block", action="store_true", help="wait for the job and return {rank: value}")
     @line_cell_magic
@@ -215,6 +217,8 @@ class ElasticMagics(Magics):
                 options[name] = getattr(args, name)
         if args.prefix is not None:
             options["log_line_prefix_template"] = args.prefix
+        if args.post_mortem:
+            options["post_mortem"] = True
         return options
 
     def _evaluate_call(self, call: str) -> tuple[Any, tuple, dict[str, Any]]:

@@ -3,9 +3,10 @@
 Two layers, like tqdm.notebook or dask's cluster widget:
 
 * ``DashboardModel`` computes everything the dashboard shows (header, one
-  tile per rank, filtered log text, timeline, stack dumps) from the Job's
-  ``snapshot()`` (rendered by ``render``) and its LogBook. It is plain Python
-  and testable without a frontend.
+  tile per rank, filtered or collapsed log text, timeline, stack dumps, the
+  debug console's transcript) from the Job's ``snapshot()`` (rendered by
+  ``render``), its LogBook and ``Job.debug_session``. It is plain Python and
+  testable without a frontend.
 * ``Dashboard`` is the ipywidgets 8 view of that model. A background thread
   ticks a few times a second and pushes widget updates only when something
   changed, so a flood of output costs a bounded number of messages to the
@@ -31,10 +32,14 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from elastic_nb import render
+from elastic_nb.collapse import CollapsedLine
+from elastic_nb.collapse import collapse as collapse_lines
 from elastic_nb.plan import Node
+from elastic_nb.rank_debugger import PROMPT
 from elastic_nb.snapshot import JobSnapshot
 
 if TYPE_CHECKING:
+    from elastic_nb.debug_client import DebugSession
     from elastic_nb.job import Job
     from elastic_nb.logs import LogLine
 
@@ -118,8 +123,11 @@ class LogView:
         return shown, total - len(shown)
 
     def render(self, rank: int | None = None, text: str = "", attempt: int | None = None,
-               max_lines: int = MAX_LOG_LINES) -> str:
-        lines, hidden = self.select(rank, text, attempt, max_lines)
+               max_lines: int = MAX_LOG_LINES, collapse: bool = False) -> str:
+        """The view's text; ``collapse`` shows a line several ranks printed once (merged view)."""
+        selected, hidden = self.select(rank, text, attempt, max_lines)
+        lines: list[LogLine] | list[CollapsedLine] = (
+            collapse_lines(selected) if collapse and rank is None else selected)
         template = self._job.log_line_prefix_template
         out = []
         with self._lock:
@@ -129,10 +137,11 @@ class LogView:
                        f"under {self._job.log_dir}")
         previous = None
         for line in lines:
-            if line.attempt != previous:
-                out.append(f"──────── attempt {line.attempt} "
-                           f"(restart count {line.source.restart_count}) ────────")
-                previous = line.attempt
+            first = line.first if isinstance(line, CollapsedLine) else line
+            if first.attempt != previous:
+                out.append(f"──────── attempt {first.attempt} "
+                           f"(restart count {first.source.restart_count}) ────────")
+                previous = first.attempt
             out.append(line.render(template))
         return "\n".join(out)
 
@@ -150,9 +159,51 @@ class DashboardModel:
         self.logs = LogView(job)
         self.stacks: dict[int, str] = {}
         self.status = ""
+        self._debug: DebugSession | None = None
+        self._debug_lock = threading.Lock()
+        self.debug_transcript: list[str] = []
 
     def close(self) -> None:
         self.logs.close()
+        self.close_debug()
+
+    def open_debug(self, rank: int) -> str:
+        """Connect the debug console to a paused rank (leaving any other session)."""
+        self.close_debug()
+        session = self.job.debug_session(rank)
+        with self._debug_lock:
+            self._debug = session
+            self.debug_transcript = [f"──────── pdb in rank {rank} ────────", session.output]
+        return f"debugging rank {rank}: type pdb commands in the debug tab"
+
+    def debug_send(self, command: str) -> str:
+        """Send one command to the console's rank; blocks until pdb answers (run it off the
+        kernel's thread)."""
+        with self._debug_lock:
+            session = self._debug
+            if session is None:
+                raise ValueError("no debug session: press “debug” on a paused rank's tile")
+            output = session.send(command)
+            self.debug_transcript.append(f"{PROMPT}{command}\n{output}")
+            if session.ended:
+                self.debug_transcript.append(f"[elastic_nb] {session.end_message}")
+                self._debug = None
+                return session.end_message
+        return f"rank {session.rank}: {command}"
+
+    def close_debug(self) -> None:
+        with self._debug_lock:
+            if self._debug is not None:
+                self._debug.close()
+                self.debug_transcript.append(f"[elastic_nb] left the session: rank "
+                                             f"{self._debug.rank} continues")
+                self._debug = None
+
+    def debug_text(self) -> str:
+        with self._debug_lock:
+            text = "".join(part if part.endswith("\n") else part + "\n"
+                           for part in self.debug_transcript)
+            return text + (PROMPT if self._debug is not None else "")
 
     def snapshot(self) -> JobSnapshot:
         return self.job.snapshot()
@@ -164,8 +215,9 @@ class DashboardModel:
     def timeline(self, snap: JobSnapshot | None = None) -> list[render.TimelineEntry]:
         return render.timeline(snap or self.snapshot())
 
-    def log_text(self, rank: int | None = None, text: str = "", attempt: int | None = None) -> str:
-        return self.logs.render(rank, text, attempt, self.max_log_lines)
+    def log_text(self, rank: int | None = None, text: str = "", attempt: int | None = None,
+                 collapse: bool = False) -> str:
+        return self.logs.render(rank, text, attempt, self.max_log_lines, collapse)
 
     def dump_stacks(self, timeout: float = 5) -> dict[int, str]:
         self.stacks = self.job.stacks(timeout=timeout)
@@ -197,7 +249,7 @@ class Dashboard(widgets.VBox):
         self._last_refresh = 0.0
         self._seen_logs = -1
         self._failures_seen = 0
-        self._tile_widgets: dict[int, tuple[widgets.HTML, widgets.Button]] = {}
+        self._tile_widgets: dict[int, tuple[widgets.HTML, widgets.Button, widgets.Button]] = {}
         self._build()
         super().__init__([self.header_area, self._tiles_box, self._controls, self.status_area,
                           self.tabs], layout=widgets.Layout(width="100%"))
@@ -240,20 +292,31 @@ class Dashboard(widgets.VBox):
                                             description="attempt", layout=widgets.Layout(width="200px"))
         self.log_filter = widgets.Text(placeholder="only lines containing…", description="filter",
                                        continuous_update=True)
-        for control in (self.log_rank, self.log_attempt, self.log_filter):
+        self.log_collapse = widgets.Checkbox(value=False, description="collapse identical lines",
+                                             indent=False)
+        for control in (self.log_rank, self.log_attempt, self.log_filter, self.log_collapse):
             control.observe(lambda _: self._dirty.set(), names="value")
         self.log_area = widgets.HTML(layout=widgets.Layout(  # column-reverse: scrolled to the newest line
             max_height="320px", overflow="auto", display="flex", flex_flow="column-reverse"))
         self.log_area.add_class("enb-logs")
-        logs = widgets.VBox([widgets.HBox([self.log_rank, self.log_attempt, self.log_filter]),
+        logs = widgets.VBox([widgets.HBox([self.log_rank, self.log_attempt, self.log_filter,
+                                           self.log_collapse]),
                              self.log_area])
         self.event_list = widgets.Select(options=[], rows=10, layout=widgets.Layout(width="100%"))
         self.event_list.observe(lambda _: self._dirty.set(), names="index")
         self.event_details = widgets.HTML()
         timeline_box = widgets.VBox([self.event_list, self.event_details])
         self.stacks_area = widgets.HTML("<i>press “dump stacks” to see where every rank is</i>")
-        self.tabs = widgets.Tab([logs, timeline_box, self.stacks_area])
-        for i, title in enumerate(("logs", "timeline", "stacks")):
+        self.debug_area = widgets.HTML(layout=widgets.Layout(max_height="320px", overflow="auto"))
+        self.debug_area.add_class("enb-debug")
+        self.debug_command = widgets.Text(placeholder="a pdb command: p x, l, n, where, c, q",
+                                          description="(Pdb)")
+        self.debug_send_button = self._button("send", self._debug_send, "info")
+        self.debug_leave_button = self._button("leave (rank continues)", self._debug_leave, "")
+        debug_box = widgets.VBox([self.debug_area, widgets.HBox(
+            [self.debug_command, self.debug_send_button, self.debug_leave_button])])
+        self.tabs = widgets.Tab([logs, timeline_box, self.stacks_area, debug_box])
+        for i, title in enumerate(("logs", "timeline", "stacks", "debug")):
             self.tabs.set_title(i, title)
 
     def _button(self, label: str, action: Callable[[], str], style: str) -> widgets.Button:
@@ -262,16 +325,23 @@ class Dashboard(widgets.VBox):
         button.on_click(lambda _: self._act(action))
         return button
 
-    def _tile(self, rank: int) -> tuple[widgets.HTML, widgets.Button]:
+    def _tile(self, rank: int) -> tuple[widgets.HTML, widgets.Button, widgets.Button]:
         body = widgets.HTML()
         kill = widgets.Button(description=f"kill rank {rank}", button_style="danger",
                               layout=widgets.Layout(width="auto"))
         kill.on_click(lambda _: self._act(lambda: self._kill(rank)))
-        return body, kill
+        debug = widgets.Button(description=f"debug rank {rank}", button_style="info",
+                               layout=widgets.Layout(width="auto"), disabled=True)
+        debug.on_click(lambda _: self._act(lambda: self._debug(rank)))
+        return body, kill, debug
 
     def tile_button(self, rank: int) -> widgets.Button:
         """The "kill rank N" button of a rank's tile."""
         return self._tile_widgets[rank][1]
+
+    def debug_button(self, rank: int) -> widgets.Button:
+        """The "debug rank N" button of a rank's tile (enabled while it is paused)."""
+        return self._tile_widgets[rank][2]
 
     def tile_ranks(self) -> list[int]:
         """The ranks that have a tile now."""
@@ -313,6 +383,24 @@ class Dashboard(widgets.VBox):
     def _add_node(self) -> str:
         index = self.job.add_node(Node(self.add_nproc.value))
         return f"added node {index} with {self.add_nproc.value} ranks; it joins at the next rendezvous"
+
+    def _debug(self, rank: int) -> str:
+        def done(message: str) -> str:
+            self.tabs.selected_index = 3
+            return message
+
+        self._in_background("debug", lambda: self.model.open_debug(rank), done)
+        return f"connecting to rank {rank}'s debugger…"
+
+    def _debug_send(self) -> str:
+        command = self.debug_command.value
+        self.debug_command.value = ""
+        self._in_background("debug-send", lambda: self.model.debug_send(command), str)
+        return f"sent {command!r} to pdb"
+
+    def _debug_leave(self) -> str:
+        self.model.close_debug()
+        return "left the debug session; the rank continues"
 
     def _dump_stacks(self) -> str:
         def done(stacks: dict[int, str]) -> str:
@@ -360,6 +448,7 @@ class Dashboard(widgets.VBox):
                 self._render_logs(),
                 self._render_timeline(snap),
                 self._set(self.stacks_area, "value", self._stacks_html()),
+                self._set(self.debug_area, "value", self._debug_html()),
             ]
             if any(changed):
                 self.updates += 1
@@ -396,9 +485,10 @@ class Dashboard(widgets.VBox):
                                         for t in current]
             changed = True
         for t in current:
-            body, kill = self._tile_widgets[t.rank]
+            body, kill, debug = self._tile_widgets[t.rank]
             changed |= self._set(body, "value", render.tile_html(t))
             changed |= self._set(kill, "disabled", not t.state.killable)
+            changed |= self._set(debug, "disabled", t.state != render.TileState.PAUSED)
         return changed
 
     def _render_controls(self, snap: JobSnapshot) -> bool:
@@ -415,7 +505,7 @@ class Dashboard(widgets.VBox):
         changed = self._set_options(self.log_rank, ranks)
         changed |= self._set_options(self.log_attempt, attempts)
         rank, attempt = (None if v == ALL else v for v in (self.log_rank.value, self.log_attempt.value))
-        text = self.model.log_text(rank, self.log_filter.value, attempt)
+        text = self.model.log_text(rank, self.log_filter.value, attempt, self.log_collapse.value)
         body = (f"<pre style='margin:0;font-size:12px;line-height:1.3'>{html.escape(text)}</pre>"
                 if text else "<i>no output yet</i>")
         return changed | self._set(self.log_area, "value", body)
@@ -433,6 +523,12 @@ class Dashboard(widgets.VBox):
             "click an event to see its details; a failure shows the rank's traceback"
         return changed | self._set(self.event_details, "value",
                                    f"<pre style='font-size:12px'>{html.escape(details)}</pre>")
+
+    def _debug_html(self) -> str:
+        text = self.model.debug_text()
+        if not text:
+            return "<i>a paused rank's tile has a “debug” button: its pdb answers here</i>"
+        return f"<pre style='margin:0;font-size:12px'>{html.escape(text)}</pre>"
 
     def _stacks_html(self) -> str:
         if not self.model.stacks:

@@ -363,3 +363,10 @@ def fail_first_attempt_with_locals(failing: int) -> int:
     if rank() == failing and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
         raise ValueError(f"bad batch {batch}")
     return rank()
+
+
+def same_warning() -> int:
+    """Every rank prints the same warning, then a line of its own."""
+    print("warning: the same on every rank", flush=True)
+    print(f"rank {rank()} own line", flush=True)
+    return rank()

@@ -253,3 +253,43 @@ def test_outside_a_kernel_a_job_displays_as_text_and_html():
     assert job.run_id in page and "succeeded" in page
     assert page.count("<tr><td>") == 2
     assert job._repr_mimebundle_()["text/plain"] == job.summary()
+
+
+def test_eight_ranks_printing_the_same_line_collapse_in_the_merged_views_only(board):
+    job = enb.launch(scenarios.same_warning, nproc=8)
+    dashboard = board(job)
+    assert job.result(timeout=120) == {r: r for r in range(8)}
+    dashboard.wait_closed(timeout=30)
+    assert job.logs().count("warning: the same on every rank") == 8  # nothing is lost
+    collapsed = job.logs(collapse=True)
+    assert collapsed.count("warning: the same on every rank") == 1
+    assert "[ranks 0-7]: warning: the same on every rank" in collapsed
+    assert all(f"[default{r}]:rank {r} own line" in collapsed for r in range(8))
+    assert job.logs(rank=3, collapse=True) == job.logs(rank=3)  # a rank's own view stays exact
+    assert dashboard.log_area.value.count("warning: the same on every rank") == 8
+    dashboard.log_collapse.value = True
+    dashboard.render()
+    assert dashboard.log_area.value.count("warning: the same on every rank") == 1
+    assert "[ranks 0-7]: warning" in dashboard.log_area.value
+
+
+def test_the_debug_console_drives_pdb_in_a_paused_rank_without_blocking_the_kernel(board):
+    job = enb.launch(scenarios.pause_on_rank, 0, nproc=2)
+    dashboard = board(job)
+    wait_until(lambda: not dashboard.debug_button(0).disabled if 0 in dashboard.tile_ranks()
+               else False, timeout=60, what="rank 0's debug button enabled")
+    assert dashboard.debug_button(1).disabled, "only a paused rank can be debugged"
+    assert "paused at scenarios.py:" in dashboard._tile_widgets[0][0].value
+    dashboard.debug_button(0).click()
+    wait_until(lambda: "-&gt; value += 1" in dashboard.debug_area.value, timeout=30,
+               what="pdb's first words in the console")
+    assert dashboard.tabs.selected_index == 3
+    dashboard.debug_command.value = "p value + 7"
+    dashboard.debug_send_button.click()  # answered on a thread: the kernel is free meanwhile
+    wait_until(lambda: "(Pdb) p value + 7\n7\n" in dashboard.debug_area.value, timeout=30,
+               what="the answer to p")
+    dashboard.debug_command.value = "c"
+    dashboard.debug_send_button.click()
+    assert job.result(timeout=60) == {0: 1, 1: 10}
+    wait_until(lambda: "rank 0 continues" in dashboard.debug_area.value, timeout=30,
+               what="the end of the session in the console")
