@@ -209,7 +209,7 @@ def tile_html(t: Tile) -> str:
             where += f" on {html.escape(t.host)}"
     cpu = "-" if t.cpu_percent is None else f"{t.cpu_percent:.0f}%"
     if t.paused_at is not None:
-        hung = (f"<br><span class='enb-paused'>paused at {html.escape(t.paused_at)}</span>"
+        hung = (f"<br><span class='enb-paused-at'>paused at {html.escape(t.paused_at)}</span>"
                 f" &nbsp; <code>job.debug({t.rank})</code>")
     return (
         f"<div class='enb-tile enb-{t.state}' data-rank='{t.rank}' style='border-left:6px solid {t.color};"

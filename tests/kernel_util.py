@@ -1,11 +1,15 @@
-"""Run notebooks in a real ipykernel (nbclient) and read their outputs."""
+"""Run notebooks in a real ipykernel (nbclient, or jupyter_client where a cell reads stdin)
+and read their outputs."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import queue
+
 import nbformat
+from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,6 +23,56 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, timeout: int = 240) -> nbforma
                             resources={"metadata": {"path": str(cwd)}}, shutdown_kernel="graceful")
     client.execute(env=env)  # jupyter_client runs the kernel with this venv's python
     return nb
+
+
+def execute_with_stdin(nb: nbformat.NotebookNode, cwd: Path, answers: list[str],
+                       timeout: float = 240) -> list[str]:
+    """Execute every code cell in a fresh python3 kernel, answering each ``input()`` from
+    ``answers`` in order (nbclient cannot); the prompts asked. Raises on an error cell."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    manager, client = start_new_kernel(kernel_name="python3", cwd=str(cwd), env=env)
+    pending, prompts = list(answers), []
+    try:
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            cell.outputs = []
+            msg_id = client.execute(cell.source, allow_stdin=True)
+            _collect(client, msg_id, cell, pending, prompts, timeout)
+            errors = [o for o in cell.outputs if o.output_type == "error"]
+            if errors:
+                raise AssertionError(f"cell failed:\n{cell.source}\n" + "\n".join(errors[0].traceback))
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=False)
+    assert not pending, f"the notebook did not ask for {pending}"
+    return prompts
+
+
+def _collect(client, msg_id: str, cell: nbformat.NotebookNode, pending: list[str],
+             prompts: list[str], timeout: float) -> None:
+    """Outputs of one execution until the kernel is idle again; stdin requests answered."""
+    while True:
+        try:
+            request = client.get_stdin_msg(timeout=0.05)
+        except queue.Empty:
+            pass
+        else:
+            prompts.append(request["content"]["prompt"])
+            assert pending, f"the notebook asked for more input: {request['content']['prompt']!r}"
+            client.input(pending.pop(0))
+        try:
+            message = client.get_iopub_msg(timeout=0.05)
+        except queue.Empty:
+            continue
+        if message["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind = message["msg_type"]
+        if kind == "status" and message["content"]["execution_state"] == "idle":
+            return
+        if kind in ("stream", "display_data", "execute_result", "error"):
+            cell.outputs.append(nbformat.v4.output_from_msg(message))
 
 
 def code_cell(source: str) -> nbformat.NotebookNode:

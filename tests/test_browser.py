@@ -2,7 +2,9 @@
 
 Opens a copy of the quickstart notebook, runs all cells, checks that the live
 dashboard shows every rank, clicks "kill rank 1" like a user and waits for the
-tile to show the restart. A screenshot is saved under test-artifacts/.
+tile to show the restart. Then a notebook whose rank 0 stops at breakpoint():
+"debug rank 0" on its tile, a pdb command typed into the dashboard's console,
+pdb's answer read back. Screenshots are saved under test-artifacts/.
 
 Chromium comes from Debian (``scripts/install-browser``); Playwright's own
 browser download is never used. A missing browser fails the test, so CI
@@ -95,7 +97,7 @@ def jupyterlab(tmp_path):
 
     try:
         wait_until(ready, timeout=120, what="JupyterLab to serve", interval=0.5)
-        yield f"http://127.0.0.1:{port}", token
+        yield f"http://127.0.0.1:{port}", token, root
     finally:
         server.send_signal(signal.SIGINT)  # a clean shutdown also shuts down the kernels
         try:
@@ -109,7 +111,7 @@ def jupyterlab(tmp_path):
 def test_quickstart_dashboard_in_jupyterlab(chromium, jupyterlab):
     from playwright.sync_api import sync_playwright
 
-    url, token = jupyterlab
+    url, token, _ = jupyterlab
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "browser-quickstart.png"
     with sync_playwright() as pw:
@@ -165,3 +167,61 @@ def drive_quickstart(page, url: str, token: str, shot: Path) -> None:
 
     playground.get_by_role("button", name="stop").click()
     expect(playground.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
+
+
+DEBUG_NOTEBOOK = {
+    "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+               "source": "import elastic_nb as enb\n\n"
+                         "def paused_rank():\n"
+                         "    import os\n"
+                         "    secret = 6 * 7 * 100 + int(os.environ['RANK'])\n"
+                         "    if os.environ['RANK'] == '0':\n"
+                         "        breakpoint()\n"
+                         "    return secret\n\n"
+                         "job = enb.launch(paused_rank, nproc=2)\n"
+                         "job"}],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+def test_a_pdb_command_typed_into_the_dashboard_console_is_answered(chromium, jupyterlab):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, token, root = jupyterlab
+    (root / "debug_a_rank.ipynb").write_text(json.dumps(DEBUG_NOTEBOOK))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            try:
+                with page.expect_websocket(lambda ws: "/api/kernels/" in ws.url, timeout=120_000):
+                    page.goto(f"{url}/lab/tree/debug_a_rank.ipynb?token={token}")
+                expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+                       ).to_have_count(1, timeout=120_000)
+                page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+                page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+                board = page.locator(".enb-dashboard")
+                expect(board.locator(".enb-tile.enb-paused")).to_have_count(1, timeout=180_000)
+                expect(board.locator(".enb-paused-at")).to_contain_text("paused at cell 1, line 8")
+                debug = board.get_by_role("button", name="debug rank 0")
+                expect(debug).to_be_enabled(timeout=30_000)
+                debug.click()
+                console = board.locator(".enb-debug")
+                expect(console).to_contain_text("-> return secret", timeout=60_000)
+                board.get_by_placeholder("a pdb command").fill("p secret + 1")
+                board.get_by_role("button", name="send").click()
+                expect(console).to_contain_text("(Pdb) p secret + 1", timeout=60_000)
+                expect(console).to_contain_text("4201")
+                page.screenshot(path=str(ARTIFACTS / "browser-debug.png"))
+                board.get_by_placeholder("a pdb command").fill("c")
+                board.get_by_role("button", name="send").click()
+                expect(console).to_contain_text("rank 0 continues", timeout=60_000)
+                expect(board.locator(".enb-state")).to_have_text("succeeded", timeout=60_000)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "browser-debug-failure.png"))
+                raise
+        finally:
+            browser.close()
