@@ -204,14 +204,36 @@ class ReportingAgent(LocalElasticAgent):
                                                          return_values=dict(result.return_values)))
         if result.state in _FAILED_STATES and not self._failure_reported:
             self._failure_reported = True
+            failures = {**self._other_failures(worker_group, result), **result.failures}
             self._channel.send_report(protocol.WorkerFailed(
                 restart_count=self.restart_count,
                 remaining_restarts=self._remaining_restarts,
                 observed_at=time.time(),
                 failures=tuple(failure_report(rank, f, self.restart_count)
-                               for rank, f in sorted(result.failures.items())),
+                               for rank, f in sorted(failures.items())),
             ))
         return result
+
+    def _other_failures(self, worker_group: WorkerGroup,
+                        result: RunResult) -> dict[int, ProcessFailure]:
+        """Ranks that failed besides the one torch names (it reports the first it joins):
+        a rank killed by the user and the peer whose collective broke because of it are both
+        there, and the Job orders them. Those torch itself SIGTERMed afterwards are not."""
+        processes = getattr(getattr(self._pcontext, "_pc", None), "processes", None) or []
+        pcontext = self._pcontext
+        named = {f.local_rank for f in result.failures.values()}
+        found = {}
+        for worker in worker_group.workers:
+            local = worker.local_rank
+            if local in named or local >= len(processes) or pcontext is None:
+                continue
+            code = processes[local].exitcode
+            if code in (None, 0, -signal.SIGTERM):
+                continue
+            found[worker.global_rank] = ProcessFailure(
+                local_rank=local, pid=processes[local].pid, exitcode=code,
+                error_file=pcontext.error_files[local])
+        return found
 
     def _report_pauses(self, worker_group: WorkerGroup) -> None:
         """A rank that stopped in its debugger wrote a notice beside its logs: report it, and
@@ -391,6 +413,7 @@ class NodeHost:
         """Run jobs as the Job sends them, until it goes or a job leaves this host unusable."""
         signal.signal(signal.SIGTERM, torch_mp_api._terminate_process_handler)
         _quiet_failure_logs()
+        self._channel.send_report(protocol.HostReady(pid=os.getpid()))
         while True:
             try:
                 config = self._configs.get()

@@ -26,14 +26,19 @@ class RankFailure:
     restart_count: int
     time: float = field(default_factory=time.time)
     pid: int | None = None
+    by_user: bool = False  # it died of the signal job.kill sent it (the cause, not a casualty)
 
     def summary(self) -> str:
         return f"rank {self.rank} (node {self.node}, {self.role}) failed: {self.message}"
 
 
 def ordered_failures(failures: Iterable[RankFailure]) -> tuple[RankFailure, ...]:
-    """Failures in the order they happened (by time, then rank): the first is the cause."""
-    return tuple(sorted(failures, key=lambda f: (f.time, f.rank)))
+    """Failures in the order they happened (by time, then rank): the first is the cause.
+
+    torch stamps failures in whole seconds, so within one second a rank the
+    user killed comes before the peers its death took down.
+    """
+    return tuple(sorted(failures, key=lambda f: (f.time, not f.by_user, f.rank)))
 
 
 def first_failure(failures: Iterable[RankFailure]) -> RankFailure | None:

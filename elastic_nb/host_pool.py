@@ -82,12 +82,18 @@ class HostPool:
         with self._lock:
             self._keep_warm = float(seconds)
 
-    def acquire(self, run_id: str) -> AgentProcess | None:
-        """An idle host of this Python for job ``run_id``, now busy; None if there is none."""
+    def acquire(self, run_id: str, above_pid: int = 0) -> AgentProcess | None:
+        """The idle host of this Python with the lowest pid above ``above_pid``, now busy for
+        job ``run_id``; None if there is none.
+
+        torch's rendezvous ranks the nodes of one machine by their agents'
+        pids; taking hosts in pid order, and new hosts (higher pids) after
+        them, keeps node 0's ranks first as in a cold launch.
+        """
         with self._lock:
-            # the most recently released first: the others may expire unused
-            for host in sorted(self._hosts.values(), key=lambda h: -(h.expires_at or 0)):
-                if host.expires_at is None or host.executable != sys.executable:
+            for host in sorted(self._hosts.values(), key=lambda h: h.agent.pid):
+                if (host.expires_at is None or host.executable != sys.executable
+                        or host.agent.pid <= above_pid):
                     continue
                 if not host.agent.alive():
                     self._forget(host)

@@ -39,6 +39,7 @@ from elastic_nb.protocol import (
     AgentConfig,
     Channel,
     CommandKind,
+    HostReady,
     Log,
     NodeDone,
     ProtocolError,
@@ -104,6 +105,8 @@ class Job:
         self._tailer = LogTailer(self._book)
         self._agents: dict[int, AgentProcess] = {}
         self._released: set[int] = set()  # nodes whose host went back to the pool
+        self._held: dict[int, AgentConfig] = {}  # configurations not sent yet
+        self._booting: set[int] = set()  # nodes whose new host has not said it is up
         self._channels: dict[int, Channel] = {}
         self._remote_sources: dict[tuple[int, int, str, int], LogSource] = {}
         self._accepted: queue.SimpleQueue[tuple[int, Channel]] = queue.SimpleQueue()
@@ -131,7 +134,9 @@ class Job:
                 "nodes": len(self._plan.nodes), "world_size": self.planned_world_size}))
             for index, node_plan in enumerate(self._plan.nodes):
                 rules.add_node(self._state, index, node_plan.nproc, node_plan.role, local=True)
-                self._start_agent(index, node_plan.nproc, node_plan.role, node_plan.payload)
+                self._start_agent(index, node_plan.nproc, node_plan.role, node_plan.payload,
+                                  hold=True)
+            self._release_held_configs()
         _live_jobs.add(self)
         self._pump.start()
         if self._plan.default_payload is not None:
@@ -140,12 +145,22 @@ class Job:
                              name=f"elastic_nb-publish-{self.run_id}").start()
         return self
 
-    def _start_agent(self, index: int, nproc: int, role: str, payload: bytes) -> None:
+    def _start_agent(self, index: int, nproc: int, role: str, payload: bytes,
+                     hold: bool = False) -> None:
+        """Give node ``index`` a host (an idle warm one, or a new one) and its configuration.
+
+        ``hold``: the nodes launched together get their configurations only
+        once every one of their hosts is up (``HostReady``); a warm node sent
+        at once would form a smaller world with the nodes already there,
+        then restart to take in the late ones.
+        """
         node_dir = os.path.join(self._plan.log_dir, f"node_{index}")
         address = network.advertised_address(self._plan.listen_addr)
         sockets = network.socket_env(address, self._plan.env, os.environ)
         env = agent_environment(self.run_id, self.planned_world_size, {**self._plan.env, **sockets})
-        agent = host_pool.POOL.acquire(self.run_id)
+        # after the hosts this job has: nodes keep their order in torch's rendezvous
+        above = max((a.pid for a in self._agents.values()), default=0)
+        agent = host_pool.POOL.acquire(self.run_id, above_pid=above)
         warm = agent is not None
         if agent is None:
             agent = AgentProcess.start(node_dir, env, self._plan.options.start_method)
@@ -156,14 +171,34 @@ class Job:
             backend=self.backend, endpoint=self.endpoint, options=self._plan.options,
             log_dir=node_dir, local_addr=address, env=env,
             sys_path=[p for p in sys.path if p], cwd=os.getcwd())
-        try:
-            channel.send(CommandKind.CONFIGURE, **config.to_message())
-        except OSError:  # the host died as it was taken: the pump sees its channel end
-            pass
         rules.host_assigned(self._state, index, agent.pid, warm)
         self._agents[index] = agent
         self._channels[index] = channel
         self._selector.register(agent.socket, selectors.EVENT_READ, index)
+        self._held[index] = config
+        if not warm:
+            self._booting.add(index)
+        if not hold:
+            self._send_config(index)
+
+    def _send_config(self, index: int) -> None:
+        config = self._held.pop(index, None)
+        if config is None:
+            return
+        try:
+            self._channels[index].send(CommandKind.CONFIGURE, **config.to_message())
+        except OSError:  # the host died as it was taken: the pump sees its channel end
+            pass
+
+    def _release_held_configs(self) -> None:
+        """Once no launched host is still booting, every held node gets its configuration."""
+        if not self._booting:
+            for index in list(self._held):
+                self._send_config(index)
+
+    def _host_ready(self, index: int) -> None:
+        self._booting.discard(index)
+        self._release_held_configs()
 
     @property
     def join_address(self) -> str:
@@ -476,7 +511,7 @@ class Job:
             if self.done:
                 raise RuntimeError(f"job {self.run_id} has already {self.state}")
             for index, node in self._state.nodes.items():
-                if node.status == NodeStatus.RUNNING:
+                if node.status.live:  # a starting node restarts once its workers are up
                     self._channels[index].send(CommandKind.RESTART, reason="user")
 
     def stacks(self, timeout: float = 5) -> dict[int, str]:
@@ -652,6 +687,9 @@ class Job:
             if isinstance(report, NodeDone):
                 self._host_done(index, report)
                 return
+            if isinstance(report, HostReady):
+                self._host_ready(index)
+                return
             if isinstance(report, Log):
                 source = self._remote_sources.get((index, report.rank, report.stream,
                                                    report.attempt))
@@ -690,6 +728,8 @@ class Job:
         where = (f"see {self.log_dir}/node_{index}/agent.log" if agent is not None
                  else f"on {self._state.nodes[index].host}")
         with self._lock:
+            self._held.pop(index, None)
+            self._host_ready(index)  # a host that died booting holds the others no longer
             self._tailer.retire(lambda s: s.node == index)
             self._apply(rules.node_gone(self._state, index, returncode, time.time(), where))
             if self._state.nodes[index].status == NodeStatus.LOST:

@@ -46,6 +46,7 @@ class ReportKind(StrEnum):
     LOG = "log"  # lines a joined node's ranks printed (its files are on its machine)
     PAUSED = "paused"  # a rank stopped in its debugger (breakpoint or post-mortem)
     RESUMED = "resumed"  # ... and went on (or ended)
+    HOST_READY = "host_ready"  # a new host is up (torch imported): it can take a job
     NODE_DONE = "node_done"  # the host finished its node of the job (it may serve the next job)
 
 
@@ -281,6 +282,12 @@ class Resumed(_FlatRecord):
 
 
 @dataclass(frozen=True)
+class HostReady(_FlatRecord):
+    kind: ClassVar[ReportKind] = ReportKind.HOST_READY
+    pid: int
+
+
+@dataclass(frozen=True)
 class NodeDone(_FlatRecord):
     """The host's last report for a job: its node's exit code, and whether it can run another."""
 
@@ -290,11 +297,11 @@ class NodeDone(_FlatRecord):
 
 
 Report = (Rendezvous | Started | WorkerFailed | Restarting | Succeeded | Failed | AgentError | Log
-          | Paused | Resumed | NodeDone)
+          | Paused | Resumed | HostReady | NodeDone)
 REPORTS: dict[ReportKind, Any] = {
     cls.kind: cls
     for cls in (Rendezvous, Started, WorkerFailed, Restarting, Succeeded, Failed, AgentError, Log,
-                Paused, Resumed, NodeDone)
+                Paused, Resumed, HostReady, NodeDone)
 }
 """The dispatch table: each report kind and the record it parses into."""
 

@@ -226,12 +226,13 @@ def breakpointhook(*args: Any, **kwargs: Any) -> None:
 
 
 def distributed_breakpoint(rank: int = 0, skip: int = 0, timeout_s: float = 3600) -> None:
-    """``torch.distributed.breakpoint``: stop rank ``rank`` here, the others wait for it
-    in a barrier (as torch's does, with this debugger instead of the rank's terminal)."""
+    """``torch.distributed.breakpoint``: stop rank ``rank`` before the barrier the others
+    wait in (as torch's does, with this debugger instead of the rank's terminal); the
+    session opens on the barrier line, ``up`` is the caller."""
     import torch.distributed as dist
 
     if dist.get_rank() == rank:
-        _stop(sys._getframe().f_back)
+        _stop(sys._getframe())
     dist.barrier()
 
 

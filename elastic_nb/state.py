@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from elastic_nb import protocol
@@ -165,6 +165,7 @@ class WorkerInfo:
     started_at: float = 0.0
     rank_dir: str = ""  # where its log, error and stack files are (on its node's machine)
     pause: protocol.Paused | None = None  # where it waits in its debugger, while PAUSED
+    killed_at: float | None = None  # when the user signalled it (job.kill)
 
 
 @dataclass
@@ -322,8 +323,19 @@ def rank_failure(node: NodeState, report: protocol.FailureReport) -> RankFailure
 
 def _on_worker_failed(state: JobState, node: NodeState, msg: protocol.WorkerFailed,
                       now: float) -> None:
+    """The ranks that failed together, first cause first (``ordered_failures``)."""
+    failures = []
     for report in msg.failures:
         failure = rank_failure(node, report)
+        worker = state.workers.get(failure.rank)
+        if (worker is not None and worker.killed_at is not None and failure.signal
+                and failure.pid == worker.pid):
+            # it died as the user's signal landed (in torch's whole seconds), before the
+            # peers it took down with it
+            failure = replace(failure, time=min(failure.time, float(int(worker.killed_at))),
+                              by_user=True)
+        failures.append(failure)
+    for failure in ordered_failures(failures):
         state.failure_history.append(failure)
         worker = state.workers.get(failure.rank)
         if worker is not None:
@@ -475,6 +487,7 @@ def rank_killed(state: JobState, rank: int, signal_name: str, now: float) -> lis
         running = sorted(r for r, w in state.workers.items() if w.state.alive)
         status = worker.state if worker else "unknown"
         raise ValueError(f"rank {rank} is not running (state: {status}); running ranks: {running}")
+    worker.killed_at = now
     return [state.record(now, EventKind.KILLED, node=worker.node, rank=rank,
                          detail={"signal": signal_name, "pid": worker.pid})]
 

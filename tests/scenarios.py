@@ -370,3 +370,22 @@ def same_warning() -> int:
     print("warning: the same on every rank", flush=True)
     print(f"rank {rank()} own line", flush=True)
     return rank()
+
+
+def torch_breakpoint(paused: int) -> int:
+    """torch.distributed.breakpoint(paused): that rank stops, the others wait in a barrier."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    marker = 100 + rank()
+    dist.breakpoint(paused)
+    dist.destroy_process_group()
+    return marker
+
+
+def pdb_set_trace() -> int:
+    import pdb
+
+    marker = 7
+    pdb.set_trace()
+    return marker

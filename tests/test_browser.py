@@ -215,6 +215,9 @@ def test_a_pdb_command_typed_into_the_dashboard_console_is_answered(chromium, ju
                 board.get_by_role("button", name="send").click()
                 expect(console).to_contain_text("(Pdb) p secret + 1", timeout=60_000)
                 expect(console).to_contain_text("4201")
+                board.get_by_placeholder("a pdb command").fill("l")
+                board.get_by_role("button", name="send").click()
+                expect(console).to_contain_text("breakpoint()", timeout=60_000)  # the cell's source
                 page.screenshot(path=str(ARTIFACTS / "browser-debug.png"))
                 board.get_by_placeholder("a pdb command").fill("c")
                 board.get_by_role("button", name="send").click()

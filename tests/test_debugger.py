@@ -122,3 +122,26 @@ def test_a_rank_that_is_not_paused_says_how_to_pause_it():
         job.debug(0)
     job.stop()
     wait_until(lambda: job.done, timeout=10, what="stopped")
+
+
+def test_torch_distributed_breakpoint_pauses_its_rank_and_the_others_wait_in_the_barrier():
+    job = enb.launch(scenarios.torch_breakpoint, 1, nproc=2)
+    paused(job, 1)
+    assert [w.state for w in job.workers] == ["running", "paused"]
+    session = job.debug_session(1)
+    session.send("up")  # from torch's breakpoint to the caller
+    assert session.send("p marker") == "101\n"
+    session.send("c")
+    assert job.result(timeout=60) == {0: 100, 1: 101}
+
+
+def test_pdb_set_trace_pauses_too_and_pythonbreakpoint_0_turns_breakpoint_off():
+    job = enb.launch(scenarios.pdb_set_trace, nproc=1)
+    paused(job, 0)
+    session = job.debug_session(0)
+    assert session.send("p marker") == "7\n"
+    session.send("c")
+    assert job.result(timeout=60) == {0: 7}
+    quiet = enb.launch(scenarios.pause_on_rank, 0, nproc=1, env={"PYTHONBREAKPOINT": "0"})
+    assert quiet.result(timeout=60) == {0: 1}
+    assert "paused" not in [e.kind for e in quiet.events]

@@ -46,15 +46,22 @@ def at_moment(job: enb.Job, moment: str, strike) -> float:
     if moment in ("rendezvous", "worker_start"):
         kind = "rendezvous" if moment == "rendezvous" else "started"
         struck = threading.Event()
+        once = threading.Lock()
         when: list[float] = []
 
         def listener(event: enb.Event) -> None:  # on the pump thread, as the report arrives
-            if event.kind == kind and event.node == 1 and not struck.is_set():
+            if event.kind != kind or event.node != 1:
+                return
+            with once:
+                if struck.is_set():
+                    return
                 struck.set()
-                when.append(time.time())
-                strike()
+            when.append(time.time())
+            strike()
 
         job.add_listener(listener)
+        for event in job.events:  # on warm hosts the report may come before the listener
+            listener(event)
         wait_until(struck.is_set, timeout=90, what=f"node 1's {kind} report")
         job.remove_listener(listener)
         return when[0]

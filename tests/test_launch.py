@@ -252,7 +252,8 @@ def test_interrupting_a_blocking_run_stops_the_job(tmp_path):
         kernel.send_signal(signal.SIGINT)
         out, _ = kernel.communicate(timeout=60)
         assert out.strip().splitlines()[-1] == "interrupted"
-        assert not job_processes(kernel_pid=kernel.pid)
+        wait_until(lambda: not job_processes(kernel_pid=kernel.pid), timeout=15,
+                   what="the stopped job's hosts to end with their kernel")
     finally:
         kernel.kill()
         kernel.wait()

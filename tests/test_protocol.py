@@ -28,6 +28,11 @@ EVERY_REPORT = [
     protocol.AgentError(message="no", traceback=None),
     protocol.Log(rank=0, stream="stdout", attempt=0, lines=("a", "b")),
     protocol.NodeDone(exitcode=0, reusable=True),
+    protocol.HostReady(pid=12),
+    protocol.Paused(rank=1, reason="breakpoint", file="/tmp/ipykernel_1/2.py", line=4,
+                    function="train", source="x += 1", cell=7, exception=None,
+                    socket="/logs/1/debug.sock", observed_at=3.5),
+    protocol.Resumed(rank=1, observed_at=4.0),
 ]
 
 

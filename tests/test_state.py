@@ -337,3 +337,20 @@ def test_a_new_attempt_drops_the_workers_of_nodes_that_are_gone():
     assert state.workers[1].state == WorkerStatus.STOPPED
     started(state, 0, 0, attempt=1, world_size=1, now=T0 + 4)
     assert [(w.rank, w.node, w.world_size) for w in state.workers.values()] == [(0, 0, 1)]
+
+
+def test_a_rank_the_user_killed_is_the_cause_before_the_peer_its_death_took_down():
+    state = job(2)
+    started(state, 0, 0)
+    rules.rank_killed(state, 1, "SIGKILL", T0 + 5.7)
+    peer = protocol.FailureReport(rank=0, local_rank=0, pid=100, exitcode=1, signal=None,
+                                  message="RuntimeError: Connection closed by peer",
+                                  traceback=None, timestamp=T0 + 5, restart_count=0)
+    killed = protocol.FailureReport(rank=1, local_rank=1, pid=101, exitcode=-9, signal="SIGKILL",
+                                    message="killed by SIGKILL (pid 101)", traceback=None,
+                                    timestamp=T0 + 6, restart_count=0)
+    # torch stamps whole seconds: the peer's error reads as earlier than the kill
+    events = rules.apply(state, 0, protocol.WorkerFailed(0, 1, T0 + 6, (peer, killed)), T0 + 6)
+    assert [e.rank for e in events] == [1, 0]
+    assert [f.rank for f in state.failure_history] == [1, 0]
+    assert state.failure_history[0].by_user and not state.failure_history[1].by_user

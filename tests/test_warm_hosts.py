@@ -218,3 +218,15 @@ def test_64_ranks_on_one_box_all_reduce_return_and_tear_down(fresh_pool, warm):
     assert job.result(timeout=600) == {r: sum(range(64)) for r in range(64)}
     assert host_of(job)[1] == warm
     wait_until(lambda: not job_processes(), timeout=60, what="64 workers and the host to exit")
+
+
+def test_on_warm_hosts_node_0_still_has_the_first_ranks(fresh_pool):
+    """torch ranks one machine's nodes by their agents' pids: hosts are taken in pid order,
+    new ones after them, so ranks follow node indexes as in a cold launch."""
+    for _ in range(3):
+        job = enb.launch(scenarios.role_info, nodes=[enb.Node(1), enb.Node(2)], keep_warm=60)
+        job.result(timeout=120)
+        assert sorted((w.node, w.rank) for w in job.workers) == [(0, 0), (1, 1), (1, 2)]
+        hosts = [n.host_pid for n in job.snapshot().nodes]
+        wait_until(lambda h=hosts: set(h) <= idle_pids(), timeout=10, what="both hosts idle")
+    assert all(n.warm for n in job.snapshot().nodes)
