@@ -219,13 +219,13 @@ class ReportingAgent(LocalElasticAgent):
         """Ranks that failed besides the one torch names (it reports the first it joins):
         a rank killed by the user and the peer whose collective broke because of it are both
         there, and the Job orders them. Those torch itself SIGTERMed afterwards are not."""
-        processes = getattr(getattr(self._pcontext, "_pc", None), "processes", None) or []
         pcontext = self._pcontext
+        processes = getattr(getattr(pcontext, "_pc", None), "processes", None) or []
         named = {f.local_rank for f in result.failures.values()}
-        found = {}
+        found: dict[int, ProcessFailure] = {}
         for worker in worker_group.workers:
             local = worker.local_rank
-            if local in named or local >= len(processes) or pcontext is None:
+            if pcontext is None or local in named or local >= len(processes):
                 continue
             code = processes[local].exitcode
             if code in (None, 0, -signal.SIGTERM):
@@ -400,6 +400,9 @@ class NodeHost:
     def __init__(self, channel: Channel, local: bool) -> None:
         self._channel = channel
         self._local = local
+        # the host's own path beneath each job's: not the PYTHONPATH the first job started it with
+        started_with = set(os.environ.get("PYTHONPATH", "").split(os.pathsep))
+        self._own_path = [p for p in sys.path if p not in started_with]
         self._configs: queue.SimpleQueue[AgentConfig | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._agent: ReportingAgent | None = None
@@ -434,7 +437,7 @@ class NodeHost:
         self._reusable = True
         with self._lock:
             self._job = config.run_id
-        _enter_job(config)
+        _enter_job(config, self._own_path)
         _prepare_process(config)
         try:
             register_backends()
@@ -449,6 +452,8 @@ class NodeHost:
         with self._lock:
             if self._stop_requested:  # stopped before it began
                 self._stop_requested = False
+                if forwarder is not None:
+                    forwarder.close()
                 return 1
             self._agent, self._in_run = agent, True
         try:
@@ -553,13 +558,14 @@ class NodeHost:
                 os.kill(message["pid"], signal.Signals[message["signal"]])
 
 
-def _enter_job(config: AgentConfig) -> None:
-    """Take on the kernel's environment, sys.path and cwd, and the job's agent log."""
+def _enter_job(config: AgentConfig, own_path: list[str]) -> None:
+    """Take on the kernel's environment, sys.path (over the host's own, never an earlier
+    job's) and cwd, and the job's agent log."""
     if config.env is not None:
         os.environ.clear()
         os.environ.update(config.env)
     if config.sys_path is not None:
-        sys.path[:] = list(dict.fromkeys(config.sys_path + sys.path))
+        sys.path[:] = list(dict.fromkeys(config.sys_path + own_path))
     if config.cwd is not None:
         os.chdir(config.cwd)
     if not config.tee:  # a local node: torch's agent log goes to the job's node directory

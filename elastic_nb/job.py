@@ -536,8 +536,9 @@ class Job:
         """
         with self._lock:
             worker = self._state.workers.get(rank)
-            paused = sorted(r for r, w in self._state.workers.items() if w.pause is not None)
-            if worker is None or worker.pause is None:
+            pause = worker.current_pause if worker is not None else None
+            if worker is None or pause is None:
+                paused = sorted(r for r, w in self._state.workers.items() if w.current_pause)
                 state = worker.state if worker is not None else "not in this job"
                 raise ValueError(
                     f"rank {rank} is not paused ({state}); paused ranks: {paused or 'none'}. "
@@ -546,9 +547,8 @@ class Job:
             node = self._state.nodes[worker.node]
             if not node.local:
                 raise ValueError(f"rank {rank} runs on {node.host}: its debugger listens there, "
-                                 f"at {worker.pause.socket}")
-            path, reason = worker.pause.socket, worker.pause.reason
-        return DebugSession(rank, path, reason)
+                                 f"at {pause.socket}")
+        return DebugSession(rank, pause.socket, pause.reason)
 
     def debug(self, rank: int, read: Callable[[str], str] = input,
               write: Callable[[str], Any] = print) -> None:

@@ -87,7 +87,6 @@ class _Server:
         self._listener.bind(path)
         os.chmod(path, 0o600)  # before listen: nobody else can connect in between
         self._listener.listen(4)
-        self._client = False
 
     def publish(self, notice: dict[str, Any]) -> None:
         partial = f"{self.notice_path}.partial"
@@ -102,7 +101,6 @@ class _Server:
         except TimeoutError:
             return None
         client.settimeout(None)
-        self._client = True
         threading.Thread(target=self._refuse_others, name="elastic_nb-debug-refuse",
                          daemon=True).start()
         return client
@@ -143,7 +141,6 @@ class RankPdb(pdb.Pdb):
         self._reason, self._exception, self._timeout = reason, exception, timeout
         self._server: _Server | None = None
         self._connection: _Connection | None = None
-        self.attached = False  # a client ran at least one session
 
     def interaction(self, frame: FrameType | None, tb: TracebackType | None) -> None:
         if self._connection is None and not self._attach(frame, tb):
@@ -178,7 +175,6 @@ class RankPdb(pdb.Pdb):
             return False
         self._connection = _Connection(client)
         self.stdin = self.stdout = self._connection  # type: ignore[assignment]
-        self.attached = True
         return True
 
     def _detach(self) -> None:

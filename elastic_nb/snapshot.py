@@ -123,7 +123,7 @@ def build(plan: JobPlan, endpoint: str, state: JobState, last_output: dict[int, 
     for rank, w in sorted(state.workers.items()):
         node = nodes[w.node]
         usage = stats.get(w.pid) if node.local and w.state.alive else None
-        pause = w.pause if w.state == WorkerStatus.PAUSED else None
+        pause = w.current_pause
         workers.append(WorkerView(
             rank=rank, local_rank=w.local_rank, role=w.role, group_rank=w.group_rank,
             node=w.node, host=node.host, local=node.local, pid=w.pid, state=w.state,

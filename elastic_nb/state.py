@@ -164,8 +164,13 @@ class WorkerInfo:
     world_size: int
     started_at: float = 0.0
     rank_dir: str = ""  # where its log, error and stack files are (on its node's machine)
-    pause: protocol.Paused | None = None  # where it waits in its debugger, while PAUSED
+    pause: protocol.Paused | None = None  # where it last stopped in its debugger
     killed_at: float | None = None  # when the user signalled it (job.kill)
+
+    @property
+    def current_pause(self) -> protocol.Paused | None:
+        """Where it waits in its debugger now (None unless PAUSED)."""
+        return self.pause if self.state == WorkerStatus.PAUSED else None
 
 
 @dataclass
@@ -349,7 +354,7 @@ def _on_worker_failed(state: JobState, node: NodeState, msg: protocol.WorkerFail
 
 def _on_restarting(state: JobState, node: NodeState, msg: protocol.Restarting, now: float) -> None:
     for worker in _workers_of(state, node.index, WorkerStatus.RUNNING, WorkerStatus.PAUSED):
-        worker.state, worker.pause = WorkerStatus.RESTARTING, None
+        worker.state = WorkerStatus.RESTARTING
     state.record(_observed(node, msg.observed_at, now), EventKind.RESTARTING, node=node.index, detail={
         "reason": msg.reason, "remaining_restarts": msg.remaining_restarts,
         "max_restarts": msg.max_restarts})
@@ -426,7 +431,7 @@ def _on_resumed(state: JobState, node: NodeState, msg: protocol.Resumed, now: fl
     worker = state.workers.get(msg.rank)
     if worker is None or worker.state != WorkerStatus.PAUSED:
         return
-    worker.state, worker.pause = WorkerStatus.RUNNING, None
+    worker.state = WorkerStatus.RUNNING
     state.record(_observed(node, msg.observed_at, now), EventKind.RESUMED, node=node.index,
                  rank=msg.rank)
 

@@ -61,6 +61,9 @@ def test_what_changed_in_the_kernel_reaches_the_next_job_on_the_same_host(
     monkeypatch.setenv("ENB_WARM", "first")
     monkeypatch.setenv("ENB_GONE", "set for the first job only")
     monkeypatch.chdir(tmp_path)
+    first_only = tmp_path / "first_only"
+    first_only.mkdir()
+    sys.path.insert(0, str(first_only))
 
     def report():
         import warm_mod
@@ -81,6 +84,7 @@ def test_what_changed_in_the_kernel_reaches_the_next_job_on_the_same_host(
     monkeypatch.setenv("ENB_WARM", "second")
     monkeypatch.delenv("ENB_GONE")
     monkeypatch.chdir(elsewhere)
+    sys.path.remove(str(first_only))
 
     def report():  # the cell, edited and run again
         import warm_mod
@@ -89,7 +93,8 @@ def test_what_changed_in_the_kernel_reaches_the_next_job_on_the_same_host(
                 "env": os.environ.get("ENB_WARM"), "gone": os.environ.get("ENB_GONE"),
                 "extra": os.environ.get("ENB_EXTRA"), "cwd": os.getcwd(),
                 "rank": os.environ["RANK"], "world": os.environ["WORLD_SIZE"],
-                "run_id": os.environ["TORCHELASTIC_RUN_ID"]}
+                "run_id": os.environ["TORCHELASTIC_RUN_ID"],
+                "first_only_on_path": any(p.endswith("first_only") for p in sys.path)}
 
     second = enb.launch(report, nproc=1, keep_warm=60, env={"ENB_EXTRA": "from env="})
     assert host_of(second) == (host, True)
@@ -97,7 +102,7 @@ def test_what_changed_in_the_kernel_reaches_the_next_job_on_the_same_host(
         "fn": "second definition", "module": "edited on disk between the jobs",
         "path": "a folder added to sys.path", "env": "second", "gone": None,
         "extra": "from env=", "cwd": str(elsewhere), "rank": "0", "world": "1",
-        "run_id": second.run_id}
+        "run_id": second.run_id, "first_only_on_path": False}
 
 
 def test_a_host_serves_job_after_job_without_piling_up_threads_or_files(fresh_pool):
