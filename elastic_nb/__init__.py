@@ -6,18 +6,24 @@
 
 The engine is torch.distributed.elastic itself: one real LocalElasticAgent
 process per node, real rendezvous (c10d by default), real worker processes.
+The package's folders say which process runs a file: ``model`` (pure, no
+I/O), ``wire`` (what crosses a process boundary), ``kernel`` (the notebook's
+process), ``node`` (a node host), ``worker`` (a rank), ``ui`` (the dashboard
+and magics), ``rendezvous`` (stores and backends), ``compat`` (third-party
+private names).
 """
 
 from typing import Any
 
-from elastic_nb.api import launch, run
-from elastic_nb.errors import JobFailed, LaunchError, RankFailure
-from elastic_nb.host_pool import HostInfo, hosts, set_keep_warm, shutdown
-from elastic_nb.job import Job
-from elastic_nb.plan import BACKENDS, Node
+from elastic_nb.kernel.host_pool import HostInfo, hosts, set_keep_warm, shutdown
+from elastic_nb.kernel.job import Job
+from elastic_nb.kernel.launch import launch, run
+from elastic_nb.model.errors import JobFailed, LaunchError, RankFailure
+from elastic_nb.model.plan import Node
+from elastic_nb.model.snapshot import JobSnapshot
+from elastic_nb.model.state import Event, EventKind, JobStatus, NodeStatus, WorkerInfo, WorkerStatus
 from elastic_nb.rendezvous.etcd_server import EtcdServer
-from elastic_nb.snapshot import JobSnapshot
-from elastic_nb.state import Event, EventKind, JobStatus, NodeStatus, WorkerInfo, WorkerStatus
+from elastic_nb.wire.options import BACKENDS
 
 __all__ = [
     "BACKENDS",
@@ -45,6 +51,6 @@ __all__ = [
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext elastic_nb``: the ``%elastic_run`` / ``%%elastic_run`` magics."""
-    from elastic_nb.magics import load_ipython_extension as load
+    from elastic_nb.ui.magics import load_ipython_extension as load
 
     load(ipython)

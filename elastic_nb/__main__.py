@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from elastic_nb.wire.options import BACKENDS
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m elastic_nb",
@@ -14,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--nproc", type=int, default=4)
     demo.add_argument("--kill-rank", type=int, default=3)
     join = commands.add_parser("join", help="run a node of a job launched elsewhere (e.g. a notebook)")
-    join.add_argument("--backend", required=True, choices=["c10d", "etcd", "etcd-v2", "etcd3"])
+    join.add_argument("--backend", required=True, choices=BACKENDS)
     join.add_argument("--endpoint", required=True, help="the rendezvous endpoint, HOST:PORT")
     join.add_argument("--run-id", required=True)
     join.add_argument("--nproc", type=int, required=True, help="workers on this node")
@@ -26,14 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     join.add_argument("--timeout", type=float, default=60, help="seconds to find the job")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from elastic_nb.demo import run_demo
+        from elastic_nb.ui.demo import run_demo
 
         if not 0 <= args.kill_rank < args.nproc:
             parser.error(f"--kill-rank must be between 0 and {args.nproc - 1}")
         run_demo(args.nproc, args.kill_rank)
     elif args.command == "join":
-        from elastic_nb.join import JoinError
-        from elastic_nb.join import join as join_job
+        from elastic_nb.node.join import JoinError
+        from elastic_nb.node.join import join as join_job
 
         if args.nproc < 1:
             parser.error("--nproc must be >= 1")

@@ -19,7 +19,7 @@ def no_leftover_processes():
     yield
     try:
         wait_until(lambda: not leftover_processes(), timeout=15, what="job processes to exit")
-    except AssertionError:
+    except TimeoutError:
         leftovers = [(p.pid, " ".join(p.cmdline())[:120]) for p in leftover_processes()]
         for proc in leftover_processes():
             proc.kill()
@@ -34,14 +34,27 @@ def warm_hosts_end_with_shutdown():
     wait_until(lambda: not job_processes(), timeout=15, what="warm hosts to exit")
 
 
-@pytest.fixture(params=["c10d", "etcd", "etcd-v2", "etcd3"])
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backends(*names): run the test's rdzv fixture on these "
+                                       "rendezvous backends only (default: all four)")
+
+
+def pytest_generate_tests(metafunc):
+    """``rdzv`` runs on every backend, or on those a ``backends`` marker names."""
+    if "rdzv" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("rdzv", marker.args if marker else enb.BACKENDS, indirect=True)
+
+
+@pytest.fixture
 def rdzv(request) -> dict:
-    """launch() keyword arguments selecting each rendezvous backend in turn.
+    """launch() keyword arguments selecting one rendezvous backend (the test's parameter).
 
     etcd and etcd-v2 (torch's, v2 API) share one etcd started with --enable-v2;
     etcd3 (ours, v3 API) runs against one without it. c10d workers start with
-    spawn (the default); the etcd family's with forkserver, which keeps the
-    suite within CI's time (the rendezvous, not the start method, is under test).
+    spawn, so spawn stays covered; the etcd family's with forkserver (the
+    default), which keeps the suite within CI's time (the rendezvous, not the
+    start method, is under test there). A test that needs a start method sets it.
     """
     if request.param == "c10d":
         return {"backend": "c10d", "start_method": "spawn"}

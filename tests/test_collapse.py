@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from elastic_nb.collapse import collapse, rank_ranges
-from elastic_nb.logs import LogLine, LogSource
+from elastic_nb.model.collapse import collapse, rank_ranges
+from elastic_nb.wire.logfiles import LogLine, LogSource
 
 TEMPLATE = "[${role_name}${rank}]:"
 

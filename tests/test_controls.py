@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 
 import scenarios
-from util import wait_until
+from util import running_workers, wait_until
 
 import elastic_nb as enb
 
@@ -19,8 +19,7 @@ def _line_of(text: str, fn) -> int:
 def test_stacks_show_where_a_hung_rank_waits():
     job = enb.launch(scenarios.stuck_before_all_reduce, 1, nproc=2)
     try:
-        wait_until(lambda: len([w for w in job.workers if w.state == "running"]) == 2,
-                   timeout=60, what="two running workers")
+        running_workers(job, 2, timeout=60)
 
         sleeping = (f"line {_line_of('time.sleep(600)', scenarios.stuck_before_all_reduce)} "
                     "in stuck_before_all_reduce")

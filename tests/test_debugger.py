@@ -8,7 +8,7 @@ import stat
 import elastic_nb as enb
 import pytest
 import scenarios
-from elastic_nb.debug_client import DebuggerBusy
+from elastic_nb.kernel.debug_client import DebuggerBusy
 from util import alive, wait_until
 
 

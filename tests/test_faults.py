@@ -35,7 +35,7 @@ BOUND = 45.0  # seconds from the fault to the job's final state, on a loaded 2-c
 def launch(tmp_path, moment: str, **rdzv) -> enb.Job:
     return enb.launch(scenarios.held_at, moment, str(tmp_path),
                       nodes=[enb.Node(1), enb.Node(1)], min_nodes=1, max_nodes=2, max_restarts=1,
-                      start_method="forkserver", **rdzv)
+                      **{**rdzv, "start_method": "forkserver"})
 
 
 def at_moment(job: enb.Job, moment: str, strike) -> float:
@@ -91,18 +91,12 @@ def kinds(job: enb.Job) -> list[str]:
     return [e.kind for e in job.events]
 
 
-@pytest.fixture(params=["c10d", "etcd3"])
-def backend(request) -> dict:
-    if request.param == "c10d":
-        return {"backend": "c10d"}
-    return {"backend": "etcd3", "endpoint": request.getfixturevalue("etcd_v3_server").endpoint}
-
-
 @pytest.mark.slow
+@pytest.mark.backends("c10d", "etcd3")
 @pytest.mark.parametrize("moment", MOMENTS)
 def test_a_lost_node_leaves_the_survivor_to_finish_without_spending_the_budget(tmp_path, moment,
-                                                                                backend):
-    job = launch(tmp_path, moment, **backend)
+                                                                                rdzv):
+    job = launch(tmp_path, moment, **rdzv)
     try:
         struck = at_moment(job, moment, lambda: job.kill_node(1))
         took = outcome_time(job, struck)
@@ -119,15 +113,16 @@ def test_a_lost_node_leaves_the_survivor_to_finish_without_spending_the_budget(t
         assert reasons, "the survivor re-formed the world at once"
         assert kinds(job).index("node_killed") < kinds(job).index("restarting")
     assert took < BOUND
-    report("kill node", moment, backend["backend"], took, f"succeeded, world {world}")
+    report("kill node", moment, rdzv["backend"], took, f"succeeded, world {world}")
 
 
 @pytest.mark.slow
+@pytest.mark.backends("c10d", "etcd3")
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM", "SIGSEGV"])
 @pytest.mark.parametrize("moment", ["worker_start", "init_process_group", "in_collective",
                                     "between_collectives"])
-def test_a_killed_rank_restarts_the_group_once(tmp_path, moment, sig, backend):
-    job = launch(tmp_path, moment, **backend)
+def test_a_killed_rank_restarts_the_group_once(tmp_path, moment, sig, rdzv):
+    job = launch(tmp_path, moment, **rdzv)
     try:
         struck = at_moment(job, moment, lambda: job.kill(1, sig))
         took = outcome_time(job, struck)
@@ -149,13 +144,14 @@ def test_a_killed_rank_restarts_the_group_once(tmp_path, moment, sig, backend):
     assert order.index("killed") < order.index("worker_failed") < order.index("restarting")
     assert job.snapshot().restart_count == 1
     assert took < BOUND
-    report(f"kill {sig}", moment, backend["backend"], took, "succeeded after 1 restart")
+    report(f"kill {sig}", moment, rdzv["backend"], took, "succeeded after 1 restart")
 
 
 @pytest.mark.slow
+@pytest.mark.backends("c10d", "etcd3")
 @pytest.mark.parametrize("moment", MOMENTS)
-def test_stop_ends_everything_at_any_moment(tmp_path, moment, backend):
-    job = launch(tmp_path, moment, **backend)
+def test_stop_ends_everything_at_any_moment(tmp_path, moment, rdzv):
+    job = launch(tmp_path, moment, **rdzv)
     stopper: list[threading.Thread] = []
 
     def stop_in_background() -> None:  # job.stop blocks; a listener must not
@@ -168,15 +164,16 @@ def test_stop_ends_everything_at_any_moment(tmp_path, moment, backend):
     assert job.state == "stopped" or (moment == "exit_barrier" and job.state == "succeeded")
     assert all(status in ("stopped", "succeeded", "killed") for status in job.nodes.values())
     assert took < BOUND
-    report("stop", moment, backend["backend"], took, str(job.state))
+    report("stop", moment, rdzv["backend"], took, str(job.state))
 
 
 @pytest.mark.slow
+@pytest.mark.backends("c10d", "etcd3")
 @pytest.mark.parametrize("moment", ["worker_start", "init_process_group", "in_collective",
                                     "between_collectives"])
 def test_a_user_restart_starts_a_new_attempt_without_spending_the_budget(tmp_path, moment,
-                                                                          backend):
-    job = launch(tmp_path, moment, **backend)
+                                                                          rdzv):
+    job = launch(tmp_path, moment, **rdzv)
     try:
         struck = at_moment(job, moment, job.restart)
         took = outcome_time(job, struck)
@@ -187,7 +184,7 @@ def test_a_user_restart_starts_a_new_attempt_without_spending_the_budget(tmp_pat
     assert "user" in [e.detail["reason"] for e in job.events if e.kind == "restarting"]
     assert "worker_failed" not in kinds(job)
     assert took < BOUND
-    report("restart", moment, backend["backend"], took, "succeeded, attempt 1")
+    report("restart", moment, rdzv["backend"], took, "succeeded, attempt 1")
 
 
 @pytest.mark.slow
@@ -230,13 +227,14 @@ time.sleep(600)
 
 
 @pytest.mark.slow
-def test_a_lost_torchrun_peer_is_noticed_by_its_heartbeat(tmp_path, backend):
+@pytest.mark.backends("c10d", "etcd3")
+def test_a_lost_torchrun_peer_is_noticed_by_its_heartbeat(tmp_path, rdzv):
     """A plain torchrun node (no channel to the Job) dies while the job's rank computes:
     no collective notices; the lapsed rendezvous heartbeat makes the survivor re-form."""
     script = tmp_path / "peer.py"
     script.write_text(TORCHRUN_PEER)
     job = enb.launch(scenarios.compute_once_grown, str(tmp_path / "grown"), nproc=1, min_nodes=1,
-                     max_nodes=2, max_restarts=0, start_method="forkserver", **backend)
+                     max_nodes=2, max_restarts=0, **{**rdzv, "start_method": "forkserver"})
     conf = "keep_alive_interval=1,keep_alive_max_attempt=3"
     if job.backend == "c10d":
         conf += ",is_host=false"  # the Job hosts the store
@@ -267,17 +265,18 @@ def test_a_lost_torchrun_peer_is_noticed_by_its_heartbeat(tmp_path, backend):
     assert set(reasons) == {"membership"} and len(reasons) == restarts_before + 1
     assert not any(alive(p.pid) for p in tree)
     assert took < BOUND
-    report("lose torchrun node", "between_collectives", backend["backend"], took,
+    report("lose torchrun node", "between_collectives", rdzv["backend"], took,
            "succeeded, world 1 (heartbeat)")
 
 
 @pytest.mark.slow
-def test_a_loss_below_min_nodes_fails_the_job_naming_the_lost_node(tmp_path, backend):
+@pytest.mark.backends("c10d", "etcd3")
+def test_a_loss_below_min_nodes_fails_the_job_naming_the_lost_node(tmp_path, rdzv):
     """min_nodes = 2: the survivor waits for a replacement for rdzv_timeout, then the job
     fails, and the error says which node was lost."""
     job = enb.launch(scenarios.held_at, "between_collectives", str(tmp_path),
                      nodes=[enb.Node(1), enb.Node(1)], min_nodes=2, max_nodes=2, rdzv_timeout=10,
-                     start_method="forkserver", **backend)
+                     **{**rdzv, "start_method": "forkserver"})
     try:
         struck = at_moment(job, "between_collectives", lambda: job.kill_node(1))
         took = outcome_time(job, struck)
@@ -289,7 +288,7 @@ def test_a_loss_below_min_nodes_fails_the_job_naming_the_lost_node(tmp_path, bac
     assert "after losing node 1 killed" in error
     assert "worker_failed" not in kinds(job)
     assert took < 10 + BOUND
-    report("kill node", "below min_nodes", backend["backend"], took, "failed, names node 1")
+    report("kill node", "below min_nodes", rdzv["backend"], took, "failed, names node 1")
 
 
 def test_faults_after_results_change_nothing_and_say_why(tmp_path):

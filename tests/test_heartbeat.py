@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from elastic_nb.heartbeat import RoundSeen, peers_lost, silent_peers
+from elastic_nb.model.heartbeat import RoundSeen, peers_lost, silent_peers
 
 MINE = RoundSeen(round=3, nodes=2)
 

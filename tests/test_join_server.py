@@ -17,7 +17,7 @@ import scenarios
 from util import wait_until
 
 import elastic_nb as enb
-from elastic_nb import join_server
+from elastic_nb.kernel import join_server
 from elastic_nb.rendezvous import discovery
 
 
@@ -66,7 +66,7 @@ def reply(peer: socket.socket) -> dict:
 
 def token_of(job: enb.Job) -> str:
     store = discovery.open_store(job.backend, job.endpoint, job.run_id, {}, 10)
-    return discovery.lookup(store, job.run_id)["token"]
+    return discovery.lookup(store, job.run_id).token
 
 
 def test_a_slow_peer_does_not_stall_the_pump_and_is_cut_off(job):

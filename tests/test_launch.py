@@ -12,17 +12,9 @@ import threading
 
 import pytest
 import scenarios
-from util import alive, job_processes, leftover_processes, wait_until
+from util import alive, job_processes, leftover_processes, running_workers, wait_until
 
 import elastic_nb as enb
-
-
-def running_workers(job: enb.Job, count: int) -> list[enb.WorkerInfo]:
-    def ready():
-        workers = [w for w in job.workers if w.state == "running"]
-        return workers if len(workers) == count else None
-
-    return wait_until(ready, timeout=60, what=f"{count} running workers")
 
 
 def test_lambda():

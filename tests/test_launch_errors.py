@@ -53,8 +53,14 @@ def test_bad_option(kwargs, message):
         enb.launch(work, **kwargs)
 
 
-def test_launch_error_is_a_value_error():
-    assert issubclass(enb.LaunchError, ValueError)
+def test_a_launch_error_is_caught_as_the_value_error_it_is():
+    """Code that guards a launch with ``except ValueError`` gets the message that names the fix."""
+    try:
+        enb.launch(work, nproc=0)
+    except ValueError as caught:
+        assert isinstance(caught, enb.LaunchError) and "nproc must be >= 1, got 0" in str(caught)
+    else:
+        pytest.fail("a launch with nproc=0 started")
 
 
 def test_nothing_to_run():

@@ -32,7 +32,7 @@ def test_a_default_job_listens_on_loopback_only(tmp_path):
         kernel = listening(psutil.Process())
         by_kind: dict[str, list[str]] = {}
         for proc in job_tree(job):
-            kind = "agent" if "elastic_nb.agent" in " ".join(proc.cmdline()) else "worker"
+            kind = "agent" if "elastic_nb.node.host" in " ".join(proc.cmdline()) else "worker"
             by_kind.setdefault(kind, []).extend(listening(proc))
     finally:
         job.stop()

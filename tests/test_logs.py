@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from elastic_nb.logs import (
-    LogBook,
-    LogSource,
-    LogTailer,
-    NodeLogsSpecs,
-    render_prefix,
-    template_fields,
-)
+from elastic_nb.kernel.log_book import LogBook
+from elastic_nb.node.logs_spec import NodeLogsSpecs
+from elastic_nb.wire.logfiles import LogSource, LogTailer, render_prefix, template_fields
 
 
 def source(path, rank=0, stream="stdout", attempt=0) -> LogSource:

@@ -6,7 +6,7 @@ import pytest
 from IPython.core.error import UsageError
 from kernel_util import execute, notebook, outputs
 
-from elastic_nb import magics
+from elastic_nb.ui import magics
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from elastic_nb import network
+from elastic_nb.rendezvous import network
 
 
 def test_the_interface_that_owns_an_address():

@@ -8,13 +8,12 @@ import weakref
 
 import pytest
 
-from elastic_nb.plan import Node, make_plan
+from elastic_nb.kernel.planning import make_plan
+from elastic_nb.model.plan import Node
+from elastic_nb.wire.options import OPTIONS as LAUNCH_OPTIONS
 
-OPTIONS = dict(nodes=None, nproc=2, backend="c10d", endpoint=None, run_id=None, min_nodes=None,
-               max_nodes=None, max_restarts=0, monitor_interval=0.1, exit_barrier_timeout=30,
-               rdzv_timeout=None, start_method="spawn", log_line_prefix_template=None,
-               env=None, master_addr=None, master_port=None, rdzv_configs=None,
-               shutdown_timeout=5, listen_addr="127.0.0.1", log_dir=None, keep_warm=0)
+OPTIONS = {**{o.name: o.default for o in LAUNCH_OPTIONS}, "nproc": 2, "start_method": "spawn",
+           "keep_warm": 0}
 
 
 class Weights:
@@ -34,7 +33,7 @@ def log_dir(tmp_path, monkeypatch):
 
 
 def test_a_plan_is_frozen():
-    plan = make_plan(use, (Weights(),), {}, **OPTIONS)
+    plan = make_plan(use, (Weights(),), {}, OPTIONS)
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.nodes = ()  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -45,7 +44,7 @@ def test_a_plan_is_frozen():
 def test_a_plan_keeps_the_packed_call_not_the_users_arguments():
     weights = Weights()
     watch = weakref.ref(weights)
-    plan = make_plan(use, (weights,), {}, **OPTIONS)
+    plan = make_plan(use, (weights,), {}, OPTIONS)
     del weights
     gc.collect()
     assert watch() is None, "the plan must not keep the user's arguments alive"
@@ -53,7 +52,7 @@ def test_a_plan_keeps_the_packed_call_not_the_users_arguments():
 
 
 def test_nodes_with_their_own_function_pack_their_own_call():
-    plan = make_plan(use, (Weights(),), {}, **{**OPTIONS, "nproc": None,
+    plan = make_plan(use, (Weights(),), {}, {**OPTIONS, "nproc": None,
                                                "nodes": [Node(1), Node(2, fn=len, args=([1],))]})
     assert plan.nodes[0].payload is plan.default_payload
     assert plan.nodes[1].payload != plan.default_payload

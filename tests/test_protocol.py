@@ -7,8 +7,10 @@ import socket
 
 import pytest
 
-from elastic_nb import protocol
-from elastic_nb.protocol import Channel, ProtocolError, ReportKind, parse_report, report_message
+from elastic_nb.wire import reports as protocol
+from elastic_nb.wire.channel import Channel
+from elastic_nb.wire.records import ProtocolError
+from elastic_nb.wire.reports import ReportKind, parse_report
 
 FAILURE = protocol.FailureReport(rank=1, local_rank=1, pid=7, exitcode=1, signal=None,
                                  message="boom", traceback="Traceback ...", timestamp=3.5,
@@ -43,7 +45,7 @@ def test_the_dispatch_table_covers_every_report_kind():
 
 @pytest.mark.parametrize("report", EVERY_REPORT, ids=lambda r: r.kind.value)
 def test_every_report_round_trips_through_json(report):
-    wire = json.loads(json.dumps(report_message(report)))
+    wire = json.loads(json.dumps(report.to_message()))
     assert wire["kind"] == report.kind.value
     assert parse_report(wire) == report
 
@@ -102,7 +104,7 @@ def test_a_channel_refuses_garbage_and_non_objects(pair):
 def test_a_channel_delivers_whole_messages_and_the_end(pair):
     ours, theirs = pair
     channel = Channel(ours)
-    Channel(theirs).send_report(EVERY_REPORT[3])
+    Channel(theirs).send(EVERY_REPORT[3])
     theirs.sendall(b'{"kind": "log", "rank"')
     messages, ended = channel.receive_ready()
     assert [parse_report(m) for m in messages] == [EVERY_REPORT[3]] and not ended

@@ -6,10 +6,11 @@ import os
 
 import test_state as given
 
-from elastic_nb import protocol, render
-from elastic_nb import snapshot as snapshots
-from elastic_nb import state as rules
-from elastic_nb.plan import JobOptions, JobPlan, NodePlan
+from elastic_nb.model import render, rules
+from elastic_nb.model import snapshot as snapshots
+from elastic_nb.model.plan import JobPlan, NodePlan
+from elastic_nb.wire import reports as protocol
+from elastic_nb.wire.options import JobOptions
 
 T0 = given.T0
 

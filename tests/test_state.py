@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from elastic_nb import protocol
-from elastic_nb import state as rules
-from elastic_nb.state import EventKind, JobState, JobStatus, NodeStatus, WorkerStatus
+from elastic_nb.model import rules
+from elastic_nb.wire import reports as protocol
+from elastic_nb.model.state import EventKind, JobState, JobStatus, NodeStatus, WorkerStatus
 
 T0 = 1000.0
 
@@ -25,7 +25,10 @@ def job(*nproc: int, local: bool = True) -> JobState:
 
 
 def started(state: JobState, node: int, first_rank: int, attempt: int = 0,
-            restart_count: int = 0, world_size: int | None = None, now: float = T0 + 1) -> list:
+            restart_count: int = 0, world_size: int | None = None, now: float = T0 + 1,
+            round: int | None = None, group_rank: int | None = None) -> list:
+    """Node ``node`` started its workers, ranks from ``first_rank``, in rendezvous ``round``
+    (by default its ``attempt``: a single node's every attempt is a new round)."""
     nproc = state.nodes[node].nproc
     world = world_size or sum(n.nproc for n in state.nodes.values())
     workers = tuple(
@@ -36,8 +39,10 @@ def started(state: JobState, node: int, first_rank: int, attempt: int = 0,
                                error_file=f"/logs/node_{node}/attempt_{attempt}/{i}/error.json")
         for i in range(nproc))
     return rules.apply(state, node, protocol.Started(
-        role="trainer", attempt=attempt, restart_count=restart_count, group_rank=node,
-        group_world_size=len(state.nodes), observed_at=now, workers=workers), now)
+        role="trainer", attempt=attempt, restart_count=restart_count,
+        group_rank=node if group_rank is None else group_rank,
+        group_world_size=len(state.nodes), observed_at=now, workers=workers,
+        round=attempt if round is None else round), now)
 
 
 def failure(rank: int, timestamp: float, restart_count: int = 0) -> protocol.FailureReport:
@@ -354,3 +359,57 @@ def test_a_rank_the_user_killed_is_the_cause_before_the_peer_its_death_took_down
     assert [e.rank for e in events] == [1, 0]
     assert [f.rank for f in state.failure_history] == [1, 0]
     assert state.failure_history[0].by_user and not state.failure_history[1].by_user
+
+
+def test_a_node_that_finished_keeps_its_workers_of_the_world_listed():
+    """Ranks that return at once: a one-rank node starts, returns and reports both before a
+    node of four ranks reports its start. The world is every node's, the finished one's too."""
+    state = job(4, 1, 2, 3, 2, 1)
+    first = [0, 4, 5, 7, 10, 12]
+    for node in (5, 1, 2, 4, 3):
+        started(state, node, first[node])
+        rules.apply(state, node, protocol.Succeeded(0, {
+            first[node] + i: b"x" for i in range(state.nodes[node].nproc)}), T0 + 2)
+    assert state.nodes[5].status == NodeStatus.SUCCEEDED
+    started(state, 0, 0, now=T0 + 3)
+    rules.apply(state, 0, protocol.Succeeded(0, {r: b"x" for r in range(4)}), T0 + 4)
+    assert state.status == JobStatus.SUCCEEDED
+    assert sorted(state.workers) == sorted(state.results) == list(range(13))
+    assert {(w.rank, w.node) for w in state.workers.values()} >= {(12, 5), (4, 1), (0, 0)}
+    assert {w.state for w in state.workers.values()} == {WorkerStatus.SUCCEEDED}
+
+
+def test_workers_are_those_of_the_last_world_formed_never_a_mix():
+    """Node 0 re-forms alone in round 1; node 1, still live and left out of it, reports its
+    start of round 0 late, with ranks that collide with round 1's: none of them is listed."""
+    state = job(2, 2)
+    started(state, 0, 0, round=0)
+    rules.apply(state, 0, protocol.Restarting("membership", 1, 1, T0 + 2), T0 + 2)
+    started(state, 0, 0, attempt=1, restart_count=1, world_size=2, round=1, now=T0 + 3)
+    assert [(w.rank, w.node, w.world_size) for w in state.workers.values()] == [(0, 0, 2),
+                                                                                 (1, 0, 2)]
+    events = started(state, 1, 0, world_size=4, round=0, group_rank=1, now=T0 + 4)
+    assert [(w.rank, w.node, w.world_size) for w in state.workers.values()] == [(0, 0, 2),
+                                                                                 (1, 0, 2)]
+    assert events[0].detail["stale"] is True and state.nodes[1].status == NodeStatus.RUNNING
+    # a node of the listed world adds its workers; the next world replaces them all
+    rules.node_added(state, 2, 2, "trainer", local=True, host="localhost", now=T0 + 5)
+    started(state, 2, 2, world_size=4, round=2, group_rank=1, now=T0 + 6)
+    assert [(w.rank, w.node) for w in state.workers.values()] == [(2, 2), (3, 2)]
+    started(state, 0, 0, attempt=2, restart_count=2, world_size=4, round=2, now=T0 + 7)
+    assert sorted((w.rank, w.node, w.round) for w in state.workers.values()) == [
+        (0, 0, 2), (1, 0, 2), (2, 2, 2), (3, 2, 2)]
+
+
+def test_without_a_round_a_start_keeps_the_workers_of_nodes_that_finished():
+    state = job(1, 1)
+    rules.apply(state, 1, protocol.Started(
+        role="trainer", attempt=0, restart_count=0, group_rank=1, group_world_size=2,
+        observed_at=T0 + 1, workers=(protocol.StartedWorker(1, 0, 1, 2, 2, 201, "/o", "/e", "/x"),),
+        round=None), T0 + 1)
+    rules.apply(state, 1, protocol.Succeeded(0, {1: b"x"}), T0 + 2)
+    rules.apply(state, 0, protocol.Started(
+        role="trainer", attempt=0, restart_count=0, group_rank=0, group_world_size=2,
+        observed_at=T0 + 3, workers=(protocol.StartedWorker(0, 0, 0, 2, 2, 101, "/o", "/e", "/x"),),
+        round=None), T0 + 3)
+    assert sorted(state.workers) == [0, 1]

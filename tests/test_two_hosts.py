@@ -72,12 +72,14 @@ def kinds(facts: dict) -> list[str]:
     return [kind for kind, _, _ in facts["events"]]
 
 
-@pytest.fixture(params=["c10d", "etcd3"])
-def backend(request) -> str:
-    return request.param
+@pytest.fixture
+def backend(rdzv) -> str:
+    """The backend's name: the notebook side (in namespace A) starts its own etcd."""
+    return rdzv["backend"]
 
 
 @pytest.mark.slow
+@pytest.mark.backends("c10d", "etcd3")
 def test_a_node_on_another_host_returns_its_results(hosts, backend, tmp_path):
     facts, (code, out, err) = run_scenario(hosts, "results", backend, tmp_path)
     assert facts["state"] == "succeeded"
@@ -97,6 +99,7 @@ def test_a_node_on_another_host_returns_its_results(hosts, backend, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.backends("c10d", "etcd3")
 def test_killing_the_remote_node_makes_the_local_one_re_form(hosts, backend, tmp_path):
     facts, (code, _, _) = run_scenario(hosts, "kill_node", backend, tmp_path)
     assert facts["state"] == "succeeded"
@@ -115,6 +118,7 @@ def test_killing_the_remote_node_makes_the_local_one_re_form(hosts, backend, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.backends("c10d", "etcd3")
 def test_stop_reaches_the_node_on_another_host(hosts, backend, tmp_path):
     facts, (code, _, _) = run_scenario(hosts, "stop", backend, tmp_path)
     assert facts["state"] == "stopped"

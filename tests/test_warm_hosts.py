@@ -235,3 +235,51 @@ def test_on_warm_hosts_node_0_still_has_the_first_ranks(fresh_pool):
         hosts = [n.host_pid for n in job.snapshot().nodes]
         wait_until(lambda h=hosts: set(h) <= idle_pids(), timeout=10, what="both hosts idle")
     assert all(n.warm for n in job.snapshot().nodes)
+
+
+def test_workers_are_the_whole_world_when_ranks_return_at_once(rdzv):
+    """A node of one rank starts and returns before a node of four has reported its start:
+    ``job.workers`` is still the world's every rank, once each, as its own environment
+    tells, the finished nodes' included (twice: the second job on the first one's hosts)."""
+    nodes = [enb.Node(4, role="master"), enb.Node(1), enb.Node(2), enb.Node(1, role="ps")]
+    for _ in range(2):
+        job = enb.launch(scenarios.torchrun_env, nodes=nodes, keep_warm=60, **rdzv)
+        results = job.result(timeout=120)
+        assert sorted(results) == list(range(8))
+        workers = job.workers
+        assert {w.rank: (w.role, w.local_rank, w.group_rank, w.world_size) for w in workers} == {
+            rank: (env["ROLE_NAME"], int(env["LOCAL_RANK"]), int(env["GROUP_RANK"]),
+                   int(env["WORLD_SIZE"])) for rank, env in results.items()}
+        assert sorted(w.node for w in workers) == [0, 0, 0, 0, 1, 2, 2, 3]
+        assert {w.state for w in workers} == {"succeeded"}
+        assert len({w.round for w in workers}) == 1, "one world"
+
+
+def _hosts_idle(pids: list[int]) -> None:
+    wait_until(lambda: set(pids) <= {h.pid for h in enb.hosts() if h.state == "idle"},
+               timeout=15, what="the hosts idle")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", enb.BACKENDS)
+def test_every_backend_runs_on_hosts_a_scale_up_of_any_backend_left(request, fresh_pool, first):
+    """A scale-up on one backend, then a two-node job of every backend on the same warm hosts:
+    nothing of a job (its rendezvous, its signal handlers, its environment) reaches the next."""
+    def rdzv(backend: str) -> dict:
+        if backend == "c10d":
+            return {"backend": "c10d", "start_method": "spawn"}
+        server = request.getfixturevalue("etcd_v3_server" if backend == "etcd3" else "etcd_v2_server")
+        return {"backend": backend, "endpoint": server.endpoint, "start_method": "forkserver"}
+
+    grown = enb.launch(scenarios.elastic_steps, 3, 0.05, 2, nproc=1, min_nodes=1, max_nodes=2,
+                       keep_warm=60, **rdzv(first))
+    grown.wait_until(lambda: "step 0 world 1" in grown.logs(), timeout=90, what="a world of 1")
+    grown.add_node(enb.Node(1))
+    assert grown.result(timeout=120) == {r: {"world_size": 2, "restart_count": 0} for r in (0, 1)}
+    hosts = [n.host_pid for n in grown.snapshot().nodes]
+    for backend in enb.BACKENDS:  # the first right after the scale-up, each after the last
+        _hosts_idle(hosts)
+        job = enb.launch(scenarios.dist_sum, nodes=[enb.Node(1), enb.Node(1)], keep_warm=60,
+                         rdzv_timeout=60, **rdzv(backend))
+        assert job.result(timeout=120) == {0: 1, 1: 1}, f"{backend} after a {first} scale-up"
+        assert [(n.host_pid, n.warm) for n in job.snapshot().nodes] == [(h, True) for h in hosts]

@@ -10,15 +10,11 @@ import threading
 
 import pytest
 import scenarios
-from util import wait_until
+from util import running_workers, wait_until
 
 import elastic_nb as enb
-from elastic_nb import render, widgets
-
-
-def running(job: enb.Job, count: int, attempt: int = 0) -> None:
-    wait_until(lambda: len([w for w in job.workers if w.state == "running" and w.attempt == attempt])
-               == count, timeout=90, what=f"{count} running workers in attempt {attempt}")
+from elastic_nb.model import render
+from elastic_nb.ui import dashboard as widgets
 
 
 @pytest.fixture
@@ -65,7 +61,7 @@ def test_model_keeps_the_lines_before_a_crash_in_their_own_attempt():
     job = enb.launch(scenarios.wait_for_kill, 120, nproc=2, max_restarts=1)
     model = widgets.DashboardModel(job)
     try:
-        running(job, 2)
+        running_workers(job, 2, attempt=0)
         wait_until(lambda: "restart count 0" in model.log_text(rank=1), timeout=30, what="rank 1's line")
         job.kill(1, "SIGKILL")
         assert job.result(timeout=90) == {0: 0, 1: 1}
@@ -107,7 +103,7 @@ def test_a_rank_silent_much_longer_than_the_others_is_flagged():
     job = enb.launch(scenarios.one_rank_silent, 60, nproc=2)
     model = widgets.DashboardModel(job, hung_after=1.5, hung_factor=3)
     try:
-        running(job, 2)
+        running_workers(job, 2, attempt=0)
         tiles = wait_until(lambda: (t := model.tiles()) and t[1].hung and t, timeout=30,
                            what="rank 1 flagged as possibly hung")
         assert not tiles[0].hung
@@ -146,7 +142,7 @@ def test_a_flood_of_output_costs_a_bounded_number_of_widget_updates(board):
 def test_kill_button_restarts_the_rank_and_the_tile_shows_it(board):
     job = enb.launch(scenarios.wait_for_kill, 120, nproc=2, max_restarts=2)
     dashboard = board(job)
-    running(job, 2)
+    running_workers(job, 2, attempt=0)
     wait_until(lambda: 1 in dashboard.tile_ranks() and not dashboard.tile_button(1).disabled,
                timeout=10, what="rank 1's kill button")
     assert dashboard.tile_button(1).description == "kill rank 1"
@@ -169,11 +165,11 @@ def test_kill_button_restarts_the_rank_and_the_tile_shows_it(board):
 def test_restart_stacks_and_stop_buttons_call_the_job(board):
     job = enb.launch(scenarios.wait_forever, nproc=2)
     dashboard = board(job)
-    running(job, 2)
+    running_workers(job, 2, attempt=0)
     wait_until(lambda: dashboard.model.log_text().count("waiting") == 2, timeout=30, what="first lines")
 
     dashboard.restart_button.click()
-    running(job, 2, attempt=1)
+    running_workers(job, 2, attempt=1)
     assert [e.detail["reason"] for e in job.events if e.kind == "restarting"] == ["user"]
     wait_until(lambda: dashboard.model.log_text(attempt=1).count("waiting") == 2, timeout=30,
                what="attempt 1's first lines")
@@ -200,7 +196,7 @@ def test_kill_node_and_add_node_buttons_change_the_membership(board):
     job = enb.launch(scenarios.wait_forever, nodes=[enb.Node(1), enb.Node(1)], min_nodes=1,
                      max_nodes=2, max_restarts=2)
     dashboard = board(job)
-    running(job, 2)
+    running_workers(job, 2, attempt=0)
     wait_until(lambda: list(dashboard.node.options) == [0, 1], timeout=10, what="both nodes listed")
     dashboard.add_node_button.click()  # max_nodes=2 live already: refused, in words
     wait_until(lambda: "already has max_nodes=2 live nodes" in dashboard.status_area.value, timeout=10,

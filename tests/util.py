@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import time
-from collections.abc import Callable
-from typing import TypeVar
 
-import elastic_nb as enb
 import psutil
 
-T = TypeVar("T")
+import elastic_nb as enb
+from elastic_nb.kernel.waiting import poll_until as wait_until
 
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+__all__ = ["alive", "is_loopback", "job_processes", "job_tree", "leftover_processes", "running_workers",
+           "wait_until"]
 
 
 def alive(pid: int) -> bool:
@@ -96,3 +84,15 @@ def is_loopback(ip: str) -> bool:
     address = ipaddress.ip_address(ip.split("%")[0])
     mapped = getattr(address, "ipv4_mapped", None)
     return (mapped or address).is_loopback
+
+
+def running_workers(job: enb.Job, count: int, attempt: int | None = None,
+                    timeout: float = 90) -> list[enb.WorkerInfo]:
+    """Wait until ``count`` workers run (in ``attempt``, if given); those workers."""
+    def ready() -> list[enb.WorkerInfo] | None:
+        workers = [w for w in job.workers
+                   if w.state == "running" and (attempt is None or w.attempt == attempt)]
+        return workers if len(workers) == count else None
+
+    where = "" if attempt is None else f" in attempt {attempt}"
+    return job.wait_until(ready, timeout=timeout, what=f"{count} running workers{where}")

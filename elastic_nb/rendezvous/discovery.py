@@ -10,13 +10,14 @@ cluster can reach).
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint
+
+from elastic_nb.wire.join import JoinDescriptor
 
 
 def open_store(backend: str, endpoint: str, run_id: str, rdzv_configs: dict[str, Any],
@@ -43,10 +44,11 @@ def _key(run_id: str) -> str:
     return f"elastic_nb/{run_id}/job"
 
 
-def publish(store: dist.Store, run_id: str, descriptor: dict[str, Any]) -> None:
-    store.set(_key(run_id), json.dumps(descriptor))
+def publish(store: dist.Store, run_id: str, descriptor: JoinDescriptor) -> None:
+    store.set(_key(run_id), descriptor.to_json())
 
 
-def lookup(store: dist.Store, run_id: str) -> dict[str, Any]:
-    """The job's descriptor; waits up to the store's timeout for the job to publish it."""
-    return json.loads(store.get(_key(run_id)))
+def lookup(store: dist.Store, run_id: str) -> JoinDescriptor:
+    """The job's descriptor; waits up to the store's timeout for the job to publish it.
+    ProtocolError if what is there is not one."""
+    return JoinDescriptor.from_json(store.get(_key(run_id)))

@@ -37,14 +37,10 @@ protobuf dependency, so the project does.
 
 from __future__ import annotations
 
-import ipaddress
-import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 # torch's rendezvous package loads the ``torchrun.handlers`` entry point (this
 # module's `torchrun_handler`) and calls it while the package initializes. If
@@ -64,7 +60,6 @@ def torchrun_handler() -> RendezvousHandlerCreator:
     return create_etcd3_handler
 
 
-import torch.distributed as dist  # noqa: E402
 from torch.distributed.elastic.rendezvous.api import (  # noqa: E402
     RendezvousConnectionError,
     RendezvousHandler,
@@ -77,7 +72,17 @@ from torch.distributed.elastic.rendezvous.dynamic_rendezvous import (  # noqa: E
     Token,
     create_handler,
 )
-from torch.distributed.elastic.rendezvous.utils import parse_rendezvous_endpoint  # noqa: E402
+
+from elastic_nb.rendezvous.etcd3_client import (  # noqa: E402
+    BACKEND_NAME,
+    DEFAULT_PORT,
+    DEFAULT_STATE_TTL,
+    KEY_PREFIX,
+    Etcd3Config,
+    Etcd3Connection,
+    error_code,
+)
+from elastic_nb.rendezvous.etcd3_store import Etcd3Store  # noqa: E402
 
 __all__ = [
     "BACKEND_NAME",
@@ -92,282 +97,6 @@ __all__ = [
     "register",
     "torchrun_handler",
 ]
-
-log = logging.getLogger(__name__)
-
-BACKEND_NAME = "etcd3"
-DEFAULT_PORT = 2379
-KEY_PREFIX = "/torchelastic/elastic_nb"
-DEFAULT_READ_TIMEOUT = 60.0
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_STATE_TTL = 7200
-
-# A blocking store read re-checks its keys at least this often, even when no
-# watch event arrives.
-_WATCH_SLICE = 2.0
-
-T = TypeVar("T")
-
-
-def _first(params: RendezvousParameters, *names: str) -> str | None:
-    for name in names:
-        value = params.get(name)
-        if value:
-            return str(value).strip()
-    return None
-
-
-def _seconds(params: RendezvousParameters, name: str, default: float) -> float:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"The rendezvous config '{name}' must be a number of seconds, got {raw!r}.") from None
-    if value <= 0:
-        raise ValueError(f"The rendezvous config '{name}' must be positive, got {raw!r}.")
-    return value
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True)
-class Etcd3Config:
-    """Where and how to reach etcd.
-
-    ``secure`` selects TLS; ``cacert`` (default: system roots), ``cert`` and
-    ``key`` are PEM file paths; ``user``/``password`` enable etcd auth.
-    """
-
-    host: str
-    port: int = DEFAULT_PORT
-    secure: bool = False
-    cacert: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    user: str | None = None
-    password: str | None = None
-    read_timeout: float = DEFAULT_READ_TIMEOUT
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-
-    def __post_init__(self) -> None:
-        if bool(self.cert) != bool(self.key):
-            raise ValueError("etcd3: a client certificate needs both 'cert' and 'key'.")
-        if (self.cacert or self.cert) and not self.secure:
-            raise ValueError("etcd3: TLS files were given for a plain-http endpoint; use https.")
-        if bool(self.user) != bool(self.password):
-            raise ValueError("etcd3: authentication needs both 'user' and 'password'.")
-
-    @property
-    def endpoint(self) -> str:
-        """``scheme://host:port``, as shown in messages."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.secure else 'http'}://{host}:{self.port}"
-
-    @classmethod
-    def from_endpoint(cls, endpoint: str | None, **options: Any) -> Etcd3Config:
-        """Parse ``host[:port]`` or ``http(s)://host[:port]`` (default port 2379).
-
-        ``options`` are the other fields; an explicit ``secure`` must agree
-        with the URL scheme. Without a scheme or ``secure``, TLS is used when
-        TLS files are given.
-        """
-        text = (endpoint or "").strip().rstrip("/")
-        secure = options.pop("secure", None)
-        scheme, sep, rest = text.partition("://")
-        if sep:
-            if scheme.lower() not in ("http", "https"):
-                raise ValueError(f"etcd3: unsupported scheme in endpoint {endpoint!r}; use http or https.")
-            scheme_secure = scheme.lower() == "https"
-            if secure is not None and secure != scheme_secure:
-                raise ValueError(f"etcd3: endpoint {endpoint!r} contradicts protocol={'https' if secure else 'http'}.")
-            secure = scheme_secure
-            text = rest
-        if secure is None:
-            secure = bool(options.get("cacert") or options.get("cert"))
-        host, port = parse_rendezvous_endpoint(text, default_port=DEFAULT_PORT)
-        return cls(host=host, port=port, secure=secure, **options)
-
-    @classmethod
-    def from_params(cls, params: RendezvousParameters) -> Etcd3Config:
-        """Build from torch rendezvous parameters (endpoint plus rdzv configs)."""
-        protocol = _first(params, "protocol")
-        secure: bool | None = None
-        if protocol is not None:
-            if protocol.lower() not in ("http", "https"):
-                raise ValueError(f"etcd3: protocol must be http or https, got {protocol!r}.")
-            secure = protocol.lower() == "https"
-        return cls.from_endpoint(
-            params.endpoint,
-            secure=secure,
-            cacert=_first(params, "cacert", "ca_cert"),
-            cert=_first(params, "cert", "ssl_cert"),
-            key=_first(params, "key", "ssl_cert_key"),
-            user=_first(params, "user"),
-            password=_first(params, "password"),
-            read_timeout=_seconds(params, "read_timeout", DEFAULT_READ_TIMEOUT),
-            connect_timeout=_seconds(params, "connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-        )
-
-
-def _describe(exc: BaseException) -> str:
-    """A one-line cause, digging out the gRPC detail pyetcd's exceptions hide."""
-    import grpc
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, grpc.RpcError) and _code(seen) is not None:
-            return f"{_code(seen).name}: {seen.details()}"
-        seen = seen.__cause__ or seen.__context__
-    return str(exc) or type(exc).__name__
-
-
-class Etcd3Connection:
-    """One gRPC connection to etcd shared by a backend and its store.
-
-    `open` checks that etcd answers within ``connect_timeout``. Every call
-    goes through `call`, which turns client failures into ``error_type`` with
-    a message naming the endpoint, and re-authenticates once when an auth
-    token has expired.
-    """
-
-    def __init__(self, config: Etcd3Config) -> None:
-        self.config = config
-        self._lock = threading.Lock()
-        self._client: Any = None
-
-    @classmethod
-    def open(cls, config: Etcd3Config) -> Etcd3Connection:
-        """Connect and check that etcd answers.
-
-        Raises:
-            RendezvousConnectionError: etcd did not answer within
-                ``connect_timeout``, or refused the credentials.
-        """
-        import grpc
-
-        connection = cls(config)
-        try:
-            connection._client = connection._new_client(config.connect_timeout)
-            try:
-                connection._client.get(KEY_PREFIX)
-            except grpc.RpcError as exc:
-                # A user whose role does not cover this key still reached etcd.
-                if _code(exc) != grpc.StatusCode.PERMISSION_DENIED:
-                    raise
-        except Exception as exc:
-            connection.close()
-            raise RendezvousConnectionError(
-                f"The {BACKEND_NAME} rendezvous backend cannot reach etcd at {config.endpoint} "
-                f"(connect timeout {config.connect_timeout:g} s): {_describe(exc)}"
-            ) from exc
-        connection._client.timeout = config.read_timeout
-        return connection
-
-    def _new_client(self, timeout: float) -> Any:
-        import grpc
-        import pyetcd
-
-        config = self.config
-        options = [
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 1000),
-        ]
-        if _is_loopback(config.host):
-            options.append(("grpc.enable_http_proxy", 0))
-        credentials = None
-        if config.secure:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(config.cacert),
-                private_key=_read(config.key),
-                certificate_chain=_read(config.cert),
-            )
-        # time_retry=0: pyetcd would otherwise refuse every call for 300 s
-        # after one failed request on a single endpoint.
-        endpoint = pyetcd.Endpoint(
-            config.host, config.port, secure=config.secure, creds=credentials,
-            time_retry=0, opts=options,
-        )
-        client = pyetcd.MultiEndpointEtcd3Client(
-            endpoints=[endpoint], timeout=timeout, user=config.user, password=config.password
-        )
-        if not config.secure:
-            # gRPC refuses call credentials on a plain channel; the auth token
-            # also travels as request metadata, which is all etcd reads.
-            client.call_credentials = None
-        return client
-
-    @property
-    def client(self) -> Any:
-        """The ``pyetcd`` client (for callers that need raw etcd access)."""
-        if self._client is None:
-            raise RuntimeError("The etcd3 connection is closed.")
-        return self._client
-
-    def call(self, what: str, fn: Callable[[Any], T], error_type: type[Exception]) -> T:
-        """Run ``fn(client)``; failures become ``error_type`` naming ``what`` and the endpoint."""
-        import grpc
-
-        client = self.client
-        try:
-            try:
-                return fn(client)
-            except grpc.RpcError as exc:
-                if not (self.config.user and _code(exc) == grpc.StatusCode.UNAUTHENTICATED):
-                    raise
-                return fn(self._reauthenticate(client))
-        except Exception as exc:
-            if isinstance(exc, error_type) or not _is_client_error(exc):
-                raise
-            raise error_type(
-                f"{BACKEND_NAME}: {what} failed on etcd at {self.config.endpoint}: {_describe(exc)}"
-            ) from exc
-
-    def _reauthenticate(self, stale: Any) -> Any:
-        """A client with a fresh auth token (etcd's simple tokens expire when idle)."""
-        with self._lock:
-            if self._client is stale:
-                log.info("etcd auth token expired, authenticating again at %s", self.config.endpoint)
-                self._client = self._new_client(self.config.read_timeout)
-                stale.close()
-            return self._client
-
-    def close(self) -> None:
-        """Close the gRPC channel. Idempotent."""
-        with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-
-def _code(exc: BaseException) -> Any:
-    """The gRPC status code of ``exc``, if it has one."""
-    code = getattr(exc, "code", None)
-    return code() if callable(code) else None
-
-
-def _is_client_error(exc: Exception) -> bool:
-    import grpc
-    import pyetcd.exceptions
-
-    return isinstance(exc, (grpc.RpcError, pyetcd.exceptions.Etcd3Exception))
-
-
-def _read(path: str | None) -> bytes | None:
-    if not path:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
-
 
 class Etcd3RendezvousBackend(RendezvousBackend):
     """Holds torch's rendezvous state in one etcd v3 key.
@@ -434,7 +163,7 @@ class Etcd3RendezvousBackend(RendezvousBackend):
                         failure=[txn.get(self.key)],
                     )
                 except grpc.RpcError as exc:
-                    if attempt == 1 and _code(exc) == grpc.StatusCode.NOT_FOUND:
+                    if attempt == 1 and error_code(exc) == grpc.StatusCode.NOT_FOUND:
                         self._forget_lease()  # the lease expired or etcd lost it
                         continue
                     raise
@@ -461,230 +190,6 @@ class Etcd3RendezvousBackend(RendezvousBackend):
     def _forget_lease(self) -> None:
         with self._lease_lock:
             self._lease_id = None
-
-
-def _key_text(key: str | bytes) -> str:
-    return key.decode() if isinstance(key, bytes) else key
-
-
-def _value_bytes(value: str | bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
-
-
-class Etcd3Store(dist.Store):
-    """A ``torch.distributed.Store`` kept in etcd under ``prefix``.
-
-    Values are bytes. `get`, `multi_get` and `wait` block until the keys exist
-    (woken by etcd watches) or the timeout passes, then raise
-    ``DistStoreError`` ("Timeout waiting for key(s) ...", as c10d's stores
-    word it) naming the missing keys; a zero timeout waits forever, as in
-    c10d. Connection failures raise ``DistNetworkError``.
-
-    `clone` gives another store on the same etcd connection and prefix, for
-    use from another thread (the gRPC connection is thread-safe).
-    """
-
-    def __init__(
-        self,
-        connection: Etcd3Connection,
-        prefix: str,
-        timeout: timedelta | None = None,
-    ) -> None:
-        super().__init__()
-        self._connection = connection
-        self.prefix = prefix.rstrip("/") + "/"
-        self._clones: list[Etcd3Store] = []
-        if timeout is not None:
-            self.set_timeout(timeout)
-
-    def _key(self, key: str | bytes) -> str:
-        return self.prefix + _key_text(key)
-
-    def _call(self, what: str, fn: Callable[[Any], T]) -> T:
-        return self._connection.call(what, fn, dist.DistNetworkError)
-
-    def _timeout(self) -> timedelta:
-        """The store's timeout (``Store.timeout``, a pybind property torch's stubs lack)."""
-        return self.timeout  # type: ignore[attr-defined]
-
-    def set(self, key: str, value: str | bytes) -> None:
-        """Set ``key`` to ``value``."""
-        self._call(f"set {key!r}", lambda c: c.put(self._key(key), _value_bytes(value)))
-
-    def get(self, key: str) -> bytes:
-        """The value of ``key``, waiting up to the store timeout for it to exist."""
-        return self._wait_for([key], self._timeout())[0]
-
-    def multi_get(self, keys: list[str]) -> list[bytes]:
-        """The values of ``keys``, waiting up to the store timeout for all of them."""
-        return self._wait_for(keys, self._timeout())
-
-    def multi_set(self, keys: list[str], values: list[str | bytes]) -> None:
-        """Set all ``keys`` to ``values`` in one transaction."""
-        if len(keys) != len(values):
-            raise ValueError(f"multi_set got {len(keys)} keys but {len(values)} values.")
-
-        def write(client: Any) -> None:
-            puts = [client.transactions.put(self._key(k), _value_bytes(v)) for k, v in zip(keys, values, strict=True)]
-            client.transaction(compare=[], success=puts, failure=[])
-
-        self._call(f"multi_set {list(keys)!r}", write)
-
-    def wait(self, keys: list[str], timeout: timedelta | None = None) -> None:
-        """Wait until all ``keys`` exist (``timeout`` defaults to the store's)."""
-        self._wait_for(keys, self._timeout() if timeout is None else timeout)
-
-    def check(self, keys: list[str]) -> bool:
-        """Whether all ``keys`` exist now."""
-        return all(value is not None for value in self._read(keys)[0])
-
-    def add(self, key: str, amount: int) -> int:
-        """Add ``amount`` to the integer at ``key`` (absent counts as 0); return the sum."""
-        full = self._key(key)
-
-        def increment(client: Any) -> int:
-            txn = client.transactions
-            ok, responses = client.transaction(
-                compare=[txn.create(full) == 0],
-                success=[txn.put(full, str(amount))],
-                failure=[txn.get(full)],
-            )
-            while not ok:
-                if not responses[0]:
-                    guard, total = txn.create(full) == 0, amount
-                else:
-                    value, meta = responses[0][0]
-                    total = _as_int(key, value) + amount
-                    guard = txn.mod(full) == meta.mod_revision
-                ok, responses = client.transaction(
-                    compare=[guard], success=[txn.put(full, str(total))], failure=[txn.get(full)]
-                )
-                if ok:
-                    return total
-            return amount
-
-        return self._call(f"add to {key!r}", increment)
-
-    def compare_set(self, key: str, expected_value: str | bytes, desired_value: str | bytes) -> bytes:
-        """c10d compare-and-set: write ``desired_value`` if the current value is
-        ``expected_value`` (or the key is absent and ``expected_value`` is empty).
-        Returns the value now stored, or ``expected_value`` if the key is absent
-        and was not created."""
-        full = self._key(key)
-        expected, desired = _value_bytes(expected_value), _value_bytes(desired_value)
-
-        def swap(client: Any) -> bytes:
-            txn = client.transactions
-            ok, responses = client.transaction(
-                compare=[txn.value(full) == expected],
-                success=[txn.put(full, desired)],
-                failure=[txn.get(full)],
-            )
-            if ok:
-                return desired
-            if responses[0]:
-                return responses[0][0][0]
-            if expected:
-                return expected
-            ok, responses = client.transaction(
-                compare=[txn.create(full) == 0],
-                success=[txn.put(full, desired)],
-                failure=[txn.get(full)],
-            )
-            return desired if ok else responses[0][0][0]
-
-        return self._call(f"compare_set {key!r}", swap)
-
-    def delete_key(self, key: str) -> bool:
-        """Delete ``key``; whether it existed."""
-        return self._call(f"delete {key!r}", lambda c: c.delete(self._key(key)))
-
-    def num_keys(self) -> int:
-        """How many keys the store holds."""
-        return self._call("num_keys", lambda c: c.get_prefix_response(self.prefix, count_only=True).count)
-
-    def clone(self) -> Etcd3Store:
-        """A new store on the same etcd connection and prefix, with this store's
-        timeout, safe to use from another thread.
-
-        This store keeps a reference to each clone, so a clone lives at least
-        as long as this store. torch needs that when C++ code clones (as
-        ``PrefixStore.clone()`` and c10d's own checks do): its trampoline
-        keeps only the C++ half of the returned store, and once the Python
-        object is gone every call on the clone fails with "Not implemented"
-        (pytorch issue #106633).
-        """
-        clone = Etcd3Store(self._connection, self.prefix, timeout=self._timeout())
-        self._clones.append(clone)
-        return clone
-
-    # torch's C++ trampoline for Python stores forwards these two under their
-    # C++ names, so a PrefixStore over this store needs these aliases.
-    deleteKey = delete_key
-    getNumKeys = num_keys
-
-    def _read(self, keys: Sequence[str]) -> tuple[list[bytes | None], int]:
-        """Current values of ``keys`` (None where absent) and the etcd revision read."""
-
-        def read(client: Any) -> tuple[list[bytes | None], int]:
-            from pyetcd import etcdrpc
-
-            request = etcdrpc.TxnRequest(
-                success=[
-                    etcdrpc.RequestOp(request_range=etcdrpc.RangeRequest(key=self._key(k).encode()))
-                    for k in keys
-                ]
-            )
-            response = client.kvstub.Txn(
-                request, client.timeout, credentials=client.call_credentials, metadata=client.metadata
-            )
-            values = [
-                op.response_range.kvs[0].value if op.response_range.kvs else None
-                for op in response.responses
-            ]
-            return values, response.header.revision
-
-        return self._call(f"read {list(keys)!r}", read)
-
-    def _wait_for(self, keys: Sequence[str], timeout: timedelta) -> list[bytes]:
-        seconds = timeout.total_seconds()
-        deadline = None if seconds == 0 else time.monotonic() + seconds
-        while True:
-            values, revision = self._read(keys)
-            missing = [k for k, v in zip(keys, values, strict=True) if v is None]
-            if not missing:
-                return values  # type: ignore[return-value]
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise dist.DistStoreError(
-                    f"{BACKEND_NAME} store: Timeout waiting for key(s) {missing} after "
-                    f"{seconds * 1000:.0f} ms under {self.prefix!r} on etcd at "
-                    f"{self._connection.config.endpoint}."
-                )
-            slice_ = _WATCH_SLICE if remaining is None else min(remaining, _WATCH_SLICE)
-            self._watch(self._key(missing[0]), revision, slice_)
-
-    def _watch(self, key: str, revision: int, seconds: float) -> None:
-        """Return when ``key`` changes after ``revision``, or after ``seconds``."""
-        import pyetcd.exceptions
-
-        def watch(client: Any) -> object:
-            try:
-                return client.watch_once_response(key, timeout=seconds, start_revision=revision + 1)
-            except (pyetcd.exceptions.WatchTimedOut, pyetcd.exceptions.RevisionCompactedError):
-                return None  # nothing happened, or history is gone: read again
-
-        outcome = self._call(f"watch {key!r}", watch)
-        if isinstance(outcome, Exception):
-            # The watch stream broke; the next read reports a dead connection.
-            time.sleep(min(seconds, 0.1))
-
-
-def _as_int(key: str, value: bytes) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{BACKEND_NAME} store: add() on {key!r} whose value {value!r} is not an integer.") from None
 
 
 def create_etcd3_backend(params: RendezvousParameters) -> tuple[Etcd3RendezvousBackend, Etcd3Store]:

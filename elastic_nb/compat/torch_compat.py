@@ -1,0 +1,83 @@
+"""torch's private names that the node host relies on, each with what it is for.
+
+torch.distributed.elastic's agent is built to be subclassed (its
+``_invoke_run`` calls ``_rendezvous``, ``_start_workers``,
+``_monitor_workers``, ``_restart_workers``, ``_stop_workers``, which
+``node.agent.ReportingAgent`` fills in), but some of what the agent knows
+has no public accessor. Every such name is reached from here only, and
+tests/test_compat.py checks each against the installed torch, so a torch
+that renamed one fails there, with the name, not deep inside a job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.distributed.elastic.agent.server import api as agent_api
+from torch.distributed.elastic.multiprocessing import api as mp_api
+from torch.distributed.elastic.utils import store as store_util
+
+PRIVATE_NAMES = {
+    "SimpleElasticAgent._rendezvous": "hook: report the round a node was admitted to",
+    "SimpleElasticAgent._start_workers": "hook: report ranks, pids and log files",
+    "SimpleElasticAgent._monitor_workers": "hook: report failures, pauses, results; restarts",
+    "SimpleElasticAgent._restart_workers": "hook: report why the group restarts",
+    "SimpleElasticAgent._stop_workers": "hook: stop with shutdown_timeout, not a fixed 30 s",
+    "SimpleElasticAgent._remaining_restarts": "the restart budget left",
+    "SimpleElasticAgent._worker_group": "the group of the current attempt",
+    "LocalElasticAgent._pcontext": "the workers' process context (pids, files)",
+    "LocalElasticAgent._shutdown": "stop the workers with a given SIGTERM grace",
+    "MultiprocessContext._pc": "torch.multiprocessing's context: every worker's exit code",
+    "agent.server.api._TERMINAL_STATE_SYNC_ID": "the exit barrier's key prefix",
+    "utils.store._NUM_MEMBERS": "the exit barrier's member counter",
+    "multiprocessing.api._terminate_process_handler": "torchrun's SIGTERM handler",
+    "DynamicRendezvousHandler._state_holder": "the rendezvous state torch syncs every tick",
+    "DynamicRendezvousHandler._stop_heartbeats": "silence a handler left open after a signal",
+}
+
+EXIT_BARRIER_MEMBERS = f"{agent_api._TERMINAL_STATE_SYNC_ID}{store_util._NUM_MEMBERS}"
+"""The counter torch's exit barrier (``store_util.barrier``) adds each node to."""
+
+terminate_process_handler = mp_api._terminate_process_handler
+"""torchrun's SIGTERM handler: raises ``SignalException`` so the agent stops its workers."""
+
+
+def remaining_restarts(agent: Any) -> int:
+    return int(agent._remaining_restarts)
+
+
+def worker_group(agent: Any) -> Any:
+    return agent._worker_group
+
+
+def process_context(agent: Any) -> Any:
+    """The agent's ``PContext`` of the current attempt (None before workers start)."""
+    return agent._pcontext
+
+
+def shutdown_workers(agent: Any, timeout: int) -> None:
+    """Stop the workers as torch does, with ``timeout`` seconds of SIGTERM grace."""
+    agent._shutdown(timeout=timeout)
+
+
+def worker_exitcodes(pcontext: Any) -> list[tuple[int, int | None]]:
+    """``(pid, exit code or None)`` of every worker process of a ``MultiprocessContext``,
+    by local rank; empty when torch's context does not expose them."""
+    processes = getattr(getattr(pcontext, "_pc", None), "processes", None) or []
+    return [(p.pid, p.exitcode) for p in processes]
+
+
+def rendezvous_state(handler: Any) -> Any:
+    """The dynamic rendezvous state (``round``, ``complete``, ``closed``,
+    ``participants``) as last synced; None for handlers without one (etcd v1)."""
+    holder = getattr(handler, "_state_holder", None)
+    return holder.state if holder is not None else None
+
+
+def stop_heartbeats(handler: Any) -> bool:
+    """Silence a dynamic handler's heartbeats; False when it has none to silence (etcd v1)."""
+    stop = getattr(handler, "_stop_heartbeats", None)
+    if stop is None:
+        return False
+    stop()
+    return True

@@ -1,0 +1,269 @@
+"""The Job: the public handle of one elastic job.
+
+Reading goes to the job's state (``JobCore``, fed by its ``Pump``) and the
+read model built from it (``snapshot``); commands are checked against the
+state by the rules, then carried out by the node handles (``kernel.nodes``),
+which alone know whether a node is on this machine or joined from another.
+What it reads (properties, the snapshot, logs, displays) is its base,
+``JobView``; this module holds what it starts, waits for and commands.
+"""
+
+from __future__ import annotations
+
+import atexit
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from elastic_nb.kernel import stacks
+from elastic_nb.kernel.core import JobCore
+from elastic_nb.kernel.debug_client import DebugSession, drive
+from elastic_nb.kernel.job_view import JobView
+from elastic_nb.kernel.join_server import JoinDesk
+from elastic_nb.kernel.nodes import LocalNode
+from elastic_nb.kernel.planning import plan_node
+from elastic_nb.kernel.pump import Pump
+from elastic_nb.kernel.supervisor import SignalLike, parse_signal
+from elastic_nb.model import rules
+from elastic_nb.model.errors import JobFailed
+from elastic_nb.model.plan import JobPlan, Node
+from elastic_nb.model.state import JobStatus
+from elastic_nb.rendezvous import embedded
+from elastic_nb.wire.commands import Restart
+
+_live_jobs: weakref.WeakSet[Job] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_jobs() -> None:
+    for job in list(_live_jobs):
+        job.stop()
+
+
+class Job(JobView):
+    """A running (or finished) elastic job. Create one with ``elastic_nb.launch``.
+
+    Reading (never blocks on the job):
+        ``snapshot()`` the whole read model; ``state``, ``done``, ``workers``,
+        ``nodes``, ``events``, ``failures``, ``failure_history``,
+        ``restart_count``, ``elapsed``; ``logs()``, ``summary()``.
+    Blocking (the name says so):
+        ``wait()``, ``result()``, ``wait_until()``, ``follow()`` (an iterator).
+    Commands:
+        ``kill(rank, sig)``, ``kill_node(i)``, ``add_node(Node)``, ``restart()``,
+        ``stacks()``, ``stop()``.
+    Debugging a paused rank:
+        ``debug(rank)`` (blocking: pdb through ``input()``), ``debug_session(rank)``.
+    Observing:
+        ``add_listener(fn)`` / ``remove_listener(fn)`` for events, ``log_book``
+        for lines; ``show()`` displays the dashboard.
+    Joining from elsewhere:
+        ``join_address``, ``join_command()``.
+    """
+
+    def __init__(self, plan: JobPlan) -> None:
+        self._plan = plan
+        self._store = None
+        endpoint = plan.endpoint or ""
+        if plan.endpoint is None:  # the embedded c10d store, hosted here while the job runs
+            self._store = embedded.host_store(plan.listen_addr)
+            endpoint = f"{plan.listen_addr}:{self._store.port}"
+        core = JobCore(plan, endpoint)
+        super().__init__(plan, core, Pump(core, on_close=self._close))
+        self._desk = JoinDesk(core, self._pump.watch)
+
+    def start(self) -> Job:
+        with self._lock:
+            self._core.apply(rules.launched(self._state, time.time(), {
+                "run_id": self.run_id, "backend": self.backend, "endpoint": self.endpoint,
+                "nodes": len(self._plan.nodes), "world_size": self.planned_world_size}))
+            for index, node_plan in enumerate(self._plan.nodes):
+                rules.add_node(self._state, index, node_plan.nproc, node_plan.role, local=True)
+                self._start_node(index, node_plan.nproc, node_plan.role, node_plan.payload)
+            self._core.gate.open_if_ready()
+        _live_jobs.add(self)
+        self._pump.start()
+        if self._plan.default_payload is not None:
+            self._desk.open(self._store)
+        return self
+
+    def _start_node(self, index: int, nproc: int, role: str, payload: bytes) -> LocalNode:
+        """A host for a node of this machine; its configuration waits for the launch gate."""
+        # after this job's hosts: nodes keep their order in torch's ranks (by agent pid)
+        above = max((n.host_pid or 0 for n in self._state.nodes.values()), default=0)
+        node = LocalNode.start(self._plan, index, nproc, role, payload, self.endpoint, above)
+        rules.host_assigned(self._state, index, node.pid, node.warm)
+        self._core.nodes[index] = node
+        self._pump.watch(node)
+        return node
+
+    @property
+    def join_address(self) -> str:
+        """Where nodes from other machines connect (published in the rendezvous store)."""
+        return self._desk.address
+
+    def join_command(self) -> str:
+        """The command that joins this job from another terminal or machine."""
+        return (f"python -m elastic_nb join --backend {self.backend} --endpoint {self.endpoint} "
+                f"--run-id {self.run_id} --nproc N")
+
+    # -------------------------------------------------------------- results
+
+    def wait(self, timeout: float | None = None) -> JobStatus:
+        """Block until the job ends; the final state. TimeoutError if it has not."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with self._changed:
+                while not self.done:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(
+                            f"job {self.run_id} is still {self.state} after {timeout} s")
+                    self._changed.wait(0.5 if remaining is None else min(remaining, 0.5))
+        except KeyboardInterrupt:
+            self.stop()
+            raise
+        self._pump.join()
+        return self.state
+
+    def result(self, timeout: float | None = None) -> dict[int, Any]:
+        """Return values by global rank; raises JobFailed if the job failed or was stopped."""
+        status = self.wait(timeout)
+        with self._lock:
+            if status == JobStatus.SUCCEEDED:
+                return {rank: cloudpickle.loads(blob)
+                        for rank, blob in sorted(self._state.results.items())}
+            if status == JobStatus.STOPPED:
+                raise JobFailed(f"job {self.run_id} was stopped before it finished")
+            if self._state.failures:
+                raise JobFailed.from_failures(self._state.failures)
+            raise JobFailed(f"job {self.run_id} failed: {self._state.error}")
+
+    # ------------------------------------------------------------- controls
+
+    def kill(self, rank: int, sig: SignalLike = "SIGKILL") -> None:
+        """Send ``sig`` to one worker; the agent's restart policy then applies."""
+        signum = parse_signal(sig)
+        with self._lock:
+            events = rules.rank_killed(self._state, rank, signum.name, time.time())
+            worker = self._state.workers[rank]
+            self._core.nodes[worker.node].signal(worker.pid, signum)
+            self._core.apply(events)
+
+    def kill_node(self, index: int) -> None:
+        """A machine lost: SIGKILL node ``index``'s agent and all its workers at once."""
+        with self._lock:
+            self._core.apply(rules.node_killed(self._state, index, time.time()))
+            self._core.restart_survivors(index)  # first: their workers must not fail on the lost peer
+            node = self._core.nodes[index]
+        node.kill()
+
+    def add_node(self, node: Node) -> int:
+        """Start another agent that joins at the next rendezvous round; its node index.
+
+        Without its own ``fn`` the node runs the job's function.
+        """
+        with self._lock:
+            if self.done:
+                raise RuntimeError(f"job {self.run_id} has already {self.state}")
+            reason = rules.check_can_add_node(self._state, self._plan.options.max_nodes)
+            if reason:
+                raise ValueError(reason)
+            index = len(self._state.nodes)
+            node_plan = plan_node(index, node, self._plan.default_payload)
+            self._core.apply(rules.node_added(self._state, index, node_plan.nproc, node_plan.role,
+                                              local=True, host="localhost", now=time.time()))
+            self._start_node(index, node_plan.nproc, node_plan.role, node_plan.payload).send_config()
+        return index
+
+    def restart(self) -> None:
+        """Stop the current workers and start a new attempt now (reason ``user``).
+
+        A user restart does not use up the restart budget.
+        """
+        with self._lock:
+            if self.done:
+                raise RuntimeError(f"job {self.run_id} has already {self.state}")
+            for index, node in self._state.nodes.items():
+                if node.status.live:  # a starting node restarts once its workers are up
+                    self._core.nodes[index].send(Restart(reason="user"))
+
+    def stacks(self, timeout: float = 5) -> dict[int, str]:
+        """The live Python stack of every thread of every running rank.
+
+        Each worker dumps its stacks (faulthandler) when signalled; a rank that
+        does not answer within ``timeout``, or that its node cannot reach from
+        here, maps to a line saying so.
+        """
+        with self._lock:
+            targets = {rank: self._core.nodes[w.node].stack_target(w)
+                       for rank, w in sorted(self._state.workers.items()) if w.state.alive}
+        return stacks.dump(targets, timeout)
+
+    def debug_session(self, rank: int) -> DebugSession:
+        """Connect to the debugger of a paused rank (``breakpoint()``, or post-mortem).
+
+        Raises ValueError when the rank is not paused or its node's debugger
+        cannot be reached from here, ``DebuggerBusy`` when another client has it.
+        """
+        with self._lock:
+            worker = self._state.workers.get(rank)
+            pause = worker.current_pause if worker is not None else None
+            if worker is None or pause is None:
+                paused = sorted(r for r, w in self._state.workers.items() if w.current_pause)
+                state = worker.state if worker is not None else "not in this job"
+                raise ValueError(
+                    f"rank {rank} is not paused ({state}); paused ranks: {paused or 'none'}. "
+                    "A rank pauses at breakpoint() or, with launch(post_mortem=True), where it "
+                    "raised")
+            node = self._core.nodes[worker.node]
+        return node.debug_session(rank, pause)
+
+    def debug(self, rank: int, read: Callable[[str], str] = input,
+              write: Callable[[str], Any] = print) -> None:
+        """Drive pdb in a paused rank from here: blocking, until the rank goes on or ends.
+
+        Each command is read with ``read`` (``input``: in Jupyter the frontend
+        asks for it) and pdb's answer is written with ``write``. ``c``
+        resumes the rank, ``q`` makes it fail (its restart policy applies);
+        an empty line or end of input leaves the session, which resumes it.
+        """
+        drive(self.debug_session(rank), read, write)
+
+    def stop(self) -> None:
+        """End the job now: each node stops its workers as torch does on SIGTERM.
+
+        A node that does not stop within its shutdown timeout is killed; a
+        local host that stopped cleanly may stay warm for the next launch.
+        """
+        with self._lock:
+            self._core.apply(rules.stop_requested(self._state, time.time()))
+            nodes = self._core.stopping_nodes()
+        self._core.stop_nodes(nodes)
+        with self._lock:
+            self._core.apply(rules.finish(self._state, JobStatus.STOPPED, time.time()))
+        if self._pump.is_alive() and not self._pump.on_thread():
+            self._pump.wake()
+            self._pump.join()
+
+    def _close(self) -> None:
+        """The pump is ending: nothing of the job listens any more."""
+        self._desk.close()
+        self._store = None
+        _live_jobs.discard(self)
+
+    # ------------------------------------------------------------- display
+
+    def show(self) -> None:
+        """Display the live dashboard (the text summary outside a Jupyter kernel)."""
+        from elastic_nb.ui.dashboard import display
+
+        display.show(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from elastic_nb.ui.dashboard import display
+
+        return display.mimebundle(self, include, exclude)

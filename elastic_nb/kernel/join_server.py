@@ -1,0 +1,197 @@
+"""Nodes from other machines: the descriptor, the listener, the join token and the handshakes.
+
+The Job publishes a join descriptor (the packed call, the options, this
+server's address and a token) in the rendezvous store; ``python -m elastic_nb
+join`` reads it, connects here and sends one ``join`` message. Each
+handshake runs on a thread of its own under a deadline, so a peer that
+connects and says nothing, trickles bytes or sends garbage costs a thread
+for a few seconds, never the Job's pump. An accepted node's channel is handed
+to the Job (``admit``), which reads it from then on. ``JoinDesk`` is one
+job's: it publishes the descriptor and admits each node as a ``JoinedNode``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from elastic_nb.kernel.core import JobCore
+from elastic_nb.kernel.nodes import JoinedNode, NodeHandle
+from elastic_nb.model import rules
+from elastic_nb.model.state import EventKind
+from elastic_nb.rendezvous import discovery
+from elastic_nb.wire.channel import Channel
+from elastic_nb.wire.join import JoinAccepted, JoinDescriptor, JoinRejected, JoinRequest, parse_request
+from elastic_nb.wire.records import ProtocolError
+
+HANDSHAKE_TIMEOUT = 10.0
+MAX_HANDSHAKE_BYTES = 64 << 10
+
+
+class JoinRefused(Exception):
+    """The Job will not take this node; the message says why (sent to the node)."""
+
+
+Admit = Callable[[JoinRequest, Channel], int]
+"""Called with a join request whose token matched: the node's index, or JoinRefused."""
+
+
+class JoinServer:
+    """Accepts nodes that join from other machines, on ``listen_addr`` only."""
+
+    def __init__(self, listen_addr: str, admit: Admit, name: str,
+                 handshake_timeout: float | None = None) -> None:
+        self.token = secrets.token_hex(16)
+        self._admit = admit
+        self._timeout = HANDSHAKE_TIMEOUT if handshake_timeout is None else handshake_timeout
+        self._listener = socket.create_server((listen_addr, 0))
+        host, port = self._listener.getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            host = socket.getfqdn()
+        self._address = f"{host}:{port}"
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name=f"{name}-join",
+                                        daemon=True)
+
+    @property
+    def address(self) -> str:
+        """Where nodes from other machines connect (published in the rendezvous store)."""
+        return self._address
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+        self._listener.close()
+
+    def _accept_loop(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._listener, selectors.EVENT_READ)
+            while not self._closed.is_set():
+                if not selector.select(0.2):
+                    continue
+                try:
+                    connection, _ = self._listener.accept()
+                except OSError:
+                    continue
+                threading.Thread(target=self._handshake, args=(connection,),
+                                 name="elastic_nb-handshake", daemon=True).start()
+
+    def _handshake(self, connection: socket.socket) -> None:
+        """Read one join request before the deadline; admit the node or refuse it."""
+        try:
+            message = read_request(connection, time.monotonic() + self._timeout)
+        except (OSError, ProtocolError):
+            connection.close()
+            return
+        channel = Channel(connection)
+        try:
+            index = self._check(message, channel)
+        except JoinRefused as refused:
+            try:
+                channel.send(JoinRejected(reason=str(refused)))
+            except OSError:
+                pass
+            channel.close()
+            return
+        try:
+            channel.send(JoinAccepted(node=index))
+        except OSError:
+            channel.close()
+
+    def _check(self, message: dict[str, Any], channel: Channel) -> int:
+        try:
+            request = parse_request(message)
+        except ProtocolError as exc:
+            raise JoinRefused(str(exc)) from None
+        if not secrets.compare_digest(request.token, self.token):
+            raise JoinRefused("wrong join token (read it from the rendezvous store of this run)")
+        channel.socket.settimeout(None)
+        return self._admit(request, channel)
+
+
+def read_request(connection: socket.socket, deadline: float) -> dict[str, Any]:
+    """The first line a peer sends, as a JSON object; ProtocolError or OSError otherwise."""
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ProtocolError("no join request before the deadline")
+        connection.settimeout(remaining)
+        chunk = connection.recv(4096)
+        if not chunk:
+            raise ProtocolError("the peer closed before it asked to join")
+        data += chunk
+        if len(data) > MAX_HANDSHAKE_BYTES:
+            raise ProtocolError(f"a join request longer than {MAX_HANDSHAKE_BYTES} bytes")
+    try:
+        request = json.loads(data.split(b"\n", 1)[0])
+    except ValueError as exc:
+        raise ProtocolError(f"not a JSON join request: {exc}") from None
+    if not isinstance(request, dict):
+        raise ProtocolError("a join request must be a JSON object")
+    return request
+
+
+class JoinDesk:
+    """One job's door for nodes of other machines: the descriptor, the server, admission.
+
+    ``open`` starts the server and publishes the descriptor (in the embedded
+    store, or the job's rendezvous store); ``address``; ``close``. Each node
+    admitted is added to the job's state and handles and ``watch``-ed.
+    """
+
+    def __init__(self, core: JobCore, watch: Callable[[NodeHandle], None]) -> None:
+        self._core = core
+        self._watch = watch
+        self._server = JoinServer(core.plan.listen_addr, self._admit, f"elastic_nb-{core.run_id}")
+
+    @property
+    def address(self) -> str:
+        return self._server.address
+
+    def open(self, store: Any) -> None:
+        self._server.start()
+        threading.Thread(target=self._publish, args=(store,), daemon=True,
+                         name=f"elastic_nb-publish-{self._core.run_id}").start()
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _publish(self, store: Any) -> None:
+        core, plan = self._core, self._core.plan
+        assert plan.default_payload is not None
+        descriptor = JoinDescriptor(plan.default_payload, self.address, self._server.token,
+                                    plan.options)
+        try:
+            store = store or discovery.open_store(
+                plan.backend, core.endpoint, plan.run_id, plan.options.rdzv_configs,
+                plan.options.rdzv_timeout)
+            discovery.publish(store, plan.run_id, descriptor)
+        except Exception as exc:  # the job runs on; only joining from elsewhere is off
+            with core.lock:
+                core.apply([core.state.record(time.time(), EventKind.JOIN_UNAVAILABLE,
+                                              detail={"error": f"{type(exc).__name__}: {exc}"})])
+
+    def _admit(self, request: JoinRequest, channel: Channel) -> int:
+        """A node from another machine passed the handshake's checks: give it an index."""
+        core = self._core
+        with core.lock:
+            reason = rules.check_can_add_node(core.state, core.plan.options.max_nodes)
+            if reason:
+                raise JoinRefused(f"job {core.run_id}: {reason}")
+            index = len(core.state.nodes)
+            core.apply(rules.node_added(core.state, index, request.nproc, request.role,
+                                        local=False, host=request.host, now=time.time()))
+            core.nodes[index] = node = JoinedNode(index, channel, request.host)
+        self._watch(node)
+        return index

@@ -1,0 +1,81 @@
+"""Public entry points: ``launch`` and ``run``.
+
+Everything a user passes is checked by ``kernel.planning.make_plan`` (each
+option by its definition in ``wire.options``) before any process starts; a
+mistake becomes a ``LaunchError`` that says how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from elastic_nb.kernel import host_pool
+from elastic_nb.kernel.job import Job
+from elastic_nb.kernel.planning import make_plan
+from elastic_nb.model.plan import Node
+from elastic_nb.wire import options as launch_options
+
+
+def launch(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *args: Any,
+    nodes: list[Node] | None = None,
+    nproc: int | None = None,
+    backend: str = "c10d",
+    endpoint: str | None = None,
+    run_id: str | None = None,
+    min_nodes: int | None = None,
+    max_nodes: int | None = None,
+    max_restarts: int = 0,
+    monitor_interval: float = 0.1,
+    exit_barrier_timeout: float = 30,
+    rdzv_timeout: float | None = None,
+    start_method: str = "forkserver",
+    log_line_prefix_template: str | None = None,
+    log_dir: str | None = None,
+    env: dict[str, str] | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    rdzv_configs: dict[str, Any] | None = None,
+    shutdown_timeout: int = 5,
+    listen_addr: str = "127.0.0.1",
+    keep_warm: float | None = None,
+    post_mortem: bool = False,
+    post_mortem_timeout: float = 600,
+    **kwargs: Any,
+) -> Job:
+    """Start ``fn(*args, **kwargs)`` on every rank of a new elastic job; return its Job at once.
+
+    ``nproc=N`` is one node of N workers; ``nodes=[Node(...), ...]`` is one
+    agent process per node. Keyword arguments that are not options go to ``fn``.
+    ``listen_addr`` is where this kernel serves the embedded c10d store and
+    accepts nodes joining from other machines (``python -m elastic_nb join``);
+    the default accepts them from this machine only.
+
+    Each local node runs in a host process that outlives the job: idle for
+    ``keep_warm`` seconds (default ``elastic_nb.set_keep_warm``, 300 s), it
+    runs the next launch's node at once, torch already imported and its
+    forkserver warm. ``keep_warm=0`` ends the hosts with the job.
+
+    ``breakpoint()`` in a rank pauses it for ``job.debug(rank)``; with
+    ``post_mortem=True`` a rank whose function raises waits (at most
+    ``post_mortem_timeout`` seconds) for ``job.debug`` at the failing frame,
+    then fails with its error as it would have.
+    """
+    given = launch_options.collect(locals())
+    if keep_warm is None:
+        given["keep_warm"] = host_pool.POOL.keep_warm
+    plan = make_plan(fn, args, kwargs, given)
+    return Job(plan).start()
+
+
+def run(fn: Callable[..., Any] | None = None, /, *args: Any, **options: Any) -> dict[int, Any]:
+    """Launch, wait, and return the values by global rank (blocking; raises JobFailed)."""
+    job = launch(fn, *args, **options)
+    try:
+        return job.result()
+    finally:
+        if not job.done:
+            job.stop()

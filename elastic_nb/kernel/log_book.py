@@ -1,0 +1,159 @@
+"""The kernel's record of what the ranks printed: a bounded book, and the job's log routes.
+
+``LogBook`` keeps recent lines per rank in memory, bounded (the files on
+disk keep everything), and tells listeners of each new batch. ``JobLogs``
+is one job's: it tails the files of local nodes (``LogTailer``), takes the
+lines joined nodes send (``Log`` reports) for the sources their ``Started``
+report named, and renders the book as ``job.logs()`` and ``job.follow()``
+show it. Which route a node's lines take is the node handle's choice
+(``kernel.nodes``): this module offers both.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+from elastic_nb.model.collapse import collapse as collapse_lines
+from elastic_nb.wire.logfiles import LogLine, LogSource, LogTailer
+from elastic_nb.wire.reports import Log
+
+
+class LogBook:
+    """Bounded, thread-safe, per-rank buffers of log lines, in arrival order."""
+
+    def __init__(self, max_lines_per_rank: int = 20_000) -> None:
+        self._max = max_lines_per_rank
+        self._by_rank: dict[int, collections.deque[LogLine]] = {}
+        self._dropped: collections.Counter[int] = collections.Counter()
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[list[LogLine]], None]] = []
+
+    def add_listener(self, listener: Callable[[list[LogLine]], None]) -> None:
+        """Call ``listener(lines)`` with each new batch of lines (from the tailer thread)."""
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[list[LogLine]], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def append(self, source: LogSource, texts: Iterable[str], when: float) -> None:
+        with self._lock:
+            buffer = self._by_rank.get(source.rank)
+            if buffer is None:
+                buffer = self._by_rank[source.rank] = collections.deque(maxlen=self._max)
+            batch = [LogLine(next(self._seq), when, source, text) for text in texts]
+            overflow = len(buffer) + len(batch) - self._max
+            if overflow > 0:
+                self._dropped[source.rank] += overflow
+            buffer.extend(batch)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(batch)
+
+    def lines(
+        self, rank: int | None = None, stream: str | None = None, attempt: int | None = None
+    ) -> list[LogLine]:
+        with self._lock:
+            if rank is None:
+                buffers = [list(b) for b in self._by_rank.values()]
+                picked = sorted(itertools.chain.from_iterable(buffers), key=lambda line: line.seq)
+            else:
+                picked = list(self._by_rank.get(rank, ()))
+        return [
+            line
+            for line in picked
+            if (stream is None or line.stream == stream)
+            and (attempt is None or line.attempt == attempt)
+        ]
+
+    def dropped(self, rank: int | None = None) -> int:
+        """How many lines fell out of memory (they are still on disk)."""
+        with self._lock:
+            if rank is None:
+                return sum(self._dropped.values())
+            return self._dropped[rank]
+
+    def last_line_time(self) -> dict[int, float]:
+        """When each rank last printed a line."""
+        with self._lock:
+            return {rank: buf[-1].time for rank, buf in self._by_rank.items() if buf}
+
+
+class JobLogs:
+    """One job's lines: the book, the tailer of local files, the sources joined nodes send."""
+
+    def __init__(self, log_dir: str, template: str) -> None:
+        self.book = LogBook()
+        self.log_dir = log_dir
+        self.template = template
+        self._tailer = LogTailer(self.book)
+        self._remote: dict[tuple[int, int, str, int], LogSource] = {}
+
+    def follow_files(self, sources: list[LogSource]) -> None:
+        """Tail these files (a local node's ranks)."""
+        self._tailer.follow(sources)
+
+    def expect_lines(self, sources: list[LogSource]) -> None:
+        """Take these sources' lines when their node sends them (a joined node's ranks)."""
+        self._remote.update(((s.node, s.rank, s.stream, s.attempt), s) for s in sources)
+
+    def received(self, node: int, report: Log, now: float) -> None:
+        """Lines a joined node sent, dated by our clock; those of unknown sources are dropped."""
+        source = self._remote.get((node, report.rank, report.stream, report.attempt))
+        if source is not None:
+            self.book.append(source, report.lines, now)
+
+    def retire(self, node: int) -> None:
+        """The node's files are read to their end at the next poll, then no longer followed."""
+        self._tailer.retire(lambda s: s.node == node)
+
+    def poll(self) -> None:
+        self._tailer.poll()
+
+    def close(self) -> None:
+        """Read every file to its end, once."""
+        self._tailer.retire_all()
+        self._tailer.poll()
+
+    def text(self, rank: int | None = None, stream: str | None = None,
+             attempt: int | None = None, collapse: bool = False) -> str:
+        """What ``job.logs()`` shows (see there)."""
+        if stream is not None and stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        picked = self.book.lines(rank, stream, attempt)
+        shown = collapse_lines(picked) if collapse and rank is None else picked
+        lines = [line.render(self.template) for line in shown]
+        dropped = self.book.dropped(rank)
+        if dropped:
+            lines.insert(0, f"[elastic_nb] {dropped} earlier lines were dropped from memory; "
+                            f"every line is on disk under {self.log_dir}")
+        return "\n".join(lines) + ("\n" if lines else "")
+
+    def iterate(self, ended: Callable[[], bool], collapse: bool = False) -> Iterator[str]:
+        """What ``job.follow()`` yields, until ``ended()`` (see there)."""
+        pending: queue.SimpleQueue[list[LogLine]] = queue.SimpleQueue()
+        self.book.add_listener(pending.put)
+        try:
+            while True:
+                try:
+                    batch = pending.get(timeout=0.1)
+                except queue.Empty:
+                    if ended():
+                        break
+                    continue
+                yield from self._rendered(batch, collapse)
+            while not pending.empty():
+                yield from self._rendered(pending.get(), collapse)
+        finally:
+            self.book.remove_listener(pending.put)
+
+    def _rendered(self, batch: list[LogLine], collapse: bool) -> Iterable[str]:
+        for line in collapse_lines(batch) if collapse else batch:
+            yield line.render(self.template)

@@ -1,0 +1,252 @@
+"""Node handles: how the kernel reaches one node of a job, whatever kind of node it is.
+
+``NodeHandle`` is the small contract every kind of node fills in, as dask's
+``Cluster`` subclasses do: its channel, and how to signal one of its
+workers, kill it, give up on it, route its log lines, open a rank's
+debugger or dump its stacks, and what to say when it is gone. The Job and
+its pump call these and never ask which kind a node is.
+
+* ``LocalNode``: a node host on this machine (``supervisor.AgentProcess``,
+  warm from ``host_pool`` or started for it). Its configuration may be held
+  until every host launched with it is up (``LaunchGate``); its files are
+  read here; killing it kills its process group.
+* ``JoinedNode``: a node host on another machine that joined through the
+  join server; everything goes through its channel, and its lines arrive as
+  ``Log`` reports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from abc import ABC, abstractmethod
+
+from elastic_nb.kernel import host_pool
+from elastic_nb.kernel.debug_client import DebugSession
+from elastic_nb.kernel.log_book import JobLogs
+from elastic_nb.kernel.stacks import StackTarget
+from elastic_nb.kernel.supervisor import AgentProcess, agent_environment, send_signal
+from elastic_nb.model.plan import JobPlan
+from elastic_nb.model.state import WorkerInfo
+from elastic_nb.rendezvous import network
+from elastic_nb.wire.channel import Channel
+from elastic_nb.wire.commands import Command, Configure, Kill, Signal
+from elastic_nb.wire.config import AgentConfig
+from elastic_nb.wire.logfiles import LogSource
+from elastic_nb.wire.reports import Log, NodeDone, Paused
+
+
+class NodeHandle(ABC):
+    """One node of a job as the kernel reaches it.
+
+    ``send`` a command; ``signal`` one of its workers; ``kill`` it (a machine
+    lost); ``abandon`` it when it does not stop in time; ``follow`` the log
+    sources of a new attempt and take ``lines`` it sends; ``finished`` (its
+    host's last report), ``gone`` (its channel closed) and ``exited`` (its
+    process ended unseen); ``debug_session`` and ``stack_target`` for a
+    rank; ``close`` its channel. ``booting`` and ``send_config`` serve the
+    launch gate; ``drop_on_protocol_error`` says whether a node that breaks
+    the protocol is dropped (the job goes on) or fails the job.
+    """
+
+    drop_on_protocol_error = False
+
+    def __init__(self, index: int, channel: Channel) -> None:
+        self.index = index
+        self.channel = channel
+        self.booting = False  # its host has not said it is up (HostReady)
+
+    def send(self, command: Command) -> bool:
+        """Send a command; False if the channel is already gone (its loss is seen by the pump)."""
+        try:
+            self.channel.send(command)
+        except OSError:
+            return False
+        return True
+
+    def send_config(self) -> None:
+        """Send the configuration held for the launch gate (none is held by default)."""
+        return None
+
+    def host_ready(self) -> None:
+        self.booting = False
+
+    @abstractmethod
+    def signal(self, pid: int, signum: signal.Signals) -> None: ...
+
+    @abstractmethod
+    def kill(self) -> None:
+        """End the whole node now, workers included: a machine lost."""
+
+    @abstractmethod
+    def abandon(self) -> None:
+        """The node did not stop when asked: end it, or let go of it."""
+
+    @abstractmethod
+    def follow(self, sources: list[LogSource], logs: JobLogs) -> None:
+        """A new attempt's log sources: where its lines will come from."""
+
+    def lines(self, report: Log, logs: JobLogs, now: float) -> None:
+        """Lines the node sent (only a node whose files are elsewhere sends any)."""
+        return None
+
+    def finished(self, report: NodeDone, keep_warm: float, killed: bool) -> None:
+        """Its host's last report of the job (only a host the Job runs sends one)."""
+        return None
+
+    @abstractmethod
+    def gone(self, returncode: int | None) -> tuple[int | None, str]:
+        """Its channel closed: its exit code (if known) and where to look for why."""
+
+    def exited(self) -> bool:
+        """Its process ended without its channel saying so (only a local process can)."""
+        return False
+
+    @abstractmethod
+    def debug_session(self, rank: int, pause: Paused) -> DebugSession: ...
+
+    @abstractmethod
+    def stack_target(self, worker: WorkerInfo) -> StackTarget | str:
+        """Where a running rank dumps its stacks, or a line saying why it cannot here."""
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class LocalNode(NodeHandle):
+    """A node host on this machine, warm from the pool or started for this node."""
+
+    def __init__(self, index: int, agent: AgentProcess, config: AgentConfig, warm: bool) -> None:
+        super().__init__(index, Channel(agent.socket))
+        self.agent = agent
+        self.node_dir = config.log_dir
+        self.warm = warm
+        self.booting = not warm
+        self._config: AgentConfig | None = config  # held until the launch gate opens
+        self._released = False  # its host went back to the pool: the channel is the pool's
+
+    @classmethod
+    def start(cls, plan: JobPlan, index: int, nproc: int, role: str, payload: bytes,
+              endpoint: str, above_pid: int) -> LocalNode:
+        """A host for node ``index``: an idle warm one with a pid above ``above_pid`` (torch
+        ranks one machine's nodes by agent pid), or a new one."""
+        node_dir = os.path.join(plan.log_dir, f"node_{index}")
+        address = network.advertised_address(plan.listen_addr)
+        sockets = network.socket_env(address, plan.env, os.environ)
+        env = agent_environment(plan.run_id, plan.world_size, {**plan.env, **sockets})
+        agent = host_pool.POOL.acquire(plan.run_id, above_pid=above_pid)
+        warm = agent is not None
+        if agent is None:
+            agent = AgentProcess.start(node_dir, env, plan.options.start_method)
+            host_pool.POOL.register(agent, plan.run_id)
+        config = AgentConfig(
+            node=index, role=role, nproc=nproc, payload=payload, run_id=plan.run_id,
+            backend=plan.backend, endpoint=endpoint, options=plan.options, log_dir=node_dir,
+            local_addr=address, env=env, sys_path=[p for p in sys.path if p], cwd=os.getcwd())
+        return cls(index, agent, config, warm)
+
+    @property
+    def pid(self) -> int:
+        return self.agent.pid
+
+    def send_config(self) -> None:
+        config, self._config = self._config, None
+        if config is not None:
+            self.send(Configure(config))
+
+    def signal(self, pid: int, signum: signal.Signals) -> None:
+        send_signal(pid, signum)
+
+    def kill(self) -> None:
+        host_pool.POOL.discard(self.agent)  # the host dies with its node
+
+    def abandon(self) -> None:
+        host_pool.POOL.discard(self.agent)  # the pump sees its channel end
+
+    def follow(self, sources: list[LogSource], logs: JobLogs) -> None:
+        logs.follow_files(sources)
+
+    def finished(self, report: NodeDone, keep_warm: float, killed: bool) -> None:
+        if report.reusable and not killed:
+            self._released = True
+            host_pool.POOL.release(self.agent, keep_warm)
+        else:
+            host_pool.POOL.discard(self.agent)
+
+    def gone(self, returncode: int | None) -> tuple[int | None, str]:
+        self._config = None
+        self.booting = False  # a host that died booting holds the others no longer
+        if returncode is None:
+            returncode = self.agent.returncode()
+            host_pool.POOL.discard(self.agent)
+        return returncode, f"see {self.node_dir}/agent.log"
+
+    def exited(self) -> bool:
+        return not self.agent.alive()
+
+    def debug_session(self, rank: int, pause: Paused) -> DebugSession:
+        return DebugSession(rank, pause.socket, pause.reason)
+
+    def stack_target(self, worker: WorkerInfo) -> StackTarget | str:
+        return StackTarget(worker.rank, worker.pid, worker.rank_dir)
+
+    def close(self) -> None:
+        if not self._released:
+            self.channel.close()
+
+
+class JoinedNode(NodeHandle):
+    """A node host on another machine, reached only through its channel."""
+
+    drop_on_protocol_error = True  # a peer that misbehaves is dropped; the job goes on
+
+    def __init__(self, index: int, channel: Channel, host: str) -> None:
+        super().__init__(index, channel)
+        self.host = host
+
+    def signal(self, pid: int, signum: signal.Signals) -> None:
+        self.send(Signal(pid=pid, signal=signum.name))
+
+    def kill(self) -> None:
+        self.send(Kill())
+
+    def abandon(self) -> None:
+        self.channel.shutdown()  # unresponsive: it stops when it loses us
+
+    def follow(self, sources: list[LogSource], logs: JobLogs) -> None:
+        logs.expect_lines(sources)
+
+    def lines(self, report: Log, logs: JobLogs, now: float) -> None:
+        logs.received(self.index, report, now)
+
+    def gone(self, returncode: int | None) -> tuple[int | None, str]:
+        return returncode, f"on {self.host}"
+
+    def debug_session(self, rank: int, pause: Paused) -> DebugSession:
+        raise ValueError(f"rank {rank} runs on {self.host}: its debugger listens there, "
+                         f"at {pause.socket}")
+
+    def stack_target(self, worker: WorkerInfo) -> StackTarget | str:
+        return (f"rank {worker.rank} runs on node {self.index}, joined from {self.host}: dump "
+                f"its stacks there (py-spy dump --pid {worker.pid})")
+
+
+class LaunchGate:
+    """Nodes launched together get their configurations only once every new host is up.
+
+    A warm host configured at once would form a smaller world with the nodes
+    already there, then restart to take in the late ones.
+    """
+
+    def __init__(self, nodes: dict[int, NodeHandle]) -> None:
+        self._nodes = nodes
+
+    def open_if_ready(self) -> None:
+        if not any(n.booting for n in self._nodes.values()):
+            for node in self._nodes.values():
+                node.send_config()
+
+    def host_ready(self, index: int) -> None:
+        self._nodes[index].host_ready()
+        self.open_if_ready()

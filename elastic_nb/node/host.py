@@ -1,0 +1,310 @@
+"""The node host: an agent process that runs one job's node after another.
+
+Each local node runs in a host process of its own session and process group,
+started by the Job (``kernel.supervisor.AgentProcess.start``) with one end of
+a socketpair as FD. Each ``Configure`` command on it is one job's
+``AgentConfig``; the host runs a ``ReportingAgent`` for it and answers
+``NodeDone`` when that job's node is over, then waits for the next job (the
+kernel's host pool decides how long it stays warm). One thread reads the
+commands (``wire.commands``) throughout and acts at once. When the Job's end
+closes (the kernel died), a local host kills its whole process group,
+workers and forkserver included. A node that joined from another machine
+runs one job (``run_node``) and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from torch.distributed.elastic.agent.server.api import WorkerSpec
+from torch.distributed.elastic.multiprocessing import SignalException
+from torch.distributed.elastic.rendezvous import registry as rdzv_registry
+
+from elastic_nb.compat import torch_compat
+from elastic_nb.node.agent import (
+    ReportingAgent,
+    failure_report,
+    prepare_process,
+    quiet_failure_logs,
+    rendezvous_parameters,
+)
+from elastic_nb.node.forwarder import LogForwarder
+from elastic_nb.node.logs_spec import NodeLogsSpecs
+from elastic_nb.rendezvous import register_backends
+from elastic_nb.wire import reports as protocol
+from elastic_nb.wire.channel import Channel
+from elastic_nb.wire.commands import (
+    CommandKind,
+    Configure,
+    Kill,
+    Restart,
+    Signal,
+    Stop,
+    parse_command,
+)
+from elastic_nb.wire.config import AgentConfig, JobContext
+from elastic_nb.wire.records import ProtocolError
+from elastic_nb.worker import trampoline
+
+_AGENT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+class NodeHost:
+    """An agent process: runs the node of one job after another, and the Job's commands.
+
+    ``serve`` (a local host) takes each job's ``AgentConfig`` from the channel
+    and runs it with ``run``; between jobs it keeps what is expensive: this
+    interpreter with torch imported, and the forkserver workers fork from.
+    Each job still gets its own environment, sys.path and cwd (the kernel's),
+    agent log, ``ReportingAgent``, rendezvous handler and workers. A node
+    joined from another machine runs one job (``run``) and exits.
+
+    One thread reads the channel throughout: configurations queue for the
+    main thread; commands act at once. When the Job's end closes (the kernel
+    died), a local host kills its whole process group, workers included.
+    """
+
+    def __init__(self, channel: Channel, local: bool) -> None:
+        self._channel = channel
+        self._local = local
+        # the host's own path beneath each job's: not the PYTHONPATH the first job started it with
+        started_with = set(os.environ.get("PYTHONPATH", "").split(os.pathsep))
+        self._own_path = [p for p in sys.path if p not in started_with]
+        self._configs: queue.SimpleQueue[AgentConfig | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._agent: ReportingAgent | None = None
+        self._job: str | None = None  # the run id of the job this host was last given
+        self._in_run = False  # inside agent.run(): a SIGTERM there stops the job as torch does
+        self._stop_requested = False
+        self._reusable = True
+        threading.Thread(target=self._listen, name="elastic_nb-commands", daemon=True).start()
+
+    def serve(self) -> int:
+        """Run jobs as the Job sends them, until it goes or a job leaves this host unusable."""
+        signal.signal(signal.SIGTERM, torch_compat.terminate_process_handler)
+        quiet_failure_logs()
+        self._channel.send(protocol.HostReady(pid=os.getpid()))
+        while True:
+            try:
+                config = self._configs.get()
+            except SignalException:
+                return 0  # SIGTERM while idle: nothing to stop
+            if config is None:
+                return 0
+            try:
+                exitcode, reusable = self.run(config), self._reusable
+            except SignalException:  # a stop that landed as torch's run returned: leave
+                exitcode, reusable = 1, False
+            self._channel.send(protocol.NodeDone(exitcode=exitcode, reusable=reusable))
+            if not reusable:
+                return exitcode
+
+    def run(self, config: AgentConfig) -> int:
+        """Run one node of a job to completion, reporting to the Job; its exit code.
+
+        What torch's agent changes in the process for a job (the signal handlers
+        of ``_invoke_run``) is put back afterwards: the next job on this host
+        starts from the state the host started in.
+        """
+        handlers = {sig: signal.getsignal(sig) for sig in _AGENT_SIGNALS}
+        try:
+            return self._run(config)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def _run(self, config: AgentConfig) -> int:
+        self._reusable = True
+        with self._lock:
+            self._job = config.run_id
+        _enter_job(config, self._own_path)
+        prepare_process(config)
+        try:
+            register_backends()
+            handler = rdzv_registry.get_rendezvous_handler(rendezvous_parameters(config))
+        except Exception as exc:
+            self._channel.send(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
+            return 1
+        agent = self._make_agent(config, handler)
+        forwarder = agent.forwarder
+        shutdown_rendezvous = True
+        with self._lock:
+            if self._stop_requested:  # stopped before it began
+                self._stop_requested = False
+                if forwarder is not None:
+                    forwarder.close()
+                return 1
+            self._agent, self._in_run = agent, True
+        try:
+            result = agent.run()
+        except SignalException:
+            # As torchrun: a node stopped by a signal leaves the rendezvous open for the others.
+            shutdown_rendezvous = False
+            return 1
+        except Exception as exc:
+            self._channel.send(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
+            return 1
+        finally:
+            with self._lock:
+                self._agent, self._in_run, self._stop_requested = None, False, False
+            if shutdown_rendezvous:
+                handler.shutdown()
+            else:
+                self._reusable = torch_compat.stop_heartbeats(handler)
+            if forwarder is not None:
+                forwarder.close()
+        if result is None:
+            self._channel.send(protocol.AgentError(
+                "this node was not admitted to the rendezvous (the world is full)", None))
+            return 1
+        if result.is_failed():
+            self._channel.send(protocol.Failed(failures=tuple(
+                failure_report(rank, f, agent.restart_count)
+                for rank, f in sorted(result.failures.items()))))
+            return 1
+        return 0  # the agent reported its results before the exit barrier
+
+    def _make_agent(self, config: AgentConfig, handler: Any) -> ReportingAgent:
+        options = config.options
+        spec = WorkerSpec(
+            role=config.role,
+            local_world_size=config.nproc,
+            entrypoint=trampoline.run_worker,
+            args=(config.payload, JobContext.of_this_process(
+                options.post_mortem, options.post_mortem_timeout)),
+            rdzv_handler=handler,
+            max_restarts=options.max_restarts,
+            monitor_interval=options.monitor_interval,
+            master_addr=options.master_addr,
+            master_port=options.master_port,
+            local_addr=config.local_addr,
+        )
+        return ReportingAgent(
+            spec,
+            NodeLogsSpecs(config.log_dir, tee=config.tee),
+            self._channel,
+            config.node,
+            LogForwarder(self._channel) if config.tee else None,
+            start_method=options.start_method,
+            exit_barrier_timeout=options.exit_barrier_timeout,
+            log_line_prefix_template=options.log_line_prefix_template if config.tee else None,
+            shutdown_timeout=options.shutdown_timeout,
+        )
+
+    def _stop(self, run_id: str | None = None) -> None:
+        """Stop the job running here as torch stops on SIGTERM; the host stays.
+
+        ``run_id`` names the job to stop: a stop that crossed the end of that
+        job on the wire must not stop the next one.
+        """
+        with self._lock:
+            if run_id is not None and run_id != self._job:
+                return
+            if self._in_run:
+                os.kill(os.getpid(), signal.SIGTERM)  # torch stops the workers, then returns
+            else:
+                self._stop_requested = True
+
+    def _listen(self) -> None:
+        """Read commands until the Job's end closes; act on each at once."""
+        while True:
+            try:
+                message = self._channel.receive()
+                command = None if message is None else parse_command(message)
+            except (OSError, ProtocolError) as exc:
+                print(f"elastic_nb: the Job's channel broke ({exc}); leaving", file=sys.stderr,
+                      flush=True)
+                command = None
+            if command is None:
+                self._lost_the_job()
+                return
+            self._COMMANDS[command.kind](self, command)
+
+    def _lost_the_job(self) -> None:
+        """The Job's end closed (the kernel died or let go of this node)."""
+        if self._local:  # nothing of a local host may outlive the kernel
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        self._configs.put(None)
+        self._stop()
+
+    def _configure(self, command: Configure) -> None:
+        with self._lock:
+            self._job, self._stop_requested = command.config.run_id, False
+        self._configs.put(command.config)
+
+    def _kill(self, command: Kill) -> None:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    def _stop_command(self, command: Stop) -> None:
+        self._stop(command.run_id)
+
+    def _restart(self, command: Restart) -> None:
+        with self._lock:
+            agent = self._agent
+        if agent is not None:  # between jobs: a command for a job that is over
+            agent.request_restart(command.reason)
+
+    def _signal(self, command: Signal) -> None:
+        with self._lock:
+            agent = self._agent
+        if agent is not None and command.pid in agent.worker_pids():
+            os.kill(command.pid, signal.Signals[command.signal])
+
+    _COMMANDS: dict[CommandKind, Callable[[NodeHost, Any], None]] = {
+        CommandKind.CONFIGURE: _configure,
+        CommandKind.KILL: _kill,
+        CommandKind.STOP: _stop_command,
+        CommandKind.RESTART: _restart,
+        CommandKind.SIGNAL: _signal,
+    }
+    """How the host acts on each command (every kind of ``wire.commands``)."""
+
+
+def _enter_job(config: AgentConfig, own_path: list[str]) -> None:
+    """Take on the kernel's environment, sys.path (over the host's own, never an earlier
+    job's) and cwd, and the job's agent log."""
+    if config.env is not None:
+        os.environ.clear()
+        os.environ.update(config.env)
+    if config.sys_path is not None:
+        sys.path[:] = list(dict.fromkeys(config.sys_path + own_path))
+    if config.cwd is not None:
+        os.chdir(config.cwd)
+    if not config.tee:  # a local node: torch's agent log goes to the job's node directory
+        os.makedirs(config.log_dir, exist_ok=True)
+        fd = os.open(os.path.join(config.log_dir, "agent.log"),
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
+def run_node(config: AgentConfig, channel: Channel) -> int:
+    """Run one node joined from another machine to completion; the process exit code."""
+    return NodeHost(channel, local=False).run(config)
+
+
+def _describe(exc: BaseException, config: AgentConfig) -> str:
+    return (f"node {config.node} ({config.backend} rendezvous at {config.endpoint}): "
+            f"{type(exc).__name__}: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    fd = int(argv[0])
+    os.set_inheritable(fd, False)  # workers must not hold the Job's channel open
+    return NodeHost(Channel(socket.socket(fileno=fd)), local=True).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Everything the dashboard shows, computed from a Job's snapshots: no widgets involved.
+
+``DashboardModel`` is plain Python, testable without a frontend: header,
+tiles and timeline come from ``model.render`` over ``job.snapshot()``, the
+log pane from a ``LogView``, stack dumps from ``job.stacks()``, and the
+debug console's transcript from a ``DebugSession``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from elastic_nb.model import render
+from elastic_nb.model.snapshot import JobSnapshot
+from elastic_nb.ui.dashboard.log_view import MAX_LOG_LINES, LogView
+from elastic_nb.wire.rank_files import PROMPT
+
+if TYPE_CHECKING:
+    from elastic_nb.kernel.debug_client import DebugSession
+    from elastic_nb.ui.dashboard.handle import JobHandle
+
+
+class DashboardModel:
+    """Everything the dashboard shows, computed from the Job's snapshots; no widgets involved."""
+
+    def __init__(self, job: JobHandle, hung_after: float = 10.0, hung_factor: float = 5.0,
+                 max_log_lines: int = MAX_LOG_LINES, clock: Callable[[], float] = time.time) -> None:
+        self.job = job
+        self.hung_after = hung_after
+        self.hung_factor = hung_factor
+        self.max_log_lines = max_log_lines
+        self.clock = clock
+        self.logs = LogView(job)
+        self.stacks: dict[int, str] = {}
+        self.status = ""
+        self._debug: DebugSession | None = None
+        self._debug_lock = threading.Lock()
+        self.debug_transcript: list[str] = []
+
+    def close(self) -> None:
+        self.logs.close()
+        self.close_debug()
+
+    def open_debug(self, rank: int) -> str:
+        """Connect the debug console to a paused rank (leaving any other session)."""
+        self.close_debug()
+        session = self.job.debug_session(rank)
+        with self._debug_lock:
+            self._debug = session
+            self.debug_transcript = [f"──────── pdb in rank {rank} ────────", session.output]
+        return f"debugging rank {rank}: type pdb commands in the debug tab"
+
+    def debug_send(self, command: str) -> str:
+        """Send one command to the console's rank; blocks until pdb answers (run it off the
+        kernel's thread)."""
+        with self._debug_lock:
+            session = self._debug
+            if session is None:
+                raise ValueError("no debug session: press “debug” on a paused rank's tile")
+            output = session.send(command)
+            self.debug_transcript.append(f"{PROMPT}{command}\n{output}")
+            if session.ended:
+                self.debug_transcript.append(f"[elastic_nb] {session.end_message}")
+                self._debug = None
+                return session.end_message
+        return f"rank {session.rank}: {command}"
+
+    def close_debug(self) -> None:
+        with self._debug_lock:
+            if self._debug is not None:
+                self._debug.close()
+                self.debug_transcript.append(f"[elastic_nb] left the session: rank "
+                                             f"{self._debug.rank} continues")
+                self._debug = None
+
+    def debug_text(self) -> str:
+        with self._debug_lock:
+            text = "".join(part if part.endswith("\n") else part + "\n"
+                           for part in self.debug_transcript)
+            return text + (PROMPT if self._debug is not None else "")
+
+    def snapshot(self) -> JobSnapshot:
+        return self.job.snapshot()
+
+    def tiles(self, snap: JobSnapshot | None = None) -> list[render.Tile]:
+        return render.tiles(snap or self.snapshot(), self.clock(), self.hung_after,
+                            self.hung_factor)
+
+    def timeline(self, snap: JobSnapshot | None = None) -> list[render.TimelineEntry]:
+        return render.timeline(snap or self.snapshot())
+
+    def log_text(self, rank: int | None = None, text: str = "", attempt: int | None = None,
+                 collapse: bool = False) -> str:
+        return self.logs.render(rank, text, attempt, self.max_log_lines, collapse)
+
+    def dump_stacks(self, timeout: float = 5) -> dict[int, str]:
+        self.stacks = self.job.stacks(timeout=timeout)
+        return self.stacks
+
+    def stacks_text(self) -> str:
+        return "\n\n".join(f"════ rank {rank} ════\n{text.rstrip()}" for rank, text in self.stacks.items())

@@ -1,0 +1,91 @@
+"""Commands: what the Job tells a node host, one typed record per kind.
+
+``COMMANDS`` is the dispatch table the host reads with (``parse_command``):
+an unknown kind, a missing or mistyped field, a restart reason or signal
+name that does not exist, all raise ``ProtocolError`` before the host acts.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from elastic_nb.model.strenum import StrEnum
+from elastic_nb.wire.config import AgentConfig
+from elastic_nb.wire.records import FlatRecord, Message, ProtocolError, kind_of
+
+
+class CommandKind(StrEnum):
+    """What the Job tells a node host."""
+
+    CONFIGURE = "configure"  # run a node of a job on this host: its AgentConfig
+    RESTART = "restart"  # restart the group now (reason user or membership, budget untouched)
+    SIGNAL = "signal"  # signal one of the node's workers (pid, signal)
+    KILL = "kill"  # SIGKILL the whole node at once
+    STOP = "stop"  # shut the node down as torch does on SIGTERM
+
+
+RESTART_REASONS = ("user", "membership")
+
+
+@dataclass(frozen=True)
+class Configure(Message):
+    kind: ClassVar[CommandKind] = CommandKind.CONFIGURE
+    config: AgentConfig
+
+    def body(self) -> dict[str, Any]:
+        return {"config": self.config.to_message()}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Configure:
+        body = message.get("config")
+        if not isinstance(body, dict):
+            raise ProtocolError("field 'config' must be an object")
+        return cls(AgentConfig.from_message(body))
+
+
+@dataclass(frozen=True)
+class Restart(FlatRecord, Message):
+    kind: ClassVar[CommandKind] = CommandKind.RESTART
+    reason: str
+
+    def __post_init__(self) -> None:
+        if self.reason not in RESTART_REASONS:
+            raise ProtocolError(f"restart reason must be one of {RESTART_REASONS}, "
+                                f"not {self.reason!r}")
+
+
+@dataclass(frozen=True)
+class Signal(FlatRecord, Message):
+    kind: ClassVar[CommandKind] = CommandKind.SIGNAL
+    pid: int
+    signal: str  # a name of signal.Signals, e.g. SIGKILL
+
+    def __post_init__(self) -> None:
+        if self.signal not in signal.Signals.__members__:
+            raise ProtocolError(f"unknown signal {self.signal!r}")
+
+
+@dataclass(frozen=True)
+class Kill(FlatRecord, Message):
+    kind: ClassVar[CommandKind] = CommandKind.KILL
+
+
+@dataclass(frozen=True)
+class Stop(FlatRecord, Message):
+    """Stop the node of job ``run_id`` (a stop that crossed that job's end must not stop the
+    next job on a warm host)."""
+
+    kind: ClassVar[CommandKind] = CommandKind.STOP
+    run_id: str
+
+
+Command = Configure | Restart | Signal | Kill | Stop
+COMMANDS: dict[CommandKind, Any] = {cls.kind: cls for cls in (Configure, Restart, Signal, Kill, Stop)}
+"""The dispatch table: each command kind and the record it parses into."""
+
+
+def parse_command(message: Any) -> Command:
+    """The typed record of one command message; ProtocolError if it is not one."""
+    return COMMANDS[kind_of(message, CommandKind, "command")].from_message(message)

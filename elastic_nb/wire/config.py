@@ -1,0 +1,79 @@
+"""What a node host is given to run one node of a job, and what each worker is given.
+
+``AgentConfig`` travels from the Job to a local host (``commands.Configure``)
+or is built by a node that joins from the join descriptor; ``from_message``
+checks every field, so a host never starts a job from a malformed
+configuration. ``JobContext`` is what the host hands each worker (through
+torch's process start) so that a worker forked from a warm forkserver takes
+on this job's environment, path and cwd, not an earlier job's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from elastic_nb.wire.options import BACKENDS, JobOptions
+from elastic_nb.wire.records import ProtocolError, checked_fields, decode_bytes, encode_bytes
+
+FORKSERVER_PRELOAD = ("torch", "torch.distributed", "elastic_nb.worker.trampoline")
+"""What a host's forkserver imports before it forks workers (the host starts it first)."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything a node host needs to run one node of a job.
+
+    ``payload`` is the cloudpickled function call the workers run.
+    """
+
+    node: int
+    role: str
+    nproc: int
+    payload: bytes
+    run_id: str
+    backend: str
+    endpoint: str
+    options: JobOptions
+    log_dir: str
+    local_addr: str | None
+    tee: bool = False
+    # a local host takes on the kernel's environment, sys.path and cwd for each job
+    env: dict[str, str] | None = None
+    sys_path: list[str] | None = None
+    cwd: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return {**asdict(self), "payload": encode_bytes(self.payload)}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> AgentConfig:
+        body = checked_fields(cls, message, "payload", "options")
+        if "payload" not in message or "options" not in message:
+            raise ProtocolError("AgentConfig message needs 'payload' and 'options'")
+        config = cls(**body, payload=decode_bytes(message["payload"]),
+                     options=JobOptions.from_message(message["options"]))
+        if config.nproc < 1 or config.node < 0:
+            raise ProtocolError(f"AgentConfig: node {config.node} with nproc {config.nproc}")
+        if config.backend not in BACKENDS:
+            raise ProtocolError(f"AgentConfig: unknown backend {config.backend!r}")
+        return config
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a worker takes from its agent at start: the job's environment, path and cwd."""
+
+    env: dict[str, str]
+    sys_path: list[str]
+    cwd: str
+    post_mortem: bool = False  # a rank whose function raises waits for a debugger first
+    post_mortem_timeout: float = 600.0
+
+    @classmethod
+    def of_this_process(cls, post_mortem: bool = False,
+                        post_mortem_timeout: float = 600.0) -> JobContext:
+        return cls(dict(os.environ), list(sys.path), os.getcwd(), post_mortem,
+                   post_mortem_timeout)

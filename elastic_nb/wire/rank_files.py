@@ -1,0 +1,60 @@
+"""What a rank leaves beside its logs for its node host and the kernel to read.
+
+A rank's directory (``attempt_N/<local_rank>/``, torch's layout) holds its
+stdout/stderr and error file, and these: ``stacks.txt`` (every thread's
+stack, appended on ``STACK_DUMP_SIGNAL``), the debugger's socket and, while
+the rank waits in its debugger, ``paused.json``: a ``PauseNotice`` that the
+node's agent reads back and reports to the Job. ``TORCH_VARS_KEY`` names the
+variables torch set for a rank, so the worker can rebuild its environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import asdict, dataclass
+
+from elastic_nb.wire.records import FlatRecord, ProtocolError
+
+STACK_DUMP_SIGNAL = signal.SIGUSR1
+STACKS_FILE = "stacks.txt"
+SOCKET_NAME = "debug.sock"
+NOTICE_NAME = "paused.json"
+PROMPT = "(Pdb) "  # the debugger's socket speaks pdb's own text; each answer ends with this
+TORCH_VARS_KEY = "ELASTIC_NB_TORCH_VARS"
+
+
+@dataclass(frozen=True)
+class PauseNotice(FlatRecord):
+    """Where a rank stopped in its debugger, and where its debugger listens."""
+
+    rank: int
+    pid: int
+    reason: str  # breakpoint or post_mortem
+    file: str
+    line: int
+    function: str
+    source: str  # the source line it stopped at
+    cell: int | None  # the notebook cell (execution count) that file is
+    exception: str | None  # post-mortem: the error, in one line
+    socket: str
+
+    def write(self, path: str) -> None:
+        """Replace the notice at ``path`` at once (a reader never sees half of it)."""
+        partial = f"{path}.partial"
+        with open(partial, "w") as out:
+            json.dump(asdict(self), out)
+        os.replace(partial, path)
+
+    @classmethod
+    def read(cls, path: str) -> PauseNotice:
+        """The notice at ``path``; OSError if there is none, ProtocolError if it is not one."""
+        with open(path) as source:
+            try:
+                data = json.load(source)
+            except ValueError as exc:
+                raise ProtocolError(f"{path} is not a pause notice: {exc}") from None
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{path} is not a pause notice")
+        return cls.from_message(data)

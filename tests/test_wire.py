@@ -1,0 +1,96 @@
+"""Everything else that crosses a process boundary is typed and checked at the edge:
+commands, the agent's configuration, the join descriptor and handshake, the pause notice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from elastic_nb.wire import commands
+from elastic_nb.wire.commands import CommandKind, parse_command
+from elastic_nb.wire.config import AgentConfig
+from elastic_nb.wire.join import JoinAccepted, JoinDescriptor, JoinRejected, JoinRequest, parse_reply, parse_request
+from elastic_nb.wire.options import JobOptions
+from elastic_nb.wire.rank_files import PauseNotice
+from elastic_nb.wire.records import ProtocolError
+
+OPTIONS = JobOptions(min_nodes=1, max_nodes=2, max_restarts=0, monitor_interval=0.1,
+                     exit_barrier_timeout=30.0, rdzv_timeout=120.0, start_method="spawn",
+                     log_line_prefix_template="[${rank}]:", master_addr=None, master_port=None,
+                     rdzv_configs={}, shutdown_timeout=5)
+CONFIG = AgentConfig(node=1, role="trainer", nproc=2, payload=b"\x80\x05N.", run_id="r1",
+                     backend="c10d", endpoint="127.0.0.1:1234", options=OPTIONS, log_dir="/tmp/x",
+                     local_addr=None, env={"A": "1"}, sys_path=["/p"], cwd="/")
+EVERY_COMMAND = [commands.Configure(CONFIG), commands.Restart(reason="user"),
+                 commands.Signal(pid=12, signal="SIGTERM"), commands.Kill(), commands.Stop(run_id="r1")]
+
+
+def wire(record) -> dict:
+    return json.loads(json.dumps(record.to_message()))
+
+
+def test_the_command_table_covers_every_command_kind():
+    assert set(commands.COMMANDS) == set(CommandKind)
+    assert {type(c) for c in EVERY_COMMAND} == set(commands.COMMANDS.values())
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=lambda c: c.kind.value)
+def test_every_command_round_trips_through_json(command):
+    assert parse_command(wire(command)) == command
+
+
+@pytest.mark.parametrize("message, complaint", [
+    ({"kind": "reboot"}, "unknown command kind 'reboot'"),
+    ({"kind": "restart", "reason": "because"}, "restart reason must be one of"),
+    ({"kind": "signal", "pid": 3, "signal": "SIGNOPE"}, "unknown signal 'SIGNOPE'"),
+    ({"kind": "signal", "pid": "3", "signal": "SIGTERM"}, "pid must be int"),
+    ({"kind": "stop"}, "no field 'run_id'"),
+    ({"kind": "configure", "config": []}, "'config' must be an object"),
+])
+def test_malformed_commands_are_protocol_errors(message, complaint):
+    with pytest.raises(ProtocolError, match=complaint):
+        parse_command(message)
+
+
+@pytest.mark.parametrize("change, complaint", [
+    ({"nproc": 0}, "nproc 0"),
+    ({"nproc": "2"}, "nproc must be int"),
+    ({"backend": "zookeeper"}, "unknown backend"),
+    ({"env": {"A": 1}}, "env must be dict"),
+    ({"payload": "not base64!"}, "not base64"),
+    ({"options": {**OPTIONS.to_message(), "max_restarts": -1}}, "max_restarts must be >= 0"),
+    ({"options": {**OPTIONS.to_message(), "start_method": "fork"}}, "start_method must be one of"),
+])
+def test_an_agent_config_is_checked_before_a_host_runs_it(change, complaint):
+    message = {**CONFIG.to_message(), **change}
+    with pytest.raises(ProtocolError, match=complaint):
+        AgentConfig.from_message(message)
+
+
+def test_the_join_descriptor_and_handshake_round_trip_and_are_checked():
+    descriptor = JoinDescriptor(b"payload", "127.0.0.1:4000", "t0k3n", OPTIONS)
+    assert JoinDescriptor.from_json(descriptor.to_json()) == descriptor
+    with pytest.raises(ProtocolError, match="job_address"):
+        JoinDescriptor.from_json(descriptor.to_json().replace("127.0.0.1:4000", "nowhere"))
+    with pytest.raises(ProtocolError, match="not JSON"):
+        JoinDescriptor.from_json("{")
+    request = JoinRequest(token="t", nproc=2, role="trainer", host="b")
+    assert parse_request(wire(request)) == request
+    with pytest.raises(ProtocolError, match="nproc must be an int >= 1"):
+        parse_request({**wire(request), "nproc": 0})
+    with pytest.raises(ProtocolError, match="expected a join request"):
+        parse_request(wire(JoinAccepted(node=1)))
+    assert parse_reply(wire(JoinAccepted(node=1))) == JoinAccepted(node=1)
+    assert parse_reply(wire(JoinRejected(reason="full"))) == JoinRejected(reason="full")
+
+
+def test_a_pause_notice_is_written_whole_and_read_back_checked(tmp_path):
+    notice = PauseNotice(rank=1, pid=9, reason="breakpoint", file="cell.py", line=3, function="f",
+                         source="x = 1", cell=7, exception=None, socket="/tmp/s")
+    path = str(tmp_path / "paused.json")
+    notice.write(path)
+    assert PauseNotice.read(path) == notice
+    (tmp_path / "paused.json").write_text('{"rank": 1}')
+    with pytest.raises(ProtocolError, match="no field"):
+        PauseNotice.read(path)
