@@ -107,10 +107,6 @@ class JobSnapshot:
         return self.failures[0] if self.failures else None
 
     @property
-    def node_statuses(self) -> dict[int, NodeStatus]:
-        return {n.index: n.status for n in self.nodes}
-
-    @property
     def live_nodes(self) -> list[int]:
         return [n.index for n in self.nodes if n.status.live]
 
