@@ -35,6 +35,7 @@ EVERY_REPORT = [
                     function="train", source="x += 1", cell=7, exception=None,
                     socket="/logs/1/debug.sock", observed_at=3.5),
     protocol.Resumed(rank=1, observed_at=4.0),
+    protocol.Heartbeat(),
 ]
 
 

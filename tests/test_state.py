@@ -413,3 +413,69 @@ def test_without_a_round_a_start_keeps_the_workers_of_nodes_that_finished():
         observed_at=T0 + 3, workers=(protocol.StartedWorker(0, 0, 0, 2, 2, 101, "/o", "/e", "/x"),),
         round=None), T0 + 3)
     assert sorted(state.workers) == [0, 1]
+
+
+def rendezvous(state: JobState, node: int, group_rank: int, nodes: int, world: int) -> None:
+    rules.apply(state, node, protocol.Rendezvous(group_rank, nodes, world, None, None), T0 + 1)
+
+
+def test_a_silent_node_is_lost_and_its_survivors_re_form_without_spending_the_budget():
+    state = job(1, 1)
+    for node in (0, 1):
+        rendezvous(state, node, node, 2, 2)
+        started(state, node, node)
+    events = rules.node_silent(state, 1, 5.2, T0 + 9)
+    assert [e.kind for e in events] == [EventKind.NODE_LOST]
+    assert events[0].detail == {"silent_for": 5.2, "host": "localhost"}
+    assert state.nodes[1].status == NodeStatus.LOST and "went silent" in state.nodes[1].error
+    assert state.workers[1].state == WorkerStatus.STOPPED and state.status == JobStatus.RUNNING
+    assert rules.survivors(state, 1) == [0]
+    assert rules.node_silent(state, 1, 9.0, T0 + 12) == []  # judged once
+    # its channel's end, when the fence closes it, changes nothing more
+    assert [e.kind for e in rules.node_gone(state, 1, -9, T0 + 13, "")] == [EventKind.NODE_EXITED]
+    assert state.nodes[1].status == NodeStatus.LOST
+
+
+def test_nobody_restarts_for_a_node_the_last_world_formed_without_or_while_re_forming():
+    state = job(1, 1, 1)
+    for node in (0, 1, 2):
+        rendezvous(state, node, node, 3, 3)
+        started(state, node, node)
+    rules.apply(state, 0, protocol.Restarting("membership", 0, 0, T0 + 2), T0 + 2)
+    assert rules.survivors(state, 2) == [1]  # node 0 re-forms already
+    for node, group_rank in ((0, 0), (1, 1)):
+        rendezvous(state, node, group_rank, 2, 2)  # a world of nodes 0 and 1
+    assert state.members == [0, 1] and rules.survivors(state, 2) == []
+
+
+def test_results_come_from_one_world_the_newest_that_returned():
+    """Node 0 finished in round 0 and waits in the exit barrier; node 1's rank failed and it
+    re-formed alone in round 1: its results replace node 0's, and a late report of round 0
+    adds none."""
+    state = job(1, 1)
+    rules.apply(state, 0, protocol.Succeeded(0, {0: b"world-2 rank 0"}, round=0), T0 + 2)
+    assert state.results == {0: b"world-2 rank 0"}
+    rules.apply(state, 1, protocol.Succeeded(0, {0: b"world-1 rank 0"}, round=1), T0 + 5)
+    assert state.results == {0: b"world-1 rank 0"} and state.results_round == 1
+    rules.apply(state, 0, protocol.Succeeded(0, {1: b"late, round 0"}, round=0), T0 + 6)
+    assert state.results == {0: b"world-1 rank 0"}
+    assert state.status == JobStatus.SUCCEEDED
+
+
+def test_freeze_thaw_and_slow_are_events_on_running_ranks_only():
+    state = job(2)
+    started(state, 0, 0)
+    assert [e.kind for e in rules.rank_frozen(state, 1, True, T0 + 2)] == [EventKind.FROZEN]
+    assert state.workers[1].frozen and rules.rank_frozen(state, 1, True, T0 + 2) == []
+    assert [e.kind for e in rules.rank_frozen(state, 1, False, T0 + 3)] == [EventKind.THAWED]
+    events = rules.node_frozen(state, 0, True, T0 + 4)
+    assert events[0].kind == EventKind.FROZEN and events[0].node == 0 and events[0].rank is None
+    assert all(w.frozen for w in state.workers.values()) and state.nodes[0].frozen
+    assert rules.rank_slowed(state, 0, 0.25, T0 + 5)[0].detail["fraction"] == 0.25
+    assert state.workers[0].slowed == 0.25
+    rules.rank_slowed(state, 0, 1, T0 + 6)
+    assert state.workers[0].slowed is None
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
+        rules.rank_slowed(state, 0, 1.5, T0 + 7)
+    with pytest.raises(ValueError, match="rank 5 is not running"):
+        rules.rank_frozen(state, 5, True, T0 + 7)

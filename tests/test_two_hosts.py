@@ -16,6 +16,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -38,9 +40,11 @@ def hosts():
 
 
 def run_scenario(hosts: TwoHosts, scenario: str, backend: str, log_dir: Path):
-    """Run the notebook side on A and a joined node on B; (the notebook's facts, the joiner)."""
+    """Run the notebook side on A and a joined node on B; (the notebook's facts, the joiner's
+    exit code, output, error output and when it exited)."""
     notebook = subprocess.Popen(
-        hosts.a.command(sys.executable, str(DRIVER), scenario, backend, hosts.a.address),
+        hosts.a.command(sys.executable, str(DRIVER), scenario, backend, hosts.a.address,
+                        hosts.b.namespace, hosts.b.interface),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     joiner = None
     try:
@@ -53,12 +57,15 @@ def run_scenario(hosts: TwoHosts, scenario: str, backend: str, log_dir: Path):
                             "--nproc", "1", "--local-addr", hosts.b.address,
                             "--log-dir", str(log_dir)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        exited_at: list[float] = []
+        threading.Thread(target=lambda: exited_at.append((joiner.wait(), time.time())[1]),
+                         daemon=True).start()
         out, err = notebook.communicate(timeout=240)
         result = next((line for line in out.splitlines() if line.startswith("RESULT ")), None)
         assert result, f"no RESULT from the notebook side; stderr:\n{err[-4000:]}"
         facts = json.loads(result[len("RESULT "):])
         joined_out, joined_err = joiner.communicate(timeout=60)
-        return facts, (joiner.returncode, joined_out, joined_err)
+        return facts, (joiner.returncode, joined_out, joined_err, exited_at[0])
     finally:
         for proc in (notebook, joiner):
             if proc is not None and proc.poll() is None:
@@ -81,7 +88,7 @@ def backend(rdzv) -> str:
 @pytest.mark.slow
 @pytest.mark.backends("c10d", "etcd3")
 def test_a_node_on_another_host_returns_its_results(hosts, backend, tmp_path):
-    facts, (code, out, err) = run_scenario(hosts, "results", backend, tmp_path)
+    facts, (code, out, err, _) = run_scenario(hosts, "results", backend, tmp_path)
     assert facts["state"] == "succeeded"
     [remote] = facts["remote_ranks"]
     local = 1 - remote
@@ -101,7 +108,7 @@ def test_a_node_on_another_host_returns_its_results(hosts, backend, tmp_path):
 @pytest.mark.slow
 @pytest.mark.backends("c10d", "etcd3")
 def test_killing_the_remote_node_makes_the_local_one_re_form(hosts, backend, tmp_path):
-    facts, (code, _, _) = run_scenario(hosts, "kill_node", backend, tmp_path)
+    facts, (code, _, _, _) = run_scenario(hosts, "kill_node", backend, tmp_path)
     assert facts["state"] == "succeeded"
     assert "world 2" in facts["remote_logs"]
     assert facts["results"] == {"0": {"world_size": 1, "restart_count": 0}}
@@ -120,10 +127,31 @@ def test_killing_the_remote_node_makes_the_local_one_re_form(hosts, backend, tmp
 @pytest.mark.slow
 @pytest.mark.backends("c10d", "etcd3")
 def test_stop_reaches_the_node_on_another_host(hosts, backend, tmp_path):
-    facts, (code, _, _) = run_scenario(hosts, "stop", backend, tmp_path)
+    facts, (code, _, _, _) = run_scenario(hosts, "stop", backend, tmp_path)
     assert facts["state"] == "stopped"
     assert "tick 3" in facts["remote_logs"]
     assert set(facts["nodes"].values()) == {"stopped"}
     assert code != 0  # stopped, not finished
     assert facts["took"] < BOUND
     print(f"TWO-HOSTS {backend:<6} stop -> both hosts stopped in {facts['took']:.2f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.backends("c10d", "etcd3")
+def test_a_partition_is_a_lost_node_on_one_side_and_a_departure_on_the_other(hosts, backend,
+                                                                               tmp_path):
+    """The link to host B goes down mid-collective (no FIN, no RST): A declares B's node lost
+    after liveness_timeout and re-forms alone; B hears nothing from the Job, says so, stops
+    its workers and exits non-zero. The link comes back after A re-formed: nothing changes."""
+    facts, (code, _, err, exited_at) = run_scenario(hosts, "link_down", backend, tmp_path)
+    remote = 1 - facts["local"]
+    assert facts["state"] == "succeeded" and facts["nodes"][str(remote)] == "lost"
+    # lost by its silence, or by its channel's end once the link is back (B has left by then)
+    assert facts["lost"] in ([], [remote])
+    assert list(facts["results"]) == ["0"] and facts["results"]["0"]["world_size"] == 1
+    membership = [e for e in facts["events"] if e[0] == "restarting"]
+    assert membership and all(reason == "membership" for _, _, reason in membership)
+    assert code != 0 and "lost contact with the job at 192.0.2.1:" in err
+    assert facts["reformed_after"] < 15 and exited_at - facts["cut_at"] < 15
+    print(f"TWO-HOSTS {backend:<6} link down -> A re-formed in {facts['reformed_after']:.2f} s, "
+          f"B left in {exited_at - facts['cut_at']:.2f} s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+import psutil
 import pytest
 import scenarios
 from util import running_workers, wait_until
@@ -275,7 +276,7 @@ def test_the_debug_console_drives_pdb_in_a_paused_rank_without_blocking_the_kern
     wait_until(lambda: not dashboard.debug_button(0).disabled if 0 in dashboard.tile_ranks()
                else False, timeout=60, what="rank 0's debug button enabled")
     assert dashboard.debug_button(1).disabled, "only a paused rank can be debugged"
-    assert "paused at scenarios.py:" in dashboard._tile_widgets[0][0].value
+    assert "paused at scenarios.py:" in dashboard._tile_widgets[0].body.value
     dashboard.debug_button(0).click()
     wait_until(lambda: "-&gt; value += 1" in dashboard.debug_area.value, timeout=30,
                what="pdb's first words in the console")
@@ -289,3 +290,35 @@ def test_the_debug_console_drives_pdb_in_a_paused_rank_without_blocking_the_kern
     assert job.result(timeout=60) == {0: 1, 1: 10}
     wait_until(lambda: "rank 0 continues" in dashboard.debug_area.value, timeout=30,
                what="the end of the session in the console")
+
+
+def test_freeze_thaw_slow_and_freeze_node_buttons_call_the_job(board):
+    job = enb.launch(scenarios.wait_forever, nodes=[enb.Node(1), enb.Node(1)], min_nodes=1,
+                     max_nodes=2, liveness_timeout=3)
+    dashboard = board(job)
+    running_workers(job, 2, attempt=0)
+    dashboard.render()
+    dashboard.freeze_button(1).click()
+    job.wait_until(lambda: [e.rank for e in job.events if e.kind == "frozen"] == [1], timeout=10,
+                   what="rank 1 frozen")
+    wait_until(lambda: psutil.Process(job.workers[1].pid).status() == psutil.STATUS_STOPPED,
+               timeout=10, what="rank 1's process stopped")
+    dashboard.render()
+    assert "frozen" in dashboard._tile_widgets[1].body.value
+    assert dashboard.freeze_button(1).description == "thaw"
+    dashboard.freeze_button(1).click()
+    job.wait_until(lambda: "thawed" in [e.kind for e in job.events], timeout=10, what="thawed")
+    dashboard.speed.value = 0.25
+    dashboard.slow_button(0).click()
+    job.wait_until(lambda: job.snapshot().workers[0].slowed == 0.25, timeout=10, what="rank 0 slowed")
+    dashboard.render()
+    assert "slowed to 25%" in dashboard._tile_widgets[0].body.value
+    assert dashboard.slow_button(0).description == "full speed"
+    dashboard.slow_button(0).click()
+    job.wait_until(lambda: job.snapshot().workers[0].slowed is None, timeout=10, what="full speed")
+    dashboard.node.value = 1
+    dashboard.freeze_node_button.click()
+    # left frozen, the node is lost after the liveness timeout: the survivor re-forms alone
+    job.wait_until(lambda: job.nodes[1] == "lost", timeout=30, what="node 1 lost")
+    running_workers(job, 1, attempt=1)
+    assert [e.kind for e in job.events].count("node_lost") == 1

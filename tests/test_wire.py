@@ -23,7 +23,8 @@ CONFIG = AgentConfig(node=1, role="trainer", nproc=2, payload=b"\x80\x05N.", run
                      backend="c10d", endpoint="127.0.0.1:1234", options=OPTIONS, log_dir="/tmp/x",
                      local_addr=None, env={"A": "1"}, sys_path=["/p"], cwd="/")
 EVERY_COMMAND = [commands.Configure(CONFIG), commands.Restart(reason="user"),
-                 commands.Signal(pid=12, signal="SIGTERM"), commands.Kill(), commands.Stop(run_id="r1")]
+                 commands.Signal(pid=12, signal="SIGTERM"), commands.Kill(), commands.Stop(run_id="r1"),
+                 commands.Heartbeat(), commands.Slow(pid=12, fraction=0.25), commands.Freeze(frozen=True)]
 
 
 def wire(record) -> dict:
@@ -47,6 +48,8 @@ def test_every_command_round_trips_through_json(command):
     ({"kind": "signal", "pid": "3", "signal": "SIGTERM"}, "pid must be int"),
     ({"kind": "stop"}, "no field 'run_id'"),
     ({"kind": "configure", "config": []}, "'config' must be an object"),
+    ({"kind": "slow", "pid": 3, "fraction": 0}, "must be in \\(0, 1\\]"),
+    ({"kind": "freeze", "frozen": "yes"}, "frozen must be bool"),
 ])
 def test_malformed_commands_are_protocol_errors(message, complaint):
     with pytest.raises(ProtocolError, match=complaint):

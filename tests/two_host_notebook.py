@@ -14,12 +14,16 @@ Scenarios:
 * ``kill_node``: min 1, max 2 nodes; once the remote node runs, it is killed;
   the local node re-forms a world of 1 and returns.
 * ``stop``: a world of 2 ticks until ``job.stop()``.
+* ``link_down``: as ``kill_node``, but the other host's link goes down (no FIN,
+  no RST: ``ip link set ... down`` on host B's end of the veth pair); once the
+  local node re-formed alone, the link comes back up.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,7 +85,11 @@ def remote_ranks(job: enb.Job) -> list[int]:
     return sorted(w.rank for w in job.snapshot().workers if not w.local)
 
 
-def main(scenario: str, backend: str, listen_addr: str) -> None:
+def set_link(namespace: str, interface: str, state: str) -> None:
+    subprocess.run(["ip", "-n", namespace, "link", "set", interface, state], check=True)
+
+
+def main(scenario: str, backend: str, listen_addr: str, *link: str) -> None:
     server = None
     options: dict = {"backend": backend, "listen_addr": listen_addr, "start_method": "forkserver",
                      "rdzv_timeout": 90}
@@ -91,7 +99,7 @@ def main(scenario: str, backend: str, listen_addr: str) -> None:
     try:
         if scenario == "results":
             job = enb.launch(where, nproc=1, min_nodes=2, max_nodes=2, **options)
-        elif scenario == "kill_node":
+        elif scenario in ("kill_node", "link_down"):
             mark = os.path.join(tempfile.mkdtemp(), "saw-two")
             job = enb.launch(grow_then_shrink, mark, nproc=1, min_nodes=1, max_nodes=2,
                              max_restarts=0, **options)
@@ -99,7 +107,7 @@ def main(scenario: str, backend: str, listen_addr: str) -> None:
             job = enb.launch(tick, nproc=1, min_nodes=2, max_nodes=2, **options)
         emit("JOIN", {"backend": job.backend, "endpoint": job.endpoint, "run_id": job.run_id})
         try:
-            facts = drive(job, scenario)
+            facts = drive(job, scenario, link)
         finally:
             job.stop()
         facts.update(state=str(job.state), nodes={i: str(s) for i, s in job.nodes.items()},
@@ -111,7 +119,7 @@ def main(scenario: str, backend: str, listen_addr: str) -> None:
             server.stop()
 
 
-def drive(job: enb.Job, scenario: str) -> dict:
+def drive(job: enb.Job, scenario: str, link: tuple[str, ...] = ()) -> dict:
     job.wait_until(lambda: remote_ranks(job), timeout=120, what="the remote node's ranks")
     ranks = remote_ranks(job)
     facts: dict = {"remote_ranks": ranks}
@@ -126,6 +134,20 @@ def drive(job: enb.Job, scenario: str) -> dict:
         job.kill_node(remote_node(job))
         facts["results"] = job.result(timeout=120)
         facts["took"] = job.snapshot().finished_at - struck
+    elif scenario == "link_down":
+        job.wait_until(lambda: "world 2" in job.logs(rank=ranks[0]), timeout=120,
+                       what="the remote rank stepping in a world of 2")
+        facts["cut_at"] = struck = time.time()
+        set_link(*link, "down")
+        local = next(n.index for n in job.snapshot().nodes if n.local)
+        job.wait_until(lambda: any(e.kind == "membership_changed" and e.detail["nodes"] == 1
+                                   for e in job.events), timeout=60, what="a world of 1 on this host")
+        facts["reformed_after"] = time.time() - struck
+        set_link(*link, "up")  # the far side comes back after the survivors re-formed
+        facts["results"] = job.result(timeout=120)
+        facts["took"] = job.snapshot().finished_at - struck
+        facts["lost"] = [e.node for e in job.events if e.kind == "node_lost"]
+        facts["local"] = local
     else:
         job.wait_until(lambda: "tick 3" in job.logs(rank=ranks[0]), timeout=120,
                        what="the remote rank ticking")
@@ -137,4 +159,4 @@ def drive(job: enb.Job, scenario: str) -> dict:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:])

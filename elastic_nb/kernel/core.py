@@ -70,9 +70,21 @@ class JobCore:
         with self.lock:
             self.gate.open_if_ready()
             self.logs.retire(index)
+            was_live = self.state.nodes[index].status.live
             self.apply(rules.node_gone(self.state, index, returncode, time.time(), where))
-            if self.state.nodes[index].status == NodeStatus.LOST:
+            if was_live and self.state.nodes[index].status == NodeStatus.LOST:
                 self.restart_survivors(index)
+
+    def node_silent(self, index: int, silent_for: float) -> None:
+        """The node sent nothing for its liveness timeout: lost; the others re-form first,
+        then it is fenced (its channel's end, when it comes, changes nothing more)."""
+        with self.lock:
+            events = rules.node_silent(self.state, index, silent_for, time.time())
+            if not events:
+                return
+            self.apply(events)
+            self.restart_survivors(index)
+        self.nodes[index].fence()
 
     def protocol_error(self, index: int, error: ProtocolError) -> None:
         """A node broke the protocol: an agent error for it; a joined node is dropped."""

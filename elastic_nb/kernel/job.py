@@ -11,6 +11,7 @@ What it reads (properties, the snapshot, logs, displays) is its base,
 from __future__ import annotations
 
 import atexit
+import signal
 import time
 import weakref
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from elastic_nb.model.errors import JobFailed
 from elastic_nb.model.plan import JobPlan, Node
 from elastic_nb.model.state import JobStatus
 from elastic_nb.rendezvous import embedded
-from elastic_nb.wire.commands import Restart
+from elastic_nb.wire.commands import Restart, Slow
 
 _live_jobs: weakref.WeakSet[Job] = weakref.WeakSet()
 
@@ -55,6 +56,9 @@ class Job(JobView):
     Commands:
         ``kill(rank, sig)``, ``kill_node(i)``, ``add_node(Node)``, ``restart()``,
         ``stacks()``, ``stop()``.
+    Silent faults:
+        ``freeze(rank)``, ``freeze_node(i)``, ``thaw(rank)`` / ``thaw(node=i)``,
+        ``slow(rank, fraction)``.
     Debugging a paused rank:
         ``debug(rank)`` (blocking: pdb through ``input()``), ``debug_session(rank)``.
     Observing:
@@ -160,6 +164,51 @@ class Job(JobView):
             self._core.restart_survivors(index)  # first: their workers must not fail on the lost peer
             node = self._core.nodes[index]
         node.kill()
+
+    def freeze(self, rank: int) -> None:
+        """Stop one rank (SIGSTOP): a rank that makes no progress, its peers wait in their
+        collectives (``collective_timeout`` bounds that); ``thaw(rank)`` continues it."""
+        self._freeze_rank(rank, True)
+
+    def freeze_node(self, index: int) -> None:
+        """Freeze a whole node, host and workers, as a machine that hangs: it goes silent, and
+        left frozen it is lost after ``liveness_timeout`` (the others re-form without it)."""
+        with self._lock:
+            events = rules.node_frozen(self._state, index, True, time.time())
+            pids = [w.pid for w in self._state.workers.values() if w.node == index]
+            self._core.nodes[index].freeze(True, pids)
+            self._core.apply(events)
+
+    def thaw(self, rank: int | None = None, node: int | None = None) -> None:
+        """Continue a frozen rank (``thaw(rank)``) or node (``thaw(node=i)``)."""
+        if (rank is None) == (node is None):
+            raise ValueError("thaw a rank, job.thaw(3), or a node, job.thaw(node=1)")
+        if rank is not None:
+            self._freeze_rank(rank, False)
+            return
+        with self._lock:
+            assert node is not None
+            events = rules.node_frozen(self._state, node, False, time.time())
+            pids = [w.pid for w in self._state.workers.values() if w.node == node]
+            self._core.nodes[node].freeze(False, pids)
+            self._core.apply(events)
+
+    def slow(self, rank: int, fraction: float) -> None:
+        """Make rank ``rank`` a straggler that runs ``fraction`` of its speed (0.25: a quarter)
+        by stopping and continuing it; ``slow(rank, 1)`` gives it its full speed back."""
+        with self._lock:
+            events = rules.rank_slowed(self._state, rank, fraction, time.time())
+            worker = self._state.workers[rank]
+            self._core.nodes[worker.node].send(Slow(pid=worker.pid, fraction=float(fraction)))
+            self._core.apply(events)
+
+    def _freeze_rank(self, rank: int, frozen: bool) -> None:
+        with self._lock:
+            events = rules.rank_frozen(self._state, rank, frozen, time.time())
+            worker = self._state.workers[rank]
+            self._core.nodes[worker.node].signal(worker.pid,
+                                                 signal.SIGSTOP if frozen else signal.SIGCONT)
+            self._core.apply(events)
 
     def add_node(self, node: Node) -> int:
         """Start another agent that joins at the next rendezvous round; its node index.

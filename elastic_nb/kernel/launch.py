@@ -44,6 +44,8 @@ def launch(
     keep_warm: float | None = None,
     post_mortem: bool = False,
     post_mortem_timeout: float = 600,
+    liveness_timeout: float = 5.0,
+    collective_timeout: float | None = None,
     **kwargs: Any,
 ) -> Job:
     """Start ``fn(*args, **kwargs)`` on every rank of a new elastic job; return its Job at once.
@@ -63,6 +65,12 @@ def launch(
     ``post_mortem=True`` a rank whose function raises waits (at most
     ``post_mortem_timeout`` seconds) for ``job.debug`` at the failing frame,
     then fails with its error as it would have.
+
+    A node silent for ``liveness_timeout`` seconds (frozen, partitioned) is
+    lost: the others re-form without it and it is fenced. ``collective_timeout``
+    bounds every collective of the ranks' process groups (unless a group sets
+    its own ``timeout=``), so a stuck all-reduce fails and the restart policy
+    applies instead of waiting torch's 30 minutes.
     """
     given = launch_options.collect(locals())
     if keep_warm is None:

@@ -31,7 +31,7 @@ from elastic_nb.model.plan import JobPlan
 from elastic_nb.model.state import WorkerInfo
 from elastic_nb.rendezvous import network
 from elastic_nb.wire.channel import Channel
-from elastic_nb.wire.commands import Command, Configure, Kill, Signal
+from elastic_nb.wire.commands import Command, Configure, Freeze, Kill, Signal
 from elastic_nb.wire.config import AgentConfig
 from elastic_nb.wire.logfiles import LogSource
 from elastic_nb.wire.reports import Log, NodeDone, Paused
@@ -72,6 +72,10 @@ class NodeHandle(ABC):
     def host_ready(self) -> None:
         self.booting = False
 
+    def held(self) -> bool:
+        """Up, and waiting for its configuration at the launch gate (it has nothing to say)."""
+        return False
+
     @abstractmethod
     def signal(self, pid: int, signum: signal.Signals) -> None: ...
 
@@ -82,6 +86,15 @@ class NodeHandle(ABC):
     @abstractmethod
     def abandon(self) -> None:
         """The node did not stop when asked: end it, or let go of it."""
+
+    @abstractmethod
+    def fence(self) -> None:
+        """The node went silent and is lost: make sure nothing of it acts on the job again
+        (a frozen process killed, a joined node told to leave and cut off)."""
+
+    @abstractmethod
+    def freeze(self, frozen: bool, worker_pids: list[int]) -> None:
+        """Stop (or continue) the whole node, as a machine that freezes: it goes silent."""
 
     @abstractmethod
     def follow(self, sources: list[LogSource], logs: JobLogs) -> None:
@@ -150,6 +163,9 @@ class LocalNode(NodeHandle):
     def pid(self) -> int:
         return self.agent.pid
 
+    def held(self) -> bool:
+        return self._config is not None and not self.booting
+
     def send_config(self) -> None:
         config, self._config = self._config, None
         if config is not None:
@@ -163,6 +179,18 @@ class LocalNode(NodeHandle):
 
     def abandon(self) -> None:
         host_pool.POOL.discard(self.agent)  # the pump sees its channel end
+
+    def fence(self) -> None:
+        host_pool.POOL.discard(self.agent)  # SIGKILL ends a stopped process too
+
+    def freeze(self, frozen: bool, worker_pids: list[int]) -> None:
+        sig = signal.SIGSTOP if frozen else signal.SIGCONT
+        try:
+            os.killpg(self.agent.pid, sig)  # the host, its forkserver and its workers
+        except ProcessLookupError:
+            pass
+        for pid in worker_pids:
+            send_signal(pid, sig)
 
     def follow(self, sources: list[LogSource], logs: JobLogs) -> None:
         logs.follow_files(sources)
@@ -213,6 +241,12 @@ class JoinedNode(NodeHandle):
 
     def abandon(self) -> None:
         self.channel.shutdown()  # unresponsive: it stops when it loses us
+
+    def fence(self) -> None:
+        self.channel.shutdown()  # its late reports are never read; it leaves when it reads the end
+
+    def freeze(self, frozen: bool, worker_pids: list[int]) -> None:
+        self.send(Freeze(frozen=frozen))
 
     def follow(self, sources: list[LogSource], logs: JobLogs) -> None:
         logs.expect_lines(sources)

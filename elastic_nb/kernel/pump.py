@@ -5,13 +5,17 @@ It waits on all channels at once (a selector), parses what arrives
 most go to the state rules (``model.rules``) under the job's lock, a host's
 readiness to the launch gate, a host's last report and a channel's end to
 ``JobCore.node_gone``, log lines and new log sources to the node's handle.
-Between reads it tails local log files. It ends once the job is done and
-every channel has closed, after reading every file to its end.
+Between reads it tails local log files and keeps the nodes' liveness: it
+sends each node a heartbeat a few times per ``liveness_timeout``, and a node
+it heard from once and then not for ``liveness_timeout`` seconds is lost
+(``JobCore.node_silent``). It ends once the job is done and every channel
+has closed, after reading every file to its end.
 """
 
 from __future__ import annotations
 
 import queue
+import select
 import selectors
 import socket
 import threading
@@ -23,11 +27,14 @@ from elastic_nb.kernel.core import JobCore
 from elastic_nb.kernel.nodes import NodeHandle
 from elastic_nb.model import rules
 from elastic_nb.model.state import NodeStatus
+from elastic_nb.wire.commands import Heartbeat
 from elastic_nb.wire.logfiles import started_sources
+from elastic_nb.wire.options import heartbeat_interval
 from elastic_nb.wire.records import ProtocolError
 from elastic_nb.wire.reports import HostReady, Log, NodeDone, Report, ReportKind, Started, parse_report
 
 POLL_INTERVAL = 0.05
+BOOT_GRACE = 20.0  # seconds a new host may take to start (torch imported) before it is judged
 
 
 class Pump:
@@ -45,12 +52,19 @@ class Pump:
         self._wakeup_r, self._wakeup_w = socket.socketpair()
         self._selector.register(self._wakeup_r, selectors.EVENT_READ, None)
         self._added: queue.SimpleQueue[NodeHandle] = queue.SimpleQueue()
+        self._timeout = core.plan.options.liveness_timeout
+        self._beat_every = heartbeat_interval(self._timeout)
+        self._last_beat = 0.0
+        self._heard: dict[int, float] = {}  # node -> when it last sent anything (monotonic)
         self._thread = threading.Thread(target=self._loop, name=f"elastic_nb-{core.run_id}",
                                         daemon=True)
         core.wake = self.wake
 
     def watch(self, node: NodeHandle) -> None:
+        """Read this node's channel from now on, and judge its liveness: a new host has
+        ``BOOT_GRACE`` more to say its first word (it imports torch first)."""
         self._added.put(node)
+        self._heard[node.index] = time.monotonic() + (BOOT_GRACE if node.booting else 0.0)
         self.wake()
 
     def start(self) -> None:
@@ -85,6 +99,7 @@ class Pump:
                     else:
                         self._read(key.data)
                 core.logs.poll()
+                self._keep_liveness()
                 with core.lock:
                     if core.state.done:
                         self._reap_exited()
@@ -108,7 +123,9 @@ class Pump:
             self._core.protocol_error(index, exc)
             return
         except ConnectionError:
-            reports, ended = [], True
+            messages, reports, ended = [], [], True
+        if messages:
+            self._heard[index] = time.monotonic()
         for report in reports:
             HANDLERS[report.kind](self, index, report)
         if ended:
@@ -116,11 +133,32 @@ class Pump:
             self._core.node_gone(index)
 
     def _unwatch(self, node: NodeHandle) -> bool:
+        self._heard.pop(node.index, None)
         try:
             self._selector.unregister(node.channel.socket)
         except (KeyError, ValueError):
             return False
         return True
+
+    def _keep_liveness(self) -> None:
+        """Beat to every node; a node silent past the liveness timeout is lost."""
+        now = time.monotonic()
+        if now - self._last_beat >= self._beat_every:
+            self._last_beat = now
+            for index in list(self._heard):
+                self._core.nodes[index].send(Heartbeat())
+        with self._core.lock:
+            for index in self._heard:
+                if self._core.nodes[index].held():  # silent until it is configured
+                    self._heard[index] = now
+            nodes = self._core.state.nodes
+            silent = [(i, now - t) for i, t in self._heard.items()
+                      if now - t > self._timeout and nodes[i].status.live and not nodes[i].stopping]
+        for index, seconds in silent:
+            if select.select([self._core.nodes[index].channel.socket], [], [], 0)[0]:
+                continue  # it did speak: this thread was late to read it
+            self._heard.pop(index, None)
+            self._core.node_silent(index, seconds)
 
     def _reap_exited(self) -> None:
         """A local host that exited without its channel saying so is gone too."""
@@ -185,5 +223,6 @@ HANDLERS: dict[ReportKind, Callable[[Pump, int, Any], None]] = {
     ReportKind.LOG: Pump._lines,
     ReportKind.HOST_READY: Pump._host_ready,
     ReportKind.NODE_DONE: Pump._node_done,
+    ReportKind.HEARTBEAT: lambda pump, index, report: None,  # heard: that is all it says
 }
 """How the pump acts on each report kind (every kind of ``wire.reports``)."""

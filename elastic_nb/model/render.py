@@ -31,19 +31,20 @@ class TileState(StrEnum):
     RESTARTING = "restarting"
     RESTARTED = "restarted"  # running again, in a later attempt
     PAUSED = "paused"  # waiting in its debugger
+    FROZEN = "frozen"  # stopped by job.freeze (or its node's freeze)
     FAILED = "failed"
     DONE = "done"
     STOPPED = "stopped"
 
     @property
     def killable(self) -> bool:
-        return self in (TileState.RUNNING, TileState.RESTARTED, TileState.PAUSED)
+        return self in (TileState.RUNNING, TileState.RESTARTED, TileState.PAUSED, TileState.FROZEN)
 
 
 TILE_COLORS = {
     TileState.PENDING: "#95a5a6", TileState.RUNNING: "#27ae60", TileState.RESTARTING: "#e67e22",
     TileState.RESTARTED: "#16a085", TileState.FAILED: "#c0392b", TileState.DONE: "#2471a3",
-    TileState.STOPPED: "#566573", TileState.PAUSED: "#8e44ad",
+    TileState.STOPPED: "#566573", TileState.PAUSED: "#8e44ad", TileState.FROZEN: "#2e86c1",
 }
 
 
@@ -65,6 +66,7 @@ class Tile:
     silent_for: float | None
     hung: bool
     paused_at: str | None = None  # "cell 7, line 4": it waits for job.debug(rank)
+    slowed: float | None = None  # runs at this fraction of its speed (job.slow)
 
 
 @dataclass(frozen=True)
@@ -111,12 +113,13 @@ def tiles(snap: JobSnapshot, now: float, hung_after: float = 10.0,
     hung = hung_ranks(silent, hung_after, hung_factor)
     result = []
     for w in snap.workers:
-        state = tile_state(w.state, w.attempt)
+        state = TileState.FROZEN if w.frozen and w.state.alive else tile_state(w.state, w.attempt)
         result.append(Tile(
             rank=w.rank, node=w.node, host=None if w.local else w.host, role=w.role, state=state,
             color=TILE_COLORS[state], pid=w.pid, restart_count=w.restart_count,
             attempt=w.attempt, cpu_percent=w.cpu_percent, rss=w.rss,
-            silent_for=silent.get(w.rank), hung=w.rank in hung, paused_at=w.paused_at))
+            silent_for=silent.get(w.rank), hung=w.rank in hung and not w.frozen,
+            paused_at=w.paused_at, slowed=w.slowed))
     return result
 
 
@@ -211,6 +214,14 @@ def tile_html(t: Tile) -> str:
     if t.paused_at is not None:
         hung = (f"<br><span class='enb-paused-at'>paused at {html.escape(t.paused_at)}</span>"
                 f" &nbsp; <code>job.debug({t.rank})</code>")
+    if t.slowed is not None:
+        hung += f" <span class='enb-slowed'>slowed to {t.slowed:.0%}</span>"
+    if t.silent_for is not None:
+        last = f"last output {seconds_text(t.silent_for)} ago"
+    elif t.state == TileState.PAUSED:
+        last = "waiting for its debugger"
+    else:
+        last = "&nbsp;"
     return (
         f"<div class='enb-tile enb-{t.state}' data-rank='{t.rank}' style='border-left:6px solid {t.color};"
         f"padding:2px 6px;font-family:monospace;font-size:12px;line-height:1.35'>"
@@ -218,7 +229,7 @@ def tile_html(t: Tile) -> str:
         f"{where}<br>pid {t.pid if t.pid is not None else '-'} &nbsp; attempt {t.attempt} "
         f"&nbsp; restarts {t.restart_count}<br>"
         f"cpu {cpu} &nbsp; rss {megabytes_text(t.rss)}<br>"
-        f"last output {seconds_text(t.silent_for)} ago</div>")
+        f"{last}</div>")
 
 
 def job_html(snap: JobSnapshot) -> str:

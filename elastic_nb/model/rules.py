@@ -179,7 +179,15 @@ def _on_restarting(state: JobState, node: NodeState, msg: protocol.Restarting, n
 
 
 def _on_succeeded(state: JobState, node: NodeState, msg: protocol.Succeeded, now: float) -> None:
+    """A node's results count only if they are of the newest world that returned any: a
+    node that re-formed alone after its peers finished replaces their results, and a late
+    report of an older world adds none. Results never mix worlds."""
     node.status = NodeStatus.SUCCEEDED
+    if msg.round is not None and state.results_round is not None and msg.round != state.results_round:
+        if msg.round < state.results_round:
+            return  # an older world's: the newer world's results stand
+        state.results.clear()
+    state.results_round = msg.round if msg.round is not None else state.results_round
     state.results.update(msg.return_values)
     for worker in _workers_of(state, node.index):
         worker.state = WorkerStatus.SUCCEEDED
@@ -290,13 +298,19 @@ def node_gone(state: JobState, index: int, returncode: int | None, now: float,
     return state.events[before:]
 
 
-def rank_killed(state: JobState, rank: int, signal_name: str, now: float) -> list[Event]:
-    """The user signals a rank; ValueError if it is not running."""
+def running_worker(state: JobState, rank: int) -> WorkerInfo:
+    """The worker of ``rank`` if its process runs; ValueError naming the running ranks if not."""
     worker = state.workers.get(rank)
     if worker is None or not worker.state.alive:
         running = sorted(r for r, w in state.workers.items() if w.state.alive)
         status = worker.state if worker else "unknown"
         raise ValueError(f"rank {rank} is not running (state: {status}); running ranks: {running}")
+    return worker
+
+
+def rank_killed(state: JobState, rank: int, signal_name: str, now: float) -> list[Event]:
+    """The user signals a rank; ValueError if it is not running."""
+    worker = running_worker(state, rank)
     worker.killed_at = now
     return [state.record(now, EventKind.KILLED, node=worker.node, rank=rank,
                          detail={"signal": signal_name, "pid": worker.pid})]
@@ -311,6 +325,64 @@ def node_killed(state: JobState, index: int, now: float) -> list[Event]:
                          f"live nodes: {state.live_nodes()}")
     node.status = NodeStatus.KILLED
     return [state.record(now, EventKind.NODE_KILLED, node=index, detail={"host": node.host})]
+
+
+def rank_frozen(state: JobState, rank: int, frozen: bool, now: float) -> list[Event]:
+    """The user freezes (SIGSTOP) or thaws a rank; ValueError if it is not running."""
+    worker = running_worker(state, rank)
+    if worker.frozen == frozen:
+        return []
+    worker.frozen = frozen
+    return [state.record(now, EventKind.FROZEN if frozen else EventKind.THAWED,
+                         node=worker.node, rank=rank, detail={"pid": worker.pid})]
+
+
+def node_frozen(state: JobState, index: int, frozen: bool, now: float) -> list[Event]:
+    """The user freezes or thaws a whole node (host and workers); ValueError if it is not live."""
+    node = state.nodes.get(index)
+    if node is None or not node.status.live:
+        status = node.status if node else "unknown"
+        raise ValueError(f"node {index} is not running (status: {status}); "
+                         f"live nodes: {state.live_nodes()}")
+    if node.frozen == frozen:
+        return []
+    node.frozen = frozen
+    for worker in _workers_of(state, index):
+        worker.frozen = frozen
+    return [state.record(now, EventKind.FROZEN if frozen else EventKind.THAWED, node=index,
+                         detail={"host": node.host})]
+
+
+def rank_slowed(state: JobState, rank: int, fraction: float, now: float) -> list[Event]:
+    """The user makes a rank run at ``fraction`` of its speed (1.0 ends it); ValueError if
+    it is not running or the fraction is not in (0, 1]."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"the fraction of a rank's speed must be in (0, 1], not {fraction!r} "
+                         "(0.25: a quarter of its speed; 1: full speed again)")
+    worker = running_worker(state, rank)
+    worker.slowed = None if fraction == 1 else float(fraction)
+    return [state.record(now, EventKind.SLOWED, node=worker.node, rank=rank,
+                         detail={"fraction": float(fraction), "pid": worker.pid})]
+
+
+def node_silent(state: JobState, index: int, silent_for: float, now: float) -> list[Event]:
+    """Node ``index`` sent nothing for ``silent_for`` seconds, beyond its liveness timeout:
+    lost (frozen, partitioned, its machine hung). The caller fences it and restarts the
+    survivors (``survivors``), as for a node whose agent died."""
+    node = state.nodes[index]
+    before = len(state.events)
+    if not node.status.live:
+        return []
+    node.status = NodeStatus.LOST
+    node.error = (f"node {index} on {node.host} went silent: nothing from it for "
+                  f"{silent_for:.1f} s (frozen, partitioned or its machine hung)")
+    for worker in _workers_of(state, index, WorkerStatus.RUNNING, WorkerStatus.PAUSED,
+                              WorkerStatus.RESTARTING):
+        worker.state = WorkerStatus.STOPPED
+    state.record(now, EventKind.NODE_LOST, node=index, detail={
+        "silent_for": round(silent_for, 1), "host": node.host})
+    check_finished(state, now)
+    return state.events[before:]
 
 
 def check_can_add_node(state: JobState, max_nodes: int) -> str | None:
@@ -379,10 +451,20 @@ def survivors(state: JobState, lost: int) -> list[int]:
     A node that never reported a rendezvous round (a joined peer dropped at
     once) is in no world, and nobody restarts for it; one lost inside its first
     round before it reported is seen by its lapsed heartbeat (``heartbeat``).
+    Nobody restarts for a node the last world formed without, and a node that
+    is restarting already (its own heartbeat rule saw the loss) is left to re-form.
     """
     if state.done or state.stop_requested or not state.nodes[lost].in_rendezvous:
         return []
-    return [i for i in state.live_nodes() if i != lost]
+    if state.members is not None and lost not in state.members:
+        return []  # the last world formed without it already
+    return [i for i in state.live_nodes() if i != lost and not _reforming(state, i)]
+
+
+def _reforming(state: JobState, index: int) -> bool:
+    """The node is restarting its group already (it will rendezvous without the lost node)."""
+    workers = _workers_of(state, index)
+    return bool(workers) and all(w.state == WorkerStatus.RESTARTING for w in workers)
 
 
 _LOST_STATUSES = (NodeStatus.KILLED, NodeStatus.DROPPED, NodeStatus.LOST)

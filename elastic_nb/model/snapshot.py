@@ -45,6 +45,8 @@ class WorkerView:
     rss: int | None
     paused_at: str | None = None  # "cell 7, line 4" while it waits in its debugger
     pause_reason: str | None = None  # breakpoint or post_mortem
+    frozen: bool = False  # stopped by job.freeze or its node's freeze
+    slowed: float | None = None  # the fraction of its speed job.slow left it
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class NodeView:
     error: str | None
     host_pid: int | None = None  # a local node's host process
     warm: bool = False  # its host had served an earlier job (no interpreter or torch import)
+    frozen: bool = False  # job.freeze_node stopped it
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ def build(plan: JobPlan, endpoint: str, state: JobState, last_output: dict[int, 
             started_at=w.started_at, last_output=last_output.get(rank),
             cpu_percent=usage[0] if usage else None, rss=usage[1] if usage else None,
             paused_at=pause_location(pause) if pause else None,
-            pause_reason=pause.reason if pause else None))
+            pause_reason=pause.reason if pause else None, frozen=w.frozen, slowed=w.slowed))
     return JobSnapshot(
         run_id=plan.run_id, backend=plan.backend, endpoint=endpoint, log_dir=plan.log_dir,
         prefix_template=plan.options.log_line_prefix_template, taken_at=now,
@@ -135,7 +138,7 @@ def build(plan: JobPlan, endpoint: str, state: JobState, last_output: dict[int, 
         max_restarts=plan.options.max_restarts, restart_count=state.restart_count,
         planned_world_size=plan.world_size, live_world_size=state.live_world_size(),
         nodes=tuple(NodeView(n.index, n.nproc, n.role, n.host, n.local, n.status, n.error,
-                             n.host_pid, n.warm)
+                             n.host_pid, n.warm, n.frozen)
                     for _, n in sorted(nodes.items())),
         workers=tuple(workers), events=tuple(state.events),
         failures=ordered_failures(state.failures.values()),

@@ -18,6 +18,7 @@ States and their transitions, as torch's ``WorkerState`` documents its own:
     STARTING | RUNNING ──budget spent, agent error──▶ FAILED
     STARTING | RUNNING ──job.kill_node──▶ KILLED
     STARTING | RUNNING ──its agent vanished without a last report, or its channel closed──▶ LOST
+    STARTING | RUNNING ──silent for liveness_timeout (frozen, partitioned), fenced──▶ LOST
     STARTING | RUNNING ──job.stop, or the job failed elsewhere──▶ STOPPED
     STARTING | RUNNING ──a joined node broke the protocol──▶ DROPPED (the job goes on)
 
@@ -100,6 +101,10 @@ class EventKind(StrEnum):
     NODE_KILLED = "node_killed"
     NODE_ADDED = "node_added"
     NODE_EXITED = "node_exited"
+    NODE_LOST = "node_lost"  # silent for liveness_timeout (frozen, partitioned): fenced
+    FROZEN = "frozen"  # the user froze a rank or a node (SIGSTOP)
+    THAWED = "thawed"
+    SLOWED = "slowed"  # the user made a rank a straggler (or ended it: fraction 1.0)
     AGENT_ERROR = "agent_error"
     MEMBERSHIP_CHANGED = "membership_changed"
     JOIN_UNAVAILABLE = "join_unavailable"
@@ -162,6 +167,8 @@ class WorkerInfo:
     rank_dir: str = ""  # where its log, error and stack files are (on its node's machine)
     pause: Paused | None = None  # where it last stopped in its debugger
     killed_at: float | None = None  # when the user signalled it (job.kill)
+    frozen: bool = False  # stopped by job.freeze (or its node's freeze)
+    slowed: float | None = None  # the fraction of its speed job.slow left it, while slowed
     round: int | None = None  # the rendezvous round of its world (None: the backend did not say)
 
     @property
@@ -186,6 +193,7 @@ class NodeState:
     in_rendezvous: bool = False  # it reported a round or workers: others may wait for its ranks
     host_pid: int | None = None  # a local node's host process
     warm: bool = False  # a local node whose host had served an earlier job
+    frozen: bool = False  # job.freeze_node stopped it (host and workers)
 
 
 @dataclass
@@ -206,6 +214,7 @@ class JobState:
     members: list[int] | None = None  # the nodes of the last world formed, by group rank
     forming: dict[int, int] = field(default_factory=dict)  # group rank -> node, this round
     world: int | None = None  # the rendezvous round of the world ``workers`` lists
+    results_round: int | None = None  # the round of the world ``results`` came from
 
     @property
     def done(self) -> bool:

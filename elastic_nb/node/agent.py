@@ -30,9 +30,9 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 from elastic_nb.compat import torch_compat
 from elastic_nb.model.heartbeat import RoundSeen, peers_lost, silent_peers
 from elastic_nb.node.forwarder import LogForwarder
+from elastic_nb.node.link import JobLink
 from elastic_nb.node.logs_spec import NodeLogsSpecs
 from elastic_nb.wire import reports as protocol
-from elastic_nb.wire.channel import Channel
 from elastic_nb.wire.config import FORKSERVER_PRELOAD, AgentConfig
 from elastic_nb.wire.logfiles import started_sources
 from elastic_nb.wire.rank_files import NOTICE_NAME, PauseNotice
@@ -67,7 +67,7 @@ def failure_report(rank: int, failure: ProcessFailure, restart_count: int) -> pr
 class ReportingAgent(LocalElasticAgent):
     """torch's LocalElasticAgent, reporting what it does to the Job."""
 
-    def __init__(self, spec: WorkerSpec, logs_specs: NodeLogsSpecs, channel: Channel,
+    def __init__(self, spec: WorkerSpec, logs_specs: NodeLogsSpecs, channel: JobLink,
                  node: int, forwarder: LogForwarder | None = None, shutdown_timeout: int = 30,
                  **kwargs: Any) -> None:
         super().__init__(spec, logs_specs, shutdown_timeout=shutdown_timeout, **kwargs)
@@ -150,8 +150,9 @@ class ReportingAgent(LocalElasticAgent):
         if result.state == WorkerState.SUCCEEDED:
             # Report before torch's exit barrier: a peer lost while this node waits there must
             # not hold the results back (the Job ends the wait once the job has succeeded).
-            self._channel.send(protocol.Succeeded(restart_count=self.restart_count,
-                                                         return_values=dict(result.return_values)))
+            self._channel.send(protocol.Succeeded(
+                restart_count=self.restart_count, return_values=dict(result.return_values),
+                round=self._round.round if self._round is not None else None))
         if result.state in _FAILED_STATES and not self._failure_reported:
             self._failure_reported = True
             failures = {**self._other_failures(worker_group, result), **result.failures}
@@ -236,7 +237,13 @@ class ReportingAgent(LocalElasticAgent):
 
     def _stop_workers(self, worker_group: WorkerGroup) -> None:
         # torch stops the group for a restart with a 30 s SIGTERM grace whatever
-        # shutdown_timeout says: a worker that ignores SIGTERM held every restart 30 s
+        # shutdown_timeout says: a worker that ignores SIGTERM held every restart 30 s.
+        # A frozen (SIGSTOPped) worker acts on SIGTERM only once continued.
+        for pid in self.worker_pids():
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
         torch_compat.shutdown_workers(self, self._stop_grace)
 
     def _restart_workers(self, worker_group: WorkerGroup) -> None:

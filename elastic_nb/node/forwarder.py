@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from elastic_nb.wire.channel import Channel
+from elastic_nb.node.link import JobLink
 from elastic_nb.wire.logfiles import LogSource, LogTailer
 from elastic_nb.wire.reports import Log
 
@@ -25,7 +25,7 @@ class LogForwarder:
 
     INTERVAL = 0.1
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: JobLink) -> None:
         self._channel = channel
         self._tailer = LogTailer(self)
         self._stopped = threading.Event()

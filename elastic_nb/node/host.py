@@ -37,16 +37,21 @@ from elastic_nb.node.agent import (
     rendezvous_parameters,
 )
 from elastic_nb.node.forwarder import LogForwarder
+from elastic_nb.node.link import JobLink
 from elastic_nb.node.logs_spec import NodeLogsSpecs
+from elastic_nb.node.straggler import Stragglers
 from elastic_nb.rendezvous import register_backends
 from elastic_nb.wire import reports as protocol
 from elastic_nb.wire.channel import Channel
 from elastic_nb.wire.commands import (
     CommandKind,
     Configure,
+    Freeze,
+    Heartbeat,
     Kill,
     Restart,
     Signal,
+    Slow,
     Stop,
     parse_command,
 )
@@ -74,7 +79,11 @@ class NodeHost:
 
     def __init__(self, channel: Channel, local: bool) -> None:
         self._channel = channel
+        self._link = JobLink(channel)
         self._local = local
+        peer = channel.socket.getpeername() if not local else ("", "")
+        self._job_address = f"{peer[0]}:{peer[1]}"
+        self._stragglers = Stragglers()
         # the host's own path beneath each job's: not the PYTHONPATH the first job started it with
         started_with = set(os.environ.get("PYTHONPATH", "").split(os.pathsep))
         self._own_path = [p for p in sys.path if p not in started_with]
@@ -91,7 +100,7 @@ class NodeHost:
         """Run jobs as the Job sends them, until it goes or a job leaves this host unusable."""
         signal.signal(signal.SIGTERM, torch_compat.terminate_process_handler)
         quiet_failure_logs()
-        self._channel.send(protocol.HostReady(pid=os.getpid()))
+        self._link.send(protocol.HostReady(pid=os.getpid()))
         while True:
             try:
                 config = self._configs.get()
@@ -103,7 +112,7 @@ class NodeHost:
                 exitcode, reusable = self.run(config), self._reusable
             except SignalException:  # a stop that landed as torch's run returned: leave
                 exitcode, reusable = 1, False
-            self._channel.send(protocol.NodeDone(exitcode=exitcode, reusable=reusable))
+            self._link.send(protocol.NodeDone(exitcode=exitcode, reusable=reusable))
             if not reusable:
                 return exitcode
 
@@ -115,9 +124,13 @@ class NodeHost:
         starts from the state the host started in.
         """
         handlers = {sig: signal.getsignal(sig) for sig in _AGENT_SIGNALS}
+        self._link.start(config.options.liveness_timeout,
+                         on_lost=None if self._local else self._lost_contact)
         try:
             return self._run(config)
         finally:
+            self._link.stop()
+            self._stragglers.stop_all()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
 
@@ -131,7 +144,7 @@ class NodeHost:
             register_backends()
             handler = rdzv_registry.get_rendezvous_handler(rendezvous_parameters(config))
         except Exception as exc:
-            self._channel.send(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
+            self._link.send(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
             return 1
         agent = self._make_agent(config, handler)
         forwarder = agent.forwarder
@@ -150,7 +163,7 @@ class NodeHost:
             shutdown_rendezvous = False
             return 1
         except Exception as exc:
-            self._channel.send(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
+            self._link.send(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
             return 1
         finally:
             with self._lock:
@@ -162,11 +175,11 @@ class NodeHost:
             if forwarder is not None:
                 forwarder.close()
         if result is None:
-            self._channel.send(protocol.AgentError(
+            self._link.send(protocol.AgentError(
                 "this node was not admitted to the rendezvous (the world is full)", None))
             return 1
         if result.is_failed():
-            self._channel.send(protocol.Failed(failures=tuple(
+            self._link.send(protocol.Failed(failures=tuple(
                 failure_report(rank, f, agent.restart_count)
                 for rank, f in sorted(result.failures.items()))))
             return 1
@@ -178,8 +191,7 @@ class NodeHost:
             role=config.role,
             local_world_size=config.nproc,
             entrypoint=trampoline.run_worker,
-            args=(config.payload, JobContext.of_this_process(
-                options.post_mortem, options.post_mortem_timeout)),
+            args=(config.payload, JobContext.of_this_process(options)),
             rdzv_handler=handler,
             max_restarts=options.max_restarts,
             monitor_interval=options.monitor_interval,
@@ -190,9 +202,9 @@ class NodeHost:
         return ReportingAgent(
             spec,
             NodeLogsSpecs(config.log_dir, tee=config.tee),
-            self._channel,
+            self._link,
             config.node,
-            LogForwarder(self._channel) if config.tee else None,
+            LogForwarder(self._link) if config.tee else None,
             start_method=options.start_method,
             exit_barrier_timeout=options.exit_barrier_timeout,
             log_line_prefix_template=options.log_line_prefix_template if config.tee else None,
@@ -226,7 +238,14 @@ class NodeHost:
             if command is None:
                 self._lost_the_job()
                 return
+            self._link.heard()
             self._COMMANDS[command.kind](self, command)
+
+    def _lost_contact(self, silent: float) -> None:
+        """A joined node heard nothing from the Job for its liveness timeout: it leaves."""
+        print(f"elastic_nb: lost contact with the job at {self._job_address} after {silent:.1f} s; "
+              "stopping this node's workers", file=sys.stderr, flush=True)
+        self._stop()
 
     def _lost_the_job(self) -> None:
         """The Job's end closed (the kernel died or let go of this node)."""
@@ -253,10 +272,27 @@ class NodeHost:
             agent.request_restart(command.reason)
 
     def _signal(self, command: Signal) -> None:
+        if command.pid in self._worker_pids():
+            os.kill(command.pid, signal.Signals[command.signal])
+
+    def _heartbeat(self, command: Heartbeat) -> None:
+        return None  # heard (``_listen``): that is all a heartbeat says
+
+    def _slow(self, command: Slow) -> None:
+        if command.pid in self._worker_pids():
+            self._stragglers.slow(command.pid, command.fraction)
+
+    def _freeze(self, command: Freeze) -> None:
+        """Freeze: the workers stop and the host goes silent, as a frozen machine does (its
+        command thread stays, so that a thaw can reach it)."""
+        self._link.freeze(command.frozen)
+        for pid in self._worker_pids():
+            os.kill(pid, signal.SIGSTOP if command.frozen else signal.SIGCONT)
+
+    def _worker_pids(self) -> set[int]:
         with self._lock:
             agent = self._agent
-        if agent is not None and command.pid in agent.worker_pids():
-            os.kill(command.pid, signal.Signals[command.signal])
+        return agent.worker_pids() if agent is not None else set()
 
     _COMMANDS: dict[CommandKind, Callable[[NodeHost, Any], None]] = {
         CommandKind.CONFIGURE: _configure,
@@ -264,6 +300,9 @@ class NodeHost:
         CommandKind.STOP: _stop_command,
         CommandKind.RESTART: _restart,
         CommandKind.SIGNAL: _signal,
+        CommandKind.HEARTBEAT: _heartbeat,
+        CommandKind.SLOW: _slow,
+        CommandKind.FREEZE: _freeze,
     }
     """How the host acts on each command (every kind of ``wire.commands``)."""
 

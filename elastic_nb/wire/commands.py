@@ -24,6 +24,9 @@ class CommandKind(StrEnum):
     SIGNAL = "signal"  # signal one of the node's workers (pid, signal)
     KILL = "kill"  # SIGKILL the whole node at once
     STOP = "stop"  # shut the node down as torch does on SIGTERM
+    HEARTBEAT = "heartbeat"  # the Job is alive (a joined node that stops hearing it leaves)
+    SLOW = "slow"  # run one worker at a fraction of its speed (a straggler), 1.0 ends it
+    FREEZE = "freeze"  # stop (or continue) the node's workers and its heartbeats: it goes silent
 
 
 RESTART_REASONS = ("user", "membership")
@@ -81,8 +84,35 @@ class Stop(FlatRecord, Message):
     run_id: str
 
 
-Command = Configure | Restart | Signal | Kill | Stop
-COMMANDS: dict[CommandKind, Any] = {cls.kind: cls for cls in (Configure, Restart, Signal, Kill, Stop)}
+@dataclass(frozen=True)
+class Heartbeat(FlatRecord, Message):
+    kind: ClassVar[CommandKind] = CommandKind.HEARTBEAT
+
+
+@dataclass(frozen=True)
+class Slow(FlatRecord, Message):
+    """Stop and continue worker ``pid`` so that it runs ``fraction`` of the time."""
+
+    kind: ClassVar[CommandKind] = CommandKind.SLOW
+    pid: int
+    fraction: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ProtocolError(f"a slow fraction must be in (0, 1], not {self.fraction!r}")
+
+
+@dataclass(frozen=True)
+class Freeze(FlatRecord, Message):
+    """Freeze (``frozen``) or thaw the node: its workers stop and it sends nothing."""
+
+    kind: ClassVar[CommandKind] = CommandKind.FREEZE
+    frozen: bool
+
+
+Command = Configure | Restart | Signal | Kill | Stop | Heartbeat | Slow | Freeze
+COMMANDS: dict[CommandKind, Any] = {
+    cls.kind: cls for cls in (Configure, Restart, Signal, Kill, Stop, Heartbeat, Slow, Freeze)}
 """The dispatch table: each command kind and the record it parses into."""
 
 

@@ -71,9 +71,9 @@ class JobContext:
     cwd: str
     post_mortem: bool = False  # a rank whose function raises waits for a debugger first
     post_mortem_timeout: float = 600.0
+    collective_timeout: float | None = None  # the default timeout of the rank's process groups
 
     @classmethod
-    def of_this_process(cls, post_mortem: bool = False,
-                        post_mortem_timeout: float = 600.0) -> JobContext:
-        return cls(dict(os.environ), list(sys.path), os.getcwd(), post_mortem,
-                   post_mortem_timeout)
+    def of_this_process(cls, options: JobOptions) -> JobContext:
+        return cls(dict(os.environ), list(sys.path), os.getcwd(), options.post_mortem,
+                   options.post_mortem_timeout, options.collective_timeout)

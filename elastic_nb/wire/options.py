@@ -29,9 +29,16 @@ from elastic_nb.wire.records import ProtocolError, checked_fields
 BACKENDS = ("c10d", "etcd", "etcd-v2", "etcd3")
 START_METHODS = ("spawn", "forkserver")
 DEFAULT_RDZV_TIMEOUT = 120.0
+DEFAULT_LIVENESS_TIMEOUT = 5.0  # README "Reliability" says how it was chosen
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 Check = Callable[[str, Any], Any]
+
+
+def heartbeat_interval(liveness_timeout: float) -> float:
+    """How often the Job and each node beat: five times per timeout, so that one late or lost
+    beat is never a loss."""
+    return max(0.1, liveness_timeout / 5)
 
 
 # ------------------------------------------------------------------ checks
@@ -218,6 +225,13 @@ OPTIONS: tuple[Option, ...] = (
            "frame", boolean, shared=True, flag="--post-mortem", flag_type=None),
     Option("post_mortem_timeout", 600, "seconds a post-mortem rank waits for a debugger",
            seconds(positive=True), shared=True, flag="--post-mortem-timeout", flag_type=float),
+    Option("liveness_timeout", DEFAULT_LIVENESS_TIMEOUT, "seconds of silence after which a node "
+           "is lost (frozen, partitioned) and a joined node leaves a Job it no longer hears",
+           seconds(positive=True), shared=True, flag="--liveness-timeout", flag_type=float),
+    Option("collective_timeout", None, "seconds a collective may take before it fails (the "
+           "default timeout of every process group the ranks create; default torch's 30 min)",
+           seconds(positive=True, optional=True), shared=True, flag="--collective-timeout",
+           flag_type=float),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
 BY_NAME = {o.name: o for o in OPTIONS}
@@ -263,6 +277,8 @@ class JobOptions:
     shutdown_timeout: int
     post_mortem: bool = False  # a rank whose function raises waits for a debugger first
     post_mortem_timeout: float = 600.0
+    liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT
+    collective_timeout: float | None = None
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)

@@ -40,6 +40,7 @@ class ReportKind(StrEnum):
     RESUMED = "resumed"  # ... and went on (or ended)
     HOST_READY = "host_ready"  # a new host is up (torch imported): it can take a job
     NODE_DONE = "node_done"  # the host finished its node of the job (it may serve the next job)
+    HEARTBEAT = "heartbeat"  # the host is alive (a few a second while it runs a node)
 
 
 # ----------------------------------------------------------------- reports
@@ -132,9 +133,10 @@ class Succeeded(Message):
     kind: ClassVar[ReportKind] = ReportKind.SUCCEEDED
     restart_count: int
     return_values: dict[int, bytes]  # by global rank, each cloudpickled
+    round: int | None = None  # the rendezvous round of the world that returned them
 
     def body(self) -> dict[str, Any]:
-        return {"restart_count": self.restart_count,
+        return {"restart_count": self.restart_count, "round": self.round,
                 "return_values": {str(r): encode_bytes(v) for r, v in self.return_values.items()}}
 
     @classmethod
@@ -223,12 +225,17 @@ class NodeDone(FlatRecord, Message):
     reusable: bool
 
 
+@dataclass(frozen=True)
+class Heartbeat(FlatRecord, Message):
+    kind: ClassVar[ReportKind] = ReportKind.HEARTBEAT
+
+
 Report = (Rendezvous | Started | WorkerFailed | Restarting | Succeeded | Failed | AgentError | Log
-          | Paused | Resumed | HostReady | NodeDone)
+          | Paused | Resumed | HostReady | NodeDone | Heartbeat)
 REPORTS: dict[ReportKind, Any] = {
     cls.kind: cls
     for cls in (Rendezvous, Started, WorkerFailed, Restarting, Succeeded, Failed, AgentError, Log,
-                Paused, Resumed, HostReady, NodeDone)
+                Paused, Resumed, HostReady, NodeDone, Heartbeat)
 }
 """The dispatch table: each report kind and the record it parses into."""
 

@@ -24,6 +24,7 @@ import linecache
 import os
 import signal
 import sys
+import traceback
 from typing import Any
 
 import cloudpickle
@@ -94,6 +95,54 @@ def _host_workers_store() -> None:
     _workers_store = embedded.host_store(env["MASTER_ADDR"], port, multi_tenant=True)
 
 
+class CollectiveTimeout(RuntimeError):
+    """A collective did not complete within the job's ``collective_timeout``."""
+
+
+def _bound_collectives(seconds: float) -> None:
+    """Every process group the rank creates times out after ``seconds``, unless the call
+    gives its own ``timeout=`` (``init_process_group``, ``new_group``)."""
+    import inspect
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    import torch.distributed.distributed_c10d as c10d
+
+    timeout = timedelta(seconds=seconds)
+    for name in ("init_process_group", "new_group"):
+        original = getattr(c10d, name)
+        signature = inspect.signature(original)
+
+        def bounded(*args: Any, _original: Any = original, _signature: Any = signature,
+                    **kwargs: Any) -> Any:
+            call = _signature.bind_partial(*args, **kwargs)
+            if call.arguments.get("timeout") is None:
+                call.arguments["timeout"] = timeout
+            return _original(*call.args, **call.kwargs)
+
+        bounded.__doc__, bounded.__name__ = original.__doc__, name
+        setattr(c10d, name, bounded)
+        setattr(dist, name, bounded)
+
+
+def _collective_timeout(error: BaseException, seconds: float) -> CollectiveTimeout | None:
+    """``error`` as the collective timeout it is (naming the collective), or None."""
+    if "timed out" not in str(error).lower() and "timeout" not in str(error).lower():
+        return None
+    collective = None
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        name = frame.f_code.co_name
+        if frame.f_code.co_filename.endswith("distributed_c10d.py") and not name.startswith("_") \
+                and name != "wrapper":
+            collective = name
+    if collective is None:
+        return None
+    rank = os.environ.get("RANK", "?")
+    return CollectiveTimeout(f"collective timeout: rank {rank}'s {collective} did not complete "
+                             f"within collective_timeout={seconds:g} s ({type(error).__name__}: "
+                             f"{str(error).strip().splitlines()[0]})")
+
+
 def run_worker(payload: bytes, context: JobContext) -> bytes:
     """Entry point of a worker process: run the packed call, return its result pickled."""
     _enter_job(context)
@@ -104,6 +153,8 @@ def run_worker(payload: bytes, context: JobContext) -> bytes:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
     rank_debugger.install()
+    if context.collective_timeout is not None:
+        _bound_collectives(context.collective_timeout)
     call = cloudpickle.loads(payload)
     _install_sources(call["sources"])
     rank_debugger.cell_numbers.update(call["cells"])
@@ -114,6 +165,10 @@ def run_worker(payload: bytes, context: JobContext) -> bytes:
     except Exception as exc:
         if context.post_mortem:
             rank_debugger.post_mortem(exc, context.post_mortem_timeout)
+        timed_out = (_collective_timeout(exc, context.collective_timeout)
+                     if context.collective_timeout is not None else None)
+        if timed_out is not None:
+            raise timed_out from exc
         raise
     try:
         return cloudpickle.dumps(result)

@@ -12,6 +12,7 @@ import html
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -28,6 +29,22 @@ SIGNALS = ("SIGKILL", "SIGTERM", "SIGSEGV", "SIGINT")
 TICK_INTERVAL = 0.25
 STATS_INTERVAL = 1.0
 ALL = -1  # the "all ranks" / "all attempts" choice of the log filters
+SPEEDS = (("10%", 0.1), ("25%", 0.25), ("50%", 0.5))  # what "slow" leaves of a rank's speed
+
+
+@dataclass
+class TileWidgets:
+    """One rank's tile: its text and its buttons."""
+
+    body: widgets.HTML
+    kill: widgets.Button
+    debug: widgets.Button
+    freeze: widgets.Button
+    slow: widgets.Button
+
+    def box(self) -> widgets.VBox:
+        return widgets.VBox([self.body, widgets.HBox([self.kill, self.freeze, self.slow]),
+                             self.debug])
 
 
 class Dashboard(widgets.VBox):
@@ -50,7 +67,7 @@ class Dashboard(widgets.VBox):
         self._last_refresh = 0.0
         self._seen_logs = -1
         self._failures_seen = 0
-        self._tile_widgets: dict[int, tuple[widgets.HTML, widgets.Button, widgets.Button]] = {}
+        self._tile_widgets: dict[int, TileWidgets] = {}
         self._build()
         super().__init__([self.header_area, self._tiles_box, self._controls, self.status_area,
                           self.tabs], layout=widgets.Layout(width="100%"))
@@ -80,15 +97,20 @@ class Dashboard(widgets.VBox):
                                        layout=widgets.Layout(width="180px"))
         self.restart_button = self._button("restart group", self._restart, "warning")
         self.stop_button = self._button("stop", self._stop, "danger")
+        self.speed = widgets.Dropdown(options=SPEEDS, value=0.25, description="slow to",
+                                      layout=widgets.Layout(width="160px"))
         self.node = widgets.Dropdown(options=[], description="node", layout=widgets.Layout(width="130px"))
+        self.node.observe(lambda _: self._dirty.set(), names="value")
         self.kill_node_button = self._button("kill node", self._kill_node, "danger")
+        self.freeze_node_button = self._button("freeze node", self._freeze_node, "primary")
         self.add_nproc = widgets.BoundedIntText(value=1, min=1, max=64, description="nproc",
                                                 layout=widgets.Layout(width="130px"))
         self.add_node_button = self._button("add node", self._add_node, "")
         self.stacks_button = self._button("dump stacks", self._dump_stacks, "info")
         self._controls = widgets.HBox([
-            self.signal, self.restart_button, self.stop_button, self.node, self.kill_node_button,
-            self.add_nproc, self.add_node_button, self.stacks_button],
+            self.signal, self.speed, self.restart_button, self.stop_button, self.node,
+            self.kill_node_button, self.freeze_node_button, self.add_nproc, self.add_node_button,
+            self.stacks_button],
             layout=widgets.Layout(flex_flow="row wrap"))
         self.status_area = widgets.HTML()
         self.log_rank = widgets.Dropdown(options=[("all ranks (merged)", ALL)], value=ALL,
@@ -130,23 +152,34 @@ class Dashboard(widgets.VBox):
         button.on_click(lambda _: self._act(action))
         return button
 
-    def _tile(self, rank: int) -> tuple[widgets.HTML, widgets.Button, widgets.Button]:
-        body = widgets.HTML()
-        kill = widgets.Button(description=f"kill rank {rank}", button_style="danger",
-                              layout=widgets.Layout(width="auto"))
-        kill.on_click(lambda _: self._act(lambda: self._kill(rank)))
-        debug = widgets.Button(description=f"debug rank {rank}", button_style="info",
-                               layout=widgets.Layout(width="auto"), disabled=True)
-        debug.on_click(lambda _: self._act(lambda: self._debug(rank)))
-        return body, kill, debug
+    def _tile(self, rank: int) -> TileWidgets:
+        def button(label: str, action: Callable[[], str], style: str) -> widgets.Button:
+            made = widgets.Button(description=label, button_style=style,
+                                  layout=widgets.Layout(width="auto"))
+            made.on_click(lambda _: self._act(action))
+            return made
+
+        return TileWidgets(
+            widgets.HTML(), button(f"kill rank {rank}", lambda: self._kill(rank), "danger"),
+            button(f"debug rank {rank}", lambda: self._debug(rank), "info"),
+            button("freeze", lambda: self._freeze(rank), "primary"),
+            button("slow", lambda: self._slow(rank), ""))
 
     def tile_button(self, rank: int) -> widgets.Button:
         """The "kill rank N" button of a rank's tile."""
-        return self._tile_widgets[rank][1]
+        return self._tile_widgets[rank].kill
 
     def debug_button(self, rank: int) -> widgets.Button:
         """The "debug rank N" button of a rank's tile (enabled while it is paused)."""
-        return self._tile_widgets[rank][2]
+        return self._tile_widgets[rank].debug
+
+    def freeze_button(self, rank: int) -> widgets.Button:
+        """The "freeze" / "thaw" button of a rank's tile."""
+        return self._tile_widgets[rank].freeze
+
+    def slow_button(self, rank: int) -> widgets.Button:
+        """The "slow" / "full speed" button of a rank's tile (slows to the ``speed`` chosen)."""
+        return self._tile_widgets[rank].slow
 
     def tile_ranks(self) -> list[int]:
         """The ranks that have a tile now."""
@@ -170,6 +203,35 @@ class Dashboard(widgets.VBox):
     def _kill(self, rank: int) -> str:
         self.job.kill(rank, self.signal.value)
         return f"sent {self.signal.value} to rank {rank}"
+
+    def _worker(self, rank: int) -> Any:
+        return next((w for w in self.model.snapshot().workers if w.rank == rank), None)
+
+    def _freeze(self, rank: int) -> str:
+        worker = self._worker(rank)
+        if worker is not None and worker.frozen:
+            self.job.thaw(rank)
+            return f"thawed rank {rank}"
+        self.job.freeze(rank)
+        return f"froze rank {rank} (SIGSTOP): its peers wait for it"
+
+    def _slow(self, rank: int) -> str:
+        worker = self._worker(rank)
+        if worker is not None and worker.slowed is not None:
+            self.job.slow(rank, 1.0)
+            return f"rank {rank} runs at full speed again"
+        self.job.slow(rank, self.speed.value)
+        return f"rank {rank} now runs at {self.speed.value:.0%} of its speed"
+
+    def _freeze_node(self) -> str:
+        if self.node.value is None:
+            raise ValueError("no live node to freeze")
+        if any(n.frozen for n in self.model.snapshot().nodes if n.index == self.node.value):
+            self.job.thaw(node=self.node.value)
+            return f"thawed node {self.node.value}"
+        self.job.freeze_node(self.node.value)
+        return (f"froze node {self.node.value}: left frozen, it is lost after the liveness "
+                "timeout and the others re-form")
 
     def _restart(self) -> str:
         self.job.restart()
@@ -286,21 +348,29 @@ class Dashboard(widgets.VBox):
         if [t.rank for t in current] != sorted(self._tile_widgets) or not self._tiles_box.children:
             self._tile_widgets = {t.rank: self._tile_widgets.get(t.rank) or self._tile(t.rank)
                                   for t in current}
-            self._tiles_box.children = [widgets.VBox(list(self._tile_widgets[t.rank]))
-                                        for t in current]
+            self._tiles_box.children = [self._tile_widgets[t.rank].box() for t in current]
             changed = True
         for t in current:
-            body, kill, debug = self._tile_widgets[t.rank]
-            changed |= self._set(body, "value", render.tile_html(t))
-            changed |= self._set(kill, "disabled", not t.state.killable)
-            changed |= self._set(debug, "disabled", t.state != render.TileState.PAUSED)
+            tile = self._tile_widgets[t.rank]
+            changed |= self._set(tile.body, "value", render.tile_html(t))
+            changed |= self._set(tile.kill, "disabled", not t.state.killable)
+            changed |= self._set(tile.debug, "disabled", t.state != render.TileState.PAUSED)
+            changed |= self._set(tile.freeze, "description",
+                                 "thaw" if t.state == render.TileState.FROZEN else "freeze")
+            changed |= self._set(tile.freeze, "disabled", not t.state.killable)
+            changed |= self._set(tile.slow, "description",
+                                 "full speed" if t.slowed is not None else "slow")
+            changed |= self._set(tile.slow, "disabled", not t.state.killable)
         return changed
 
     def _render_controls(self, snap: JobSnapshot) -> bool:
         done = snap.done
         changed = self._set_options(self.node, snap.live_nodes)
+        frozen = {n.index for n in snap.nodes if n.frozen}
+        changed |= self._set(self.freeze_node_button, "description",
+                             "thaw node" if self.node.value in frozen else "freeze node")
         for button in (self.restart_button, self.stop_button, self.kill_node_button,
-                       self.add_node_button, self.stacks_button):
+                       self.freeze_node_button, self.add_node_button, self.stacks_button):
             changed |= self._set(button, "disabled", done)
         return changed
 
