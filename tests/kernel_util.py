@@ -4,9 +4,9 @@ and read their outputs."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import queue
+import time
+from pathlib import Path
 
 import nbformat
 from jupyter_client.manager import start_new_kernel
@@ -93,3 +93,63 @@ def outputs(cell: nbformat.NotebookNode, mime: str) -> list[str]:
         if output.get("output_type") in ("display_data", "execute_result") and mime in output["data"]:
             found.append(output["data"][mime])
     return found
+
+
+class Kernel:
+    """A real python3 kernel for cells run one at a time, interrupts included."""
+
+    def __init__(self, cwd: Path) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+                                             *filter(None, [env.get("PYTHONPATH")])])
+        self.manager, self.client = start_new_kernel(kernel_name="python3", cwd=str(cwd), env=env)
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.stop_channels()
+        self.manager.shutdown_kernel(now=True)
+
+    def run(self, source: str, timeout: float = 240) -> str:
+        """Run a cell; the text it printed. AssertionError if it raised."""
+        outputs = self._outputs(self.client.execute(source), timeout)
+        errors = [o for o in outputs if o.output_type == "error"]
+        assert not errors, "\n".join(errors[0].traceback)
+        return "".join(o.get("text", "") for o in outputs)
+
+    def interrupted(self, source: str, started: str, timeout: float = 120) -> list:
+        """Run a blocking cell and interrupt the kernel once the cell has produced an output
+        of type ``started`` (``stream``: it printed it is about to block; ``display_data``:
+        a magic showed its dashboard and waits); the cell's outputs."""
+        msg_id = self.client.execute(source)
+        cell = nbformat.v4.new_code_cell("")
+        deadline = time.monotonic() + timeout
+        while not any(o.output_type == started for o in cell.outputs):
+            assert time.monotonic() < deadline, f"the cell never produced {started}"
+            try:
+                message = self.client.get_iopub_msg(timeout=0.1)
+            except queue.Empty:
+                continue
+            if (message["parent_header"].get("msg_id") == msg_id
+                    and message["msg_type"] in ("stream", "display_data", "error")):
+                cell.outputs.append(nbformat.v4.output_from_msg(message))
+        self.manager.interrupt_kernel()
+        return cell.outputs + self._outputs(msg_id, timeout)
+
+    def _outputs(self, msg_id: str, timeout: float) -> list:
+        cell = nbformat.v4.new_code_cell("")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                message = self.client.get_iopub_msg(timeout=0.1)
+            except queue.Empty:
+                continue
+            if message["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind = message["msg_type"]
+            if kind == "status" and message["content"]["execution_state"] == "idle":
+                return cell.outputs
+            if kind in ("stream", "display_data", "execute_result", "error"):
+                cell.outputs.append(nbformat.v4.output_from_msg(message))
+        raise TimeoutError(f"the kernel did not finish the cell within {timeout} s")

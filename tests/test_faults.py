@@ -260,3 +260,22 @@ def test_faults_after_results_change_nothing_and_say_why(tmp_path):
     assert results == {r: {"world_size": 2, "restart_count": 0} for r in (0, 1)}
     finals = [k for k in kinds(job) if k in ("succeeded", "failed", "stopped")]
     assert finals == ["succeeded"]
+
+
+@pytest.mark.slow
+@pytest.mark.backends("c10d", "etcd3")
+def test_a_rank_killed_while_its_peer_waits_in_the_exit_barrier_gives_one_worlds_results(
+        tmp_path, rdzv):
+    """Node 0 returned and waits in torch's exit barrier; node 1's rank is killed and its node
+    re-forms alone, a world of 1. The results are that world's, all of them: never node 0's
+    rank 0 of the world of 2 beside node 1's rank 0 of the world of 1."""
+    job = launch(tmp_path, "exit_barrier", **rdzv)
+    try:
+        struck = at_moment(job, "exit_barrier", lambda: job.kill(1))
+        took = outcome_time(job, struck)
+        results = job.result()
+    finally:
+        job.stop()
+    assert results == {0: {"world_size": 1, "restart_count": 1}}
+    assert took < BOUND
+    report("kill SIGKILL", "exit_barrier", rdzv["backend"], took, "succeeded, world 1's results")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from IPython.core.error import UsageError
-from kernel_util import execute, notebook, outputs
+from kernel_util import Kernel, execute, notebook, outputs
 
 from elastic_nb.ui import magics
 
@@ -86,3 +86,24 @@ def test_cell_runs_with_captured_names_and_returns_its_last_expression():
     assert magics.run_cell_body("y = base + 1\ny * 2", {"base": 4}) == 10
     assert magics.run_cell_body("y = 1", {}) is None
     assert magics.used_names("a = b + c\nprint(a)") == {"a", "b", "c", "print"}
+
+
+def test_interrupting_a_wait_gives_the_cell_back_and_leaves_the_job_running(tmp_path):
+    """In a real kernel: ``job.result()`` interrupted (jupyter_client's interrupt) raises
+    KeyboardInterrupt in the cell, says the job still runs, and the job does; ``%elastic_run
+    --block`` interrupted stops its job (it hands out no handle to stop it with)."""
+    with Kernel(tmp_path) as kernel:
+        kernel.run("import elastic_nb as enb, scenarios\n"
+                   "job = enb.launch(scenarios.tick_forever, nproc=2)\n"
+                   "job.wait_until(lambda: 'tick 2' in job.logs(rank=1), timeout=120)")
+        outputs = kernel.interrupted("print('waiting', flush=True)\njob.result()", "stream")
+        assert any(o.get("ename") == "KeyboardInterrupt" for o in outputs)
+        said = "".join(o.get("text", "") for o in outputs)
+        assert "is still running" in said and "job.stop() ends it" in said
+        assert "running 2" in kernel.run("print(job.state, len([w for w in job.workers "
+                                         "if w.state == 'running']))")
+        kernel.run("job.stop()\n%load_ext elastic_nb")
+        outputs = kernel.interrupted("%elastic_run -n 2 -o blocked --block scenarios.tick_forever",
+                                     "display_data")
+        assert any(o.get("ename") == "KeyboardInterrupt" for o in outputs)
+        assert "stopped" in kernel.run("print(blocked.state)")

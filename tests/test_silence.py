@@ -128,12 +128,14 @@ def test_a_frozen_rank_without_a_collective_timeout_holds_its_peers_until_thawed
 @pytest.mark.slow
 @pytest.mark.backends("c10d", "etcd3")
 def test_a_slowed_rank_makes_the_job_slower_not_wrong(rdzv):
-    job = enb.launch(scenarios.elastic_steps, 30, 0.0, nproc=2, **rdzv)
+    job = enb.launch(scenarios.elastic_steps, 40, 0.05, nproc=2, **rdzv)
     try:
-        running_workers(job, 2)
+        worker = running_workers(job, 2)[1]
         job.slow(1, 0.25)
-        tile = next(t for t in job.snapshot().workers if t.rank == 1)
-        assert tile.slowed == 0.25
+        assert next(t for t in job.snapshot().workers if t.rank == 1).slowed == 0.25
+        # the duty cycle stops it three quarters of the time: it is seen stopped, then runs on
+        wait_until(lambda: psutil.Process(worker.pid).status() == psutil.STATUS_STOPPED,
+                   timeout=10, what="the slowed rank stopped by its duty cycle")
         results = job.result(timeout=120)
     finally:
         job.stop()

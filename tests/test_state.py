@@ -479,3 +479,14 @@ def test_freeze_thaw_and_slow_are_events_on_running_ranks_only():
         rules.rank_slowed(state, 0, 1.5, T0 + 7)
     with pytest.raises(ValueError, match="rank 5 is not running"):
         rules.rank_frozen(state, 5, True, T0 + 7)
+
+
+def test_a_node_waiting_in_the_exit_barrier_of_a_world_that_is_gone_is_stopped():
+    state = job(1, 1)
+    for node in (0, 1):
+        started(state, node, node)
+    rules.apply(state, 0, protocol.Succeeded(0, {0: b"x"}, round=0), T0 + 2)
+    rules.apply(state, 1, protocol.Restarting("failure", 0, 1, T0 + 3), T0 + 3)
+    assert rules.abandoned_in_exit_barrier(state, 1) == [0] and state.nodes[0].stopping
+    assert rules.abandoned_in_exit_barrier(state, 1) == []  # once
+    assert state.nodes[0].status == NodeStatus.SUCCEEDED  # its results stand until a newer world's

@@ -276,7 +276,7 @@ def test_the_debug_console_drives_pdb_in_a_paused_rank_without_blocking_the_kern
     wait_until(lambda: not dashboard.debug_button(0).disabled if 0 in dashboard.tile_ranks()
                else False, timeout=60, what="rank 0's debug button enabled")
     assert dashboard.debug_button(1).disabled, "only a paused rank can be debugged"
-    assert "paused at scenarios.py:" in dashboard._tile_widgets[0].body.value
+    assert "paused at scenarios.py:" in dashboard.tile_html(0)
     dashboard.debug_button(0).click()
     wait_until(lambda: "-&gt; value += 1" in dashboard.debug_area.value, timeout=30,
                what="pdb's first words in the console")
@@ -304,7 +304,7 @@ def test_freeze_thaw_slow_and_freeze_node_buttons_call_the_job(board):
     wait_until(lambda: psutil.Process(job.workers[1].pid).status() == psutil.STATUS_STOPPED,
                timeout=10, what="rank 1's process stopped")
     dashboard.render()
-    assert "frozen" in dashboard._tile_widgets[1].body.value
+    assert "frozen" in dashboard.tile_html(1)
     assert dashboard.freeze_button(1).description == "thaw"
     dashboard.freeze_button(1).click()
     job.wait_until(lambda: "thawed" in [e.kind for e in job.events], timeout=10, what="thawed")
@@ -312,7 +312,7 @@ def test_freeze_thaw_slow_and_freeze_node_buttons_call_the_job(board):
     dashboard.slow_button(0).click()
     job.wait_until(lambda: job.snapshot().workers[0].slowed == 0.25, timeout=10, what="rank 0 slowed")
     dashboard.render()
-    assert "slowed to 25%" in dashboard._tile_widgets[0].body.value
+    assert "slowed to 25%" in dashboard.tile_html(0)
     assert dashboard.slow_button(0).description == "full speed"
     dashboard.slow_button(0).click()
     job.wait_until(lambda: job.snapshot().workers[0].slowed is None, timeout=10, what="full speed")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import signal
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -117,7 +118,11 @@ class Job(JobView):
     # -------------------------------------------------------------- results
 
     def wait(self, timeout: float | None = None) -> JobStatus:
-        """Block until the job ends; the final state. TimeoutError if it has not."""
+        """Block until the job ends; the final state. TimeoutError if it has not.
+
+        Interrupting the wait (Ctrl-C, "interrupt kernel") gives the cell back and
+        leaves the job running, as ``concurrent.futures`` does: ``stop()`` ends it.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             with self._changed:
@@ -128,7 +133,9 @@ class Job(JobView):
                             f"job {self.run_id} is still {self.state} after {timeout} s")
                     self._changed.wait(0.5 if remaining is None else min(remaining, 0.5))
         except KeyboardInterrupt:
-            self.stop()
+            if not self.done:
+                print(f"[elastic_nb] job {self.run_id} is still running (its dashboard too); "
+                      "job.stop() ends it", file=sys.stderr, flush=True)
             raise
         self._pump.join()
         return self.state

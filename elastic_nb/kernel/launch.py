@@ -80,7 +80,10 @@ def launch(
 
 
 def run(fn: Callable[..., Any] | None = None, /, *args: Any, **options: Any) -> dict[int, Any]:
-    """Launch, wait, and return the values by global rank (blocking; raises JobFailed)."""
+    """Launch, wait, and return the values by global rank (blocking; raises JobFailed).
+
+    No handle is handed out, so an interrupted ``run`` stops its job.
+    """
     job = launch(fn, *args, **options)
     try:
         return job.result()

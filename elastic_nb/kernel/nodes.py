@@ -22,6 +22,8 @@ import signal
 import sys
 from abc import ABC, abstractmethod
 
+import psutil
+
 from elastic_nb.kernel import host_pool
 from elastic_nb.kernel.debug_client import DebugSession
 from elastic_nb.kernel.log_book import JobLogs
@@ -74,6 +76,10 @@ class NodeHandle(ABC):
 
     def held(self) -> bool:
         """Up, and waiting for its configuration at the launch gate (it has nothing to say)."""
+        return False
+
+    def stopped(self) -> bool:
+        """Its process is seen stopped (SIGSTOP) from here (only a local process can be)."""
         return False
 
     @abstractmethod
@@ -165,6 +171,12 @@ class LocalNode(NodeHandle):
 
     def held(self) -> bool:
         return self._config is not None and not self.booting
+
+    def stopped(self) -> bool:
+        try:
+            return psutil.Process(self.agent.pid).status() == psutil.STATUS_STOPPED
+        except psutil.Error:
+            return False
 
     def send_config(self) -> None:
         config, self._config = self._config, None

@@ -31,7 +31,16 @@ from elastic_nb.wire.commands import Heartbeat
 from elastic_nb.wire.logfiles import started_sources
 from elastic_nb.wire.options import heartbeat_interval
 from elastic_nb.wire.records import ProtocolError
-from elastic_nb.wire.reports import HostReady, Log, NodeDone, Report, ReportKind, Started, parse_report
+from elastic_nb.wire.reports import (
+    HostReady,
+    Log,
+    NodeDone,
+    Report,
+    ReportKind,
+    Restarting,
+    Started,
+    parse_report,
+)
 
 POLL_INTERVAL = 0.05
 BOOT_GRACE = 20.0  # seconds a new host may take to start (torch imported) before it is judged
@@ -56,6 +65,7 @@ class Pump:
         self._beat_every = heartbeat_interval(self._timeout)
         self._last_beat = 0.0
         self._heard: dict[int, float] = {}  # node -> when it last sent anything (monotonic)
+        self._stopped: dict[int, float] = {}  # booting node -> since when its process is stopped
         self._thread = threading.Thread(target=self._loop, name=f"elastic_nb-{core.run_id}",
                                         daemon=True)
         core.wake = self.wake
@@ -140,6 +150,9 @@ class Pump:
             return False
         return True
 
+    def _stopped_since(self, index: int, now: float) -> float:
+        return self._stopped.setdefault(index, now)
+
     def _keep_liveness(self) -> None:
         """Beat to every node; a node silent past the liveness timeout is lost."""
         now = time.monotonic()
@@ -149,8 +162,13 @@ class Pump:
                 self._core.nodes[index].send(Heartbeat())
         with self._core.lock:
             for index in self._heard:
-                if self._core.nodes[index].held():  # silent until it is configured
+                node = self._core.nodes[index]
+                if node.held():  # silent until it is configured
                     self._heard[index] = now
+                elif node.booting and node.stopped():  # frozen as it starts: no grace for it
+                    self._heard[index] = min(self._heard[index], self._stopped_since(index, now))
+                else:
+                    self._stopped.pop(index, None)
             nodes = self._core.state.nodes
             silent = [(i, now - t) for i, t in self._heard.items()
                       if now - t > self._timeout and nodes[i].status.live and not nodes[i].stopping]
@@ -192,6 +210,17 @@ class Pump:
                 core.nodes[index].follow(started_sources(index, report), core.logs)
         self._apply(index, report)
 
+    def _restarting(self, index: int, report: Restarting) -> None:
+        """A node restarts its group: nodes that wait in the exit barrier of the world it
+        left are stopped (their results are in; see ``rules.abandoned_in_exit_barrier``)."""
+        self._new_attempt(index, report)
+        core = self._core
+        with core.lock:
+            waiting = rules.abandoned_in_exit_barrier(core.state, index)
+        if waiting:
+            threading.Thread(target=core.stop_nodes, args=(waiting,), daemon=True,
+                             name="elastic_nb-exit-barrier").start()
+
     def _lines(self, index: int, report: Log) -> None:
         self._core.nodes[index].lines(report, self._core.logs, time.time())  # our clock
 
@@ -214,7 +243,7 @@ HANDLERS: dict[ReportKind, Callable[[Pump, int, Any], None]] = {
     ReportKind.RENDEZVOUS: Pump._apply,
     ReportKind.STARTED: Pump._new_attempt,
     ReportKind.WORKER_FAILED: Pump._apply,
-    ReportKind.RESTARTING: Pump._new_attempt,
+    ReportKind.RESTARTING: Pump._restarting,
     ReportKind.SUCCEEDED: Pump._apply,
     ReportKind.FAILED: Pump._apply,
     ReportKind.AGENT_ERROR: Pump._apply,

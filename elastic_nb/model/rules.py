@@ -461,6 +461,22 @@ def survivors(state: JobState, lost: int) -> list[int]:
     return [i for i in state.live_nodes() if i != lost and not _reforming(state, i)]
 
 
+def abandoned_in_exit_barrier(state: JobState, restarting: int) -> list[int]:
+    """Nodes that returned their results and wait in torch's exit barrier for a world that
+    node ``restarting`` just left (its group restarts): nobody else will arrive there. They
+    are marked to stop (the caller stops them), so that the restarting node re-forms without
+    them rather than waiting for their barrier to time out (which, on some backends, closes
+    the rendezvous on it)."""
+    if state.done or state.stop_requested:
+        return []
+    waiting = [i for i, n in state.nodes.items()
+               if i != restarting and n.status == NodeStatus.SUCCEEDED and not n.gone
+               and not n.stopping]
+    for index in waiting:
+        state.nodes[index].stopping = True
+    return waiting
+
+
 def _reforming(state: JobState, index: int) -> bool:
     """The node is restarting its group already (it will rendezvous without the lost node)."""
     workers = _workers_of(state, index)

@@ -209,7 +209,11 @@ class ElasticMagics(Magics):
         if not args.block:
             return job  # on a cell's last line IPython shows its dashboard and sets ``_``
         job.show()
-        return job.result()
+        try:
+            return job.result()
+        finally:  # --block hands out no handle: an interrupted wait stops its job
+            if not job.done:
+                job.stop()
 
     def _launch_options(self, args: Any) -> dict[str, Any]:
         if args.nproc is not None and args.nodes is not None:

@@ -165,6 +165,10 @@ class Dashboard(widgets.VBox):
             button("freeze", lambda: self._freeze(rank), "primary"),
             button("slow", lambda: self._slow(rank), ""))
 
+    def tile_html(self, rank: int) -> str:
+        """What a rank's tile shows now (its HTML)."""
+        return self._tile_widgets[rank].body.value
+
     def tile_button(self, rank: int) -> widgets.Button:
         """The "kill rank N" button of a rank's tile."""
         return self._tile_widgets[rank].kill
