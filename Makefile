@@ -1,25 +1,32 @@
 # The two commands a newcomer runs (see README): `make demo` and `make test`.
 # Both create the virtual environment on first use; nothing else needs installing by hand.
+# `make demo` installs only what the package needs; `make test` adds the test extras.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo lint test bench clean
+.PHONY: setup setup-test demo lint test bench clean
 
 setup: $(VENV)/.installed
+
+setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch is pinned to the CPU wheel; installing it first keeps pip from resolving a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 demo: setup
 	$(PY) -m elastic_nb demo
 
-lint: setup
+lint: setup-test
 	$(PY) -m ruff check elastic_nb
 	$(PY) -m mypy
 
@@ -30,7 +37,7 @@ test: lint
 	scripts/install-iproute2
 	$(PY) -m pytest
 
-bench: setup
+bench: setup-test
 	$(PY) benchmarks/bench_launch.py
 
 clean:

@@ -6,7 +6,7 @@ import os
 
 import test_state as given
 
-from elastic_nb.model import render, rules
+from elastic_nb.model import controls, render, rules
 from elastic_nb.model import snapshot as snapshots
 from elastic_nb.model.plan import JobPlan, NodePlan
 from elastic_nb.wire import reports as protocol
@@ -28,7 +28,7 @@ def plan(*nproc: int) -> JobPlan:
 def test_a_remote_rank_never_shows_a_local_process_numbers():
     state = given.job(1)
     given.started(state, 0, 0)
-    rules.node_added(state, 1, 1, "trainer", local=False, host="hostb", now=T0 + 1)
+    controls.node_added(state, 1, 1, "trainer", local=False, host="hostb", now=T0 + 1)
     rules.apply(state, 1, protocol.Started(
         role="trainer", attempt=0, restart_count=0, group_rank=1, group_world_size=2,
         observed_at=T0 + 2, workers=(protocol.StartedWorker(1, 0, 1, 2, 2, os.getpid(), "/o", "/e", "/x"),)), T0 + 2)
@@ -47,7 +47,7 @@ def test_a_snapshot_is_frozen_and_does_not_follow_the_state():
     state = given.job(2)
     given.started(state, 0, 0)
     snap = snapshots.build(plan(2), "e", state, {}, {}, T0 + 2)
-    rules.rank_killed(state, 1, "SIGKILL", T0 + 3)
+    controls.rank_killed(state, 1, "SIGKILL", T0 + 3)
     assert [e.kind for e in snap.events] == ["launched", "started"]
     assert snap.status == "running" and snap.elapsed == 2.0
 
@@ -65,8 +65,8 @@ def test_tiles_come_from_start_times_and_output_times_in_the_snapshot():
 
 def test_before_any_worker_the_tiles_count_the_live_nodes_not_the_killed_ones():
     state = given.job(2, 2)
-    rules.node_killed(state, 1, T0 + 1)
-    rules.node_added(state, 2, 1, "trainer", local=True, host="localhost", now=T0 + 2)
+    controls.node_killed(state, 1, T0 + 1)
+    controls.node_added(state, 2, 1, "trainer", local=True, host="localhost", now=T0 + 2)
     snap = snapshots.build(plan(2, 2), "e", state, {}, {}, T0 + 3)
     assert (snap.planned_world_size, snap.world_size) == (4, 3)
     assert [t.state for t in render.tiles(snap, T0 + 3)] == ["pending"] * 3

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from elastic_nb.model import rules
-from elastic_nb.wire import reports as protocol
+from elastic_nb.model import controls, rules
 from elastic_nb.model.state import EventKind, JobState, JobStatus, NodeStatus, WorkerStatus
+from elastic_nb.wire import reports as protocol
 
 T0 = 1000.0
 
@@ -102,7 +102,7 @@ def test_a_final_state_is_never_left(final_status, expected):
 def test_a_local_agent_dates_its_events_by_what_it_saw_and_a_remote_one_by_arrival():
     state = job(1)
     started(state, 0, 0)
-    rules.node_added(state, 1, 1, "trainer", local=False, host="hostb", now=T0 + 1)
+    controls.node_added(state, 1, 1, "trainer", local=False, host="hostb", now=T0 + 1)
     # the local agent saw the failure at +2 and began the restart at +2.1; both reports
     # arrive at +3 (a busy pump): the timeline keeps what the agent saw, in that order
     failed = rules.apply(state, 0, protocol.WorkerFailed(0, 2, T0 + 2, (failure(0, T0 + 2),)),
@@ -177,7 +177,7 @@ def test_a_lost_node_leaves_the_survivors_to_re_form(how):
     if how == "agent_died":
         rules.node_gone(state, 1, -9, T0 + 2, "see agent.log")
     elif how == "killed":
-        rules.node_killed(state, 1, T0 + 2)
+        controls.node_killed(state, 1, T0 + 2)
     else:
         rules.agent_error(state, 1, "bad message", T0 + 2, drop=True)
     assert rules.survivors(state, 1) == [0, 2]
@@ -187,18 +187,18 @@ def test_a_lost_node_leaves_the_survivors_to_re_form(how):
 def test_nobody_restarts_for_a_node_that_was_in_no_round():
     state = job(1, 1)
     started(state, 0, 0)
-    rules.node_added(state, 2, 1, "trainer", local=False, host="mallory", now=T0 + 2)
+    controls.node_added(state, 2, 1, "trainer", local=False, host="mallory", now=T0 + 2)
     rules.agent_error(state, 2, "bad message", T0 + 3, drop=True)  # dropped before any round
     assert rules.survivors(state, 2) == []
     rules.apply(state, 1, protocol.Rendezvous(group_rank=1, group_world_size=2, world_size=2,
                                               master_addr="127.0.0.1", master_port=1), T0 + 4)
-    rules.node_killed(state, 1, T0 + 5)  # in a round, before its workers started
+    controls.node_killed(state, 1, T0 + 5)  # in a round, before its workers started
     assert rules.survivors(state, 1) == [0]
 
 
 def test_no_membership_restart_once_the_job_is_stopping():
     state = job(1, 1)
-    rules.stop_requested(state, T0 + 1)
+    controls.stop_requested(state, T0 + 1)
     assert rules.survivors(state, 1) == []
 
 
@@ -213,7 +213,7 @@ def test_an_agent_error_is_an_event_and_fails_the_job():
 def test_a_survivor_that_cannot_re_form_fails_the_job_naming_the_nodes_lost():
     state = job(1, 1, 1)
     started(state, 0, 0)
-    rules.node_killed(state, 1, T0 + 2)
+    controls.node_killed(state, 1, T0 + 2)
     rules.node_gone(state, 2, -9, T0 + 2, "see /logs/node_2/agent.log")
     events = rules.apply(state, 0, protocol.AgentError("RendezvousTimeoutError: min_nodes=3", None),
                          T0 + 30)
@@ -227,7 +227,7 @@ def test_a_killed_node_ends_as_killed_not_failed_and_survivors_decide():
     state = job(1, 1)
     started(state, 0, 0)
     started(state, 1, 1)
-    assert kinds(rules.node_killed(state, 1, T0 + 2)) == ["node_killed"]
+    assert kinds(controls.node_killed(state, 1, T0 + 2)) == ["node_killed"]
     events = rules.node_gone(state, 1, -9, T0 + 3, "see agent.log")
     assert kinds(events) == ["node_exited"] and events[0].detail["status"] == "killed"
     assert state.status == JobStatus.RUNNING
@@ -238,7 +238,7 @@ def test_a_killed_node_ends_as_killed_not_failed_and_survivors_decide():
 
 def test_every_node_killed_fails_the_job():
     state = job(1)
-    rules.node_killed(state, 0, T0 + 1)
+    controls.node_killed(state, 0, T0 + 1)
     events = rules.node_gone(state, 0, -9, T0 + 2, "")
     assert kinds(events) == ["node_exited", "failed"]
     assert events[-1].detail["error"] == "every node was killed"
@@ -247,7 +247,7 @@ def test_every_node_killed_fails_the_job():
 def test_stop_marks_live_nodes_stopped_as_they_go_then_the_job():
     state = job(1, 1)
     started(state, 0, 0)
-    assert rules.stop_requested(state, T0 + 1) == []
+    assert controls.stop_requested(state, T0 + 1) == []
     assert all(n.stopping for n in state.nodes.values())
     assert kinds(rules.node_gone(state, 0, -15, T0 + 2, "")) == ["node_exited"]
     assert kinds(rules.node_gone(state, 1, -15, T0 + 3, "")) == ["node_exited", "stopped"]
@@ -262,15 +262,15 @@ def test_commands_on_what_is_not_running_are_refused(command):
     rules.apply(state, 0, protocol.Succeeded(0, {0: b"x"}), T0 + 2)
     with pytest.raises(ValueError, match="is not running"):
         if command == "kill_rank":
-            rules.rank_killed(state, 0, "SIGKILL", T0 + 3)
+            controls.rank_killed(state, 0, "SIGKILL", T0 + 3)
         else:
-            rules.node_killed(state, 0, T0 + 3)
+            controls.node_killed(state, 0, T0 + 3)
 
 
 def test_killing_a_rank_records_its_signal_and_pid():
     state = job(2)
     started(state, 0, 0)
-    (event,) = rules.rank_killed(state, 1, "SIGTERM", T0 + 2)
+    (event,) = controls.rank_killed(state, 1, "SIGTERM", T0 + 2)
     assert (event.kind, event.rank, event.detail) == ("killed", 1, {"signal": "SIGTERM",
                                                                      "pid": 101})
 
@@ -280,8 +280,8 @@ def test_membership_change_names_who_joined_and_who_left():
     for node in (0, 1):
         rules.apply(state, node, protocol.Rendezvous(node, 2, 2, None, None), T0 + 1)
     assert EventKind.MEMBERSHIP_CHANGED not in kinds(state.events)
-    rules.node_killed(state, 1, T0 + 2)
-    rules.node_added(state, 2, 1, "trainer", local=True, host="localhost", now=T0 + 3)
+    controls.node_killed(state, 1, T0 + 2)
+    controls.node_added(state, 2, 1, "trainer", local=True, host="localhost", now=T0 + 3)
     rules.apply(state, 2, protocol.Rendezvous(1, 2, 2, None, None), T0 + 4)
     events = rules.apply(state, 0, protocol.Rendezvous(0, 2, 2, None, None), T0 + 4)
     assert kinds(events) == ["rendezvous", "membership_changed"]
@@ -291,23 +291,23 @@ def test_membership_change_names_who_joined_and_who_left():
 
 def test_the_live_world_counts_live_nodes_only():
     state = job(2, 2)
-    rules.node_killed(state, 1, T0 + 1)
-    rules.node_added(state, 2, 3, "trainer", local=False, host="b", now=T0 + 2)
+    controls.node_killed(state, 1, T0 + 1)
+    controls.node_added(state, 2, 3, "trainer", local=False, host="b", now=T0 + 2)
     assert state.live_world_size() == 5
     assert state.live_nodes() == [0, 2]
 
 
 def test_joining_is_refused_at_max_nodes_and_after_the_end():
     state = job(1, 1)
-    assert "max_nodes=2" in rules.check_can_add_node(state, max_nodes=2)
-    assert rules.check_can_add_node(state, max_nodes=3) is None
+    assert "max_nodes=2" in controls.check_can_add_node(state, max_nodes=2)
+    assert controls.check_can_add_node(state, max_nodes=3) is None
     rules.finish(state, JobStatus.STOPPED, T0 + 1)
-    assert rules.check_can_add_node(state, max_nodes=3) == "the job has already stopped"
+    assert controls.check_can_add_node(state, max_nodes=3) == "the job has already stopped"
 
 
 def test_a_joined_nodes_added_event_names_its_host():
     state = job(1)
-    (event,) = rules.node_added(state, 1, 2, "eval", local=False, host="hostb", now=T0 + 1)
+    (event,) = controls.node_added(state, 1, 2, "eval", local=False, host="hostb", now=T0 + 1)
     assert event.detail == {"nproc": 2, "role": "eval", "host": "hostb"}
     assert state.nodes[1].local is False
 
@@ -315,7 +315,7 @@ def test_a_joined_nodes_added_event_names_its_host():
 def test_a_joined_node_that_breaks_the_protocol_is_dropped_and_the_job_goes_on():
     state = job(1)
     started(state, 0, 0)
-    rules.node_added(state, 1, 1, "trainer", local=False, host="hostb", now=T0 + 1)
+    controls.node_added(state, 1, 1, "trainer", local=False, host="hostb", now=T0 + 1)
     events = rules.agent_error(state, 1, "node 1 sent a bad message: x", T0 + 2, drop=True)
     assert kinds(events) == ["agent_error"] and events[0].detail["dropped"] is True
     assert state.nodes[1].status == NodeStatus.DROPPED and state.status == JobStatus.RUNNING
@@ -337,7 +337,7 @@ def test_a_new_attempt_drops_the_workers_of_nodes_that_are_gone():
     state = job(1, 1)
     started(state, 0, 0)
     started(state, 1, 1)
-    rules.node_killed(state, 1, T0 + 2)
+    controls.node_killed(state, 1, T0 + 2)
     rules.node_gone(state, 1, -9, T0 + 3, "")
     assert state.workers[1].state == WorkerStatus.STOPPED
     started(state, 0, 0, attempt=1, world_size=1, now=T0 + 4)
@@ -347,7 +347,7 @@ def test_a_new_attempt_drops_the_workers_of_nodes_that_are_gone():
 def test_a_rank_the_user_killed_is_the_cause_before_the_peer_its_death_took_down():
     state = job(2)
     started(state, 0, 0)
-    rules.rank_killed(state, 1, "SIGKILL", T0 + 5.7)
+    controls.rank_killed(state, 1, "SIGKILL", T0 + 5.7)
     peer = protocol.FailureReport(rank=0, local_rank=0, pid=100, exitcode=1, signal=None,
                                   message="RuntimeError: Connection closed by peer",
                                   traceback=None, timestamp=T0 + 5, restart_count=0)
@@ -393,7 +393,7 @@ def test_workers_are_those_of_the_last_world_formed_never_a_mix():
                                                                                  (1, 0, 2)]
     assert events[0].detail["stale"] is True and state.nodes[1].status == NodeStatus.RUNNING
     # a node of the listed world adds its workers; the next world replaces them all
-    rules.node_added(state, 2, 2, "trainer", local=True, host="localhost", now=T0 + 5)
+    controls.node_added(state, 2, 2, "trainer", local=True, host="localhost", now=T0 + 5)
     started(state, 2, 2, world_size=4, round=2, group_rank=1, now=T0 + 6)
     assert [(w.rank, w.node) for w in state.workers.values()] == [(2, 2), (3, 2)]
     started(state, 0, 0, attempt=2, restart_count=2, world_size=4, round=2, now=T0 + 7)
@@ -465,20 +465,20 @@ def test_results_come_from_one_world_the_newest_that_returned():
 def test_freeze_thaw_and_slow_are_events_on_running_ranks_only():
     state = job(2)
     started(state, 0, 0)
-    assert [e.kind for e in rules.rank_frozen(state, 1, True, T0 + 2)] == [EventKind.FROZEN]
-    assert state.workers[1].frozen and rules.rank_frozen(state, 1, True, T0 + 2) == []
-    assert [e.kind for e in rules.rank_frozen(state, 1, False, T0 + 3)] == [EventKind.THAWED]
-    events = rules.node_frozen(state, 0, True, T0 + 4)
+    assert [e.kind for e in controls.rank_frozen(state, 1, True, T0 + 2)] == [EventKind.FROZEN]
+    assert state.workers[1].frozen and controls.rank_frozen(state, 1, True, T0 + 2) == []
+    assert [e.kind for e in controls.rank_frozen(state, 1, False, T0 + 3)] == [EventKind.THAWED]
+    events = controls.node_frozen(state, 0, True, T0 + 4)
     assert events[0].kind == EventKind.FROZEN and events[0].node == 0 and events[0].rank is None
     assert all(w.frozen for w in state.workers.values()) and state.nodes[0].frozen
-    assert rules.rank_slowed(state, 0, 0.25, T0 + 5)[0].detail["fraction"] == 0.25
+    assert controls.rank_slowed(state, 0, 0.25, T0 + 5)[0].detail["fraction"] == 0.25
     assert state.workers[0].slowed == 0.25
-    rules.rank_slowed(state, 0, 1, T0 + 6)
+    controls.rank_slowed(state, 0, 1, T0 + 6)
     assert state.workers[0].slowed is None
     with pytest.raises(ValueError, match=r"must be in \(0, 1\]"):
-        rules.rank_slowed(state, 0, 1.5, T0 + 7)
+        controls.rank_slowed(state, 0, 1.5, T0 + 7)
     with pytest.raises(ValueError, match="rank 5 is not running"):
-        rules.rank_frozen(state, 5, True, T0 + 7)
+        controls.rank_frozen(state, 5, True, T0 + 7)
 
 
 def test_a_node_waiting_in_the_exit_barrier_of_a_world_that_is_gone_is_stopped():

@@ -29,7 +29,7 @@ from elastic_nb.kernel.nodes import LocalNode
 from elastic_nb.kernel.planning import plan_node
 from elastic_nb.kernel.pump import Pump
 from elastic_nb.kernel.supervisor import SignalLike, parse_signal
-from elastic_nb.model import rules
+from elastic_nb.model import controls, rules
 from elastic_nb.model.errors import JobFailed
 from elastic_nb.model.plan import JobPlan, Node
 from elastic_nb.model.state import JobStatus
@@ -159,7 +159,7 @@ class Job(JobView):
         """Send ``sig`` to one worker; the agent's restart policy then applies."""
         signum = parse_signal(sig)
         with self._lock:
-            events = rules.rank_killed(self._state, rank, signum.name, time.time())
+            events = controls.rank_killed(self._state, rank, signum.name, time.time())
             worker = self._state.workers[rank]
             self._core.nodes[worker.node].signal(worker.pid, signum)
             self._core.apply(events)
@@ -167,7 +167,7 @@ class Job(JobView):
     def kill_node(self, index: int) -> None:
         """A machine lost: SIGKILL node ``index``'s agent and all its workers at once."""
         with self._lock:
-            self._core.apply(rules.node_killed(self._state, index, time.time()))
+            self._core.apply(controls.node_killed(self._state, index, time.time()))
             self._core.restart_survivors(index)  # first: their workers must not fail on the lost peer
             node = self._core.nodes[index]
         node.kill()
@@ -181,7 +181,7 @@ class Job(JobView):
         """Freeze a whole node, host and workers, as a machine that hangs: it goes silent, and
         left frozen it is lost after ``liveness_timeout`` (the others re-form without it)."""
         with self._lock:
-            events = rules.node_frozen(self._state, index, True, time.time())
+            events = controls.node_frozen(self._state, index, True, time.time())
             pids = [w.pid for w in self._state.workers.values() if w.node == index]
             self._core.nodes[index].freeze(True, pids)
             self._core.apply(events)
@@ -195,7 +195,7 @@ class Job(JobView):
             return
         with self._lock:
             assert node is not None
-            events = rules.node_frozen(self._state, node, False, time.time())
+            events = controls.node_frozen(self._state, node, False, time.time())
             pids = [w.pid for w in self._state.workers.values() if w.node == node]
             self._core.nodes[node].freeze(False, pids)
             self._core.apply(events)
@@ -204,14 +204,14 @@ class Job(JobView):
         """Make rank ``rank`` a straggler that runs ``fraction`` of its speed (0.25: a quarter)
         by stopping and continuing it; ``slow(rank, 1)`` gives it its full speed back."""
         with self._lock:
-            events = rules.rank_slowed(self._state, rank, fraction, time.time())
+            events = controls.rank_slowed(self._state, rank, fraction, time.time())
             worker = self._state.workers[rank]
             self._core.nodes[worker.node].send(Slow(pid=worker.pid, fraction=float(fraction)))
             self._core.apply(events)
 
     def _freeze_rank(self, rank: int, frozen: bool) -> None:
         with self._lock:
-            events = rules.rank_frozen(self._state, rank, frozen, time.time())
+            events = controls.rank_frozen(self._state, rank, frozen, time.time())
             worker = self._state.workers[rank]
             self._core.nodes[worker.node].signal(worker.pid,
                                                  signal.SIGSTOP if frozen else signal.SIGCONT)
@@ -225,12 +225,12 @@ class Job(JobView):
         with self._lock:
             if self.done:
                 raise RuntimeError(f"job {self.run_id} has already {self.state}")
-            reason = rules.check_can_add_node(self._state, self._plan.options.max_nodes)
+            reason = controls.check_can_add_node(self._state, self._plan.options.max_nodes)
             if reason:
                 raise ValueError(reason)
             index = len(self._state.nodes)
             node_plan = plan_node(index, node, self._plan.default_payload)
-            self._core.apply(rules.node_added(self._state, index, node_plan.nproc, node_plan.role,
+            self._core.apply(controls.node_added(self._state, index, node_plan.nproc, node_plan.role,
                                               local=True, host="localhost", now=time.time()))
             self._start_node(index, node_plan.nproc, node_plan.role, node_plan.payload).send_config()
         return index
@@ -296,7 +296,7 @@ class Job(JobView):
         local host that stopped cleanly may stay warm for the next launch.
         """
         with self._lock:
-            self._core.apply(rules.stop_requested(self._state, time.time()))
+            self._core.apply(controls.stop_requested(self._state, time.time()))
             nodes = self._core.stopping_nodes()
         self._core.stop_nodes(nodes)
         with self._lock:

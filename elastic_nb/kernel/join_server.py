@@ -23,7 +23,7 @@ from typing import Any
 
 from elastic_nb.kernel.core import JobCore
 from elastic_nb.kernel.nodes import JoinedNode, NodeHandle
-from elastic_nb.model import rules
+from elastic_nb.model import controls
 from elastic_nb.model.state import EventKind
 from elastic_nb.rendezvous import discovery
 from elastic_nb.wire.channel import Channel
@@ -186,11 +186,11 @@ class JoinDesk:
         """A node from another machine passed the handshake's checks: give it an index."""
         core = self._core
         with core.lock:
-            reason = rules.check_can_add_node(core.state, core.plan.options.max_nodes)
+            reason = controls.check_can_add_node(core.state, core.plan.options.max_nodes)
             if reason:
                 raise JoinRefused(f"job {core.run_id}: {reason}")
             index = len(core.state.nodes)
-            core.apply(rules.node_added(core.state, index, request.nproc, request.role,
+            core.apply(controls.node_added(core.state, index, request.nproc, request.role,
                                         local=False, host=request.host, now=time.time()))
             core.nodes[index] = node = JoinedNode(index, channel, request.host)
         self._watch(node)

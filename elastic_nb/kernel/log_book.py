@@ -17,6 +17,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
+from elastic_nb.model import terminal
 from elastic_nb.model.collapse import collapse as collapse_lines
 from elastic_nb.wire.logfiles import LogLine, LogSource, LogTailer
 from elastic_nb.wire.reports import Log
@@ -32,6 +33,7 @@ class LogBook:
         self._seq = itertools.count()
         self._lock = threading.Lock()
         self._listeners: list[Callable[[list[LogLine]], None]] = []
+        self._pending: dict[tuple[int, str], tuple[LogSource, str]] = {}  # (rank, stream) -> bar
 
     def add_listener(self, listener: Callable[[list[LogLine]], None]) -> None:
         """Call ``listener(lines)`` with each new batch of lines (from the tailer thread)."""
@@ -53,9 +55,24 @@ class LogBook:
             if overflow > 0:
                 self._dropped[source.rank] += overflow
             buffer.extend(batch)
+            self._pending.pop((source.rank, source.stream), None)
             listeners = list(self._listeners)
         for listener in listeners:
             listener(batch)
+
+    def pending(self, source: LogSource, text: str | None) -> None:
+        """What a rank's unfinished line shows now (a progress bar), or None once it ended."""
+        with self._lock:
+            if text is None:
+                self._pending.pop((source.rank, source.stream), None)
+            else:
+                self._pending[(source.rank, source.stream)] = (source, text)
+
+    def pending_lines(self, rank: int | None = None) -> list[tuple[LogSource, str]]:
+        """The unfinished lines shown at the end of a view, by rank."""
+        with self._lock:
+            return [entry for (r, _), entry in sorted(self._pending.items())
+                    if rank is None or r == rank]
 
     def lines(
         self, rank: int | None = None, stream: str | None = None, attempt: int | None = None
@@ -130,6 +147,9 @@ class JobLogs:
         picked = self.book.lines(rank, stream, attempt)
         shown = collapse_lines(picked) if collapse and rank is None else picked
         lines = [line.render(self.template) for line in shown]
+        lines += [source.prefix(self.template) + terminal.plain(text)
+                  for source, text in self.book.pending_lines(rank)
+                  if stream in (None, source.stream) and attempt in (None, source.attempt)]
         dropped = self.book.dropped(rank)
         if dropped:
             lines.insert(0, f"[elastic_nb] {dropped} earlier lines were dropped from memory; "

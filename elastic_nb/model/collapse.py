@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from elastic_nb.model import terminal
 from elastic_nb.wire.logfiles import LogLine
 
 
@@ -41,7 +42,12 @@ class CollapsedLine:
     def render(self, template: str) -> str:
         if len(self.ranks) == 1:
             return self.first.render(template)
-        return f"[ranks {rank_ranges(self.ranks)}]: {self.first.text}"
+        return f"[ranks {rank_ranges(self.ranks)}]: {terminal.plain(self.first.text)}"
+
+    def render_html(self, template: str) -> str:
+        if len(self.ranks) == 1:
+            return self.first.render_html(template)
+        return f"[ranks {rank_ranges(self.ranks)}]: {terminal.to_html(self.first.text)}"
 
 
 def collapse(lines: Sequence[LogLine], window: int = 256) -> list[CollapsedLine]:

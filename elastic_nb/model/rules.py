@@ -170,7 +170,7 @@ def _on_worker_failed(state: JobState, node: NodeState, msg: protocol.WorkerFail
 
 
 def _on_restarting(state: JobState, node: NodeState, msg: protocol.Restarting, now: float) -> None:
-    for worker in _workers_of(state, node.index, WorkerStatus.RUNNING, WorkerStatus.PAUSED):
+    for worker in workers_of(state, node.index, WorkerStatus.RUNNING, WorkerStatus.PAUSED):
         worker.state = WorkerStatus.RESTARTING
     state.record(_observed(node, msg.observed_at, now), EventKind.RESTARTING, node=node.index, detail={
         "reason": msg.reason, "remaining_restarts": msg.remaining_restarts,
@@ -189,7 +189,7 @@ def _on_succeeded(state: JobState, node: NodeState, msg: protocol.Succeeded, now
         state.results.clear()
     state.results_round = msg.round if msg.round is not None else state.results_round
     state.results.update(msg.return_values)
-    for worker in _workers_of(state, node.index):
+    for worker in workers_of(state, node.index):
         worker.state = WorkerStatus.SUCCEEDED
 
 
@@ -198,7 +198,7 @@ def _on_failed(state: JobState, node: NodeState, msg: protocol.Failed, now: floa
     for report in msg.failures:
         failure = rank_failure(node, report)
         state.failures[failure.rank] = failure
-    for worker in _workers_of(state, node.index):
+    for worker in workers_of(state, node.index):
         if worker.state != WorkerStatus.FAILED:
             worker.state = WorkerStatus.STOPPED
 
@@ -289,80 +289,13 @@ def node_gone(state: JobState, index: int, returncode: int | None, now: float,
             node.status = NodeStatus.LOST
             node.error = (f"the agent of node {index} exited unexpectedly "
                           f"(exit code {returncode}); {where}")
-    for worker in _workers_of(state, index, WorkerStatus.RUNNING, WorkerStatus.PAUSED,
+    for worker in workers_of(state, index, WorkerStatus.RUNNING, WorkerStatus.PAUSED,
                               WorkerStatus.RESTARTING):
         worker.state = WorkerStatus.STOPPED
     state.record(now, EventKind.NODE_EXITED, node=index,
                  detail={"status": node.status, "exitcode": returncode})
     check_finished(state, now)
     return state.events[before:]
-
-
-def running_worker(state: JobState, rank: int) -> WorkerInfo:
-    """The worker of ``rank`` if its process runs; ValueError naming the running ranks if not."""
-    worker = state.workers.get(rank)
-    if worker is None or not worker.state.alive:
-        running = sorted(r for r, w in state.workers.items() if w.state.alive)
-        status = worker.state if worker else "unknown"
-        raise ValueError(f"rank {rank} is not running (state: {status}); running ranks: {running}")
-    return worker
-
-
-def rank_killed(state: JobState, rank: int, signal_name: str, now: float) -> list[Event]:
-    """The user signals a rank; ValueError if it is not running."""
-    worker = running_worker(state, rank)
-    worker.killed_at = now
-    return [state.record(now, EventKind.KILLED, node=worker.node, rank=rank,
-                         detail={"signal": signal_name, "pid": worker.pid})]
-
-
-def node_killed(state: JobState, index: int, now: float) -> list[Event]:
-    """The user kills a whole node; ValueError if it is not live."""
-    node = state.nodes.get(index)
-    if node is None or not node.status.live:
-        status = node.status if node else "unknown"
-        raise ValueError(f"node {index} is not running (status: {status}); "
-                         f"live nodes: {state.live_nodes()}")
-    node.status = NodeStatus.KILLED
-    return [state.record(now, EventKind.NODE_KILLED, node=index, detail={"host": node.host})]
-
-
-def rank_frozen(state: JobState, rank: int, frozen: bool, now: float) -> list[Event]:
-    """The user freezes (SIGSTOP) or thaws a rank; ValueError if it is not running."""
-    worker = running_worker(state, rank)
-    if worker.frozen == frozen:
-        return []
-    worker.frozen = frozen
-    return [state.record(now, EventKind.FROZEN if frozen else EventKind.THAWED,
-                         node=worker.node, rank=rank, detail={"pid": worker.pid})]
-
-
-def node_frozen(state: JobState, index: int, frozen: bool, now: float) -> list[Event]:
-    """The user freezes or thaws a whole node (host and workers); ValueError if it is not live."""
-    node = state.nodes.get(index)
-    if node is None or not node.status.live:
-        status = node.status if node else "unknown"
-        raise ValueError(f"node {index} is not running (status: {status}); "
-                         f"live nodes: {state.live_nodes()}")
-    if node.frozen == frozen:
-        return []
-    node.frozen = frozen
-    for worker in _workers_of(state, index):
-        worker.frozen = frozen
-    return [state.record(now, EventKind.FROZEN if frozen else EventKind.THAWED, node=index,
-                         detail={"host": node.host})]
-
-
-def rank_slowed(state: JobState, rank: int, fraction: float, now: float) -> list[Event]:
-    """The user makes a rank run at ``fraction`` of its speed (1.0 ends it); ValueError if
-    it is not running or the fraction is not in (0, 1]."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f"the fraction of a rank's speed must be in (0, 1], not {fraction!r} "
-                         "(0.25: a quarter of its speed; 1: full speed again)")
-    worker = running_worker(state, rank)
-    worker.slowed = None if fraction == 1 else float(fraction)
-    return [state.record(now, EventKind.SLOWED, node=worker.node, rank=rank,
-                         detail={"fraction": float(fraction), "pid": worker.pid})]
 
 
 def node_silent(state: JobState, index: int, silent_for: float, now: float) -> list[Event]:
@@ -376,42 +309,11 @@ def node_silent(state: JobState, index: int, silent_for: float, now: float) -> l
     node.status = NodeStatus.LOST
     node.error = (f"node {index} on {node.host} went silent: nothing from it for "
                   f"{silent_for:.1f} s (frozen, partitioned or its machine hung)")
-    for worker in _workers_of(state, index, WorkerStatus.RUNNING, WorkerStatus.PAUSED,
+    for worker in workers_of(state, index, WorkerStatus.RUNNING, WorkerStatus.PAUSED,
                               WorkerStatus.RESTARTING):
         worker.state = WorkerStatus.STOPPED
     state.record(now, EventKind.NODE_LOST, node=index, detail={
         "silent_for": round(silent_for, 1), "host": node.host})
-    check_finished(state, now)
-    return state.events[before:]
-
-
-def check_can_add_node(state: JobState, max_nodes: int) -> str | None:
-    """Why another node cannot join now, or None."""
-    if state.done:
-        return f"the job has already {state.status}"
-    live = state.live_nodes()
-    if len(live) >= max_nodes:
-        return (f"the job already has max_nodes={max_nodes} live nodes {live}; "
-                "launch with a larger max_nodes to scale up")
-    return None
-
-
-def node_added(state: JobState, index: int, nproc: int, role: str, local: bool, host: str,
-               now: float) -> list[Event]:
-    add_node(state, index, nproc, role, local, host)
-    detail: dict[str, Any] = {"nproc": nproc, "role": role}
-    if not local:
-        detail["host"] = host
-    return [state.record(now, EventKind.NODE_ADDED, node=index, detail=detail)]
-
-
-def stop_requested(state: JobState, now: float) -> list[Event]:
-    """The user stops the job: every live node is asked to stop."""
-    state.stop_requested = True
-    before = len(state.events)
-    for node in state.nodes.values():
-        if node.status.live:
-            node.stopping = True
     check_finished(state, now)
     return state.events[before:]
 
@@ -479,7 +381,7 @@ def abandoned_in_exit_barrier(state: JobState, restarting: int) -> list[int]:
 
 def _reforming(state: JobState, index: int) -> bool:
     """The node is restarting its group already (it will rendezvous without the lost node)."""
-    workers = _workers_of(state, index)
+    workers = workers_of(state, index)
     return bool(workers) and all(w.state == WorkerStatus.RESTARTING for w in workers)
 
 
@@ -509,6 +411,6 @@ def _set_status(state: JobState, status: JobStatus) -> None:
         state.status = status
 
 
-def _workers_of(state: JobState, node: int, *statuses: WorkerStatus) -> list[WorkerInfo]:
+def workers_of(state: JobState, node: int, *statuses: WorkerStatus) -> list[WorkerInfo]:
     return [w for w in state.workers.values()
             if w.node == node and (not statuses or w.state in statuses)]

@@ -37,6 +37,10 @@ class LogForwarder:
         self._channel.send(Log(rank=source.rank, stream=source.stream,
                                                attempt=source.attempt, lines=tuple(texts)))
 
+    def pending(self, source: LogSource, text: str | None) -> None:
+        """An unfinished line (a bar being redrawn) is not sent: the finished one will be."""
+        return None
+
     def follow(self, sources: list[LogSource]) -> None:
         """Forward these files from now on; the previous attempt's are read to their end."""
         self._tailer.retire_all()

@@ -10,6 +10,7 @@ in one attempt and renders torch-style prefix templates for it.
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from string import Template
 from typing import Protocol
 
+from elastic_nb.model import terminal
 from elastic_nb.wire.reports import Started
 
 PREFIX_FIELDS = ("role_name", "rank", "local_rank", "group_rank", "restart_count", "node")
@@ -92,8 +94,13 @@ class LogLine:
         return self.source.attempt
 
     def render(self, template: str) -> str:
+        """The line as plain text, prefixed (escape sequences stripped)."""
         prefix = self.source.prefix(template)
-        return f"{prefix}{self.text}" if prefix else self.text
+        return f"{prefix}{terminal.plain(self.text)}"
+
+    def render_html(self, template: str) -> str:
+        """The line as HTML, prefixed, its colours as spans."""
+        return html.escape(self.source.prefix(template)) + terminal.to_html(self.text)
 
 
 def started_sources(node: int, started: Started) -> list[LogSource]:
@@ -107,9 +114,15 @@ def started_sources(node: int, started: Started) -> list[LogSource]:
 
 
 class LineSink(Protocol):
-    """Where a LogTailer puts the lines it reads: a LogBook, or a joined node's channel."""
+    """Where a LogTailer puts the lines it reads: a LogBook, or a joined node's channel.
+
+    ``pending`` is the unfinished line a source shows now (a progress bar being
+    redrawn with carriage returns), or None once it finished.
+    """
 
     def append(self, source: LogSource, texts: Iterable[str], when: float) -> None: ...
+
+    def pending(self, source: LogSource, text: str | None) -> None: ...
 
 
 class LogTailer:
@@ -162,10 +175,19 @@ class LogTailer:
         source.position += len(data)
         data = source.partial + data
         *complete, rest = data.split(b"\n")
+        if len(rest) > _MAX_PARTIAL_LINE:  # a bar redrawn for long: only its last drawing counts
+            rest = rest[rest.rfind(b"\r", 0, len(rest) - 1) + 1:]
         if (final and rest) or len(rest) > _MAX_PARTIAL_LINE:
             complete.append(rest)
             rest = b""
+        had_pending = bool(source.partial)
         source.partial = rest
         if complete:
-            texts = [c.decode("utf-8", errors="replace").rstrip("\r") for c in complete]
+            texts = [terminal.overwrite(c.decode("utf-8", errors="replace").rstrip("\r"))
+                     for c in complete]
             self._book.append(source, texts, now)
+        if rest and b"\r" in rest:
+            self._book.pending(source, terminal.overwrite(
+                rest.decode("utf-8", errors="replace").rstrip("\r")))
+        elif had_pending and not rest:
+            self._book.pending(source, None)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import html
 import itertools
 import threading
 from typing import TYPE_CHECKING
 
+from elastic_nb.model import terminal
 from elastic_nb.model.collapse import CollapsedLine
 from elastic_nb.model.collapse import collapse as collapse_lines
 from elastic_nb.wire.logfiles import LogLine
@@ -90,24 +92,32 @@ class LogView:
         return shown, total - len(shown)
 
     def render(self, rank: int | None = None, text: str = "", attempt: int | None = None,
-               max_lines: int = MAX_LOG_LINES, collapse: bool = False) -> str:
-        """The view's text; ``collapse`` shows a line several ranks printed once (merged view)."""
+               max_lines: int = MAX_LOG_LINES, collapse: bool = False, as_html: bool = False) -> str:
+        """The view's text (plain, or ``as_html`` with colours); ``collapse`` shows a line
+        several ranks printed once (merged view). An unfinished line a rank is redrawing (a
+        progress bar) shows at the end as it looks now."""
         selected, hidden = self.select(rank, text, attempt, max_lines)
         lines: list[LogLine] | list[CollapsedLine] = (
             collapse_lines(selected) if collapse and rank is None else selected)
         template = self._job.log_line_prefix_template
+        escape = html.escape if as_html else str
         out = []
         with self._lock:
             overflow = self._overflow[rank] if rank is not None else sum(self._overflow.values())
         if hidden or overflow:
-            out.append(f"… {hidden + overflow} earlier lines not shown; every line is on disk "
-                       f"under {self._job.log_dir}")
+            out.append(escape(f"… {hidden + overflow} earlier lines not shown; every line is on "
+                              f"disk under {self._job.log_dir}"))
         previous = None
         for line in lines:
             first = line.first if isinstance(line, CollapsedLine) else line
             if first.attempt != previous:
-                out.append(f"──────── attempt {first.attempt} "
-                           f"(restart count {first.source.restart_count}) ────────")
+                out.append(escape(f"──────── attempt {first.attempt} "
+                                  f"(restart count {first.source.restart_count}) ────────"))
                 previous = first.attempt
-            out.append(line.render(template))
+            out.append(line.render_html(template) if as_html else line.render(template))
+        for source, bar in self._job.log_book.pending_lines(rank):
+            if attempt in (None, source.attempt) and (not text or text in bar):
+                shown = (escape(source.prefix(template)) + terminal.to_html(bar) if as_html
+                         else source.prefix(template) + terminal.plain(bar))
+                out.append(shown)
         return "\n".join(out)

@@ -96,6 +96,11 @@ class DashboardModel:
                  collapse: bool = False) -> str:
         return self.logs.render(rank, text, attempt, self.max_log_lines, collapse)
 
+    def log_html(self, rank: int | None = None, text: str = "", attempt: int | None = None,
+                 collapse: bool = False) -> str:
+        """The log pane as HTML: the ranks' colours shown, no escape sequence raw."""
+        return self.logs.render(rank, text, attempt, self.max_log_lines, collapse, as_html=True)
+
     def dump_stacks(self, timeout: float = 5) -> dict[int, str]:
         self.stacks = self.job.stacks(timeout=timeout)
         return self.stacks

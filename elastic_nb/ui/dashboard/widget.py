@@ -384,8 +384,8 @@ class Dashboard(widgets.VBox):
         changed = self._set_options(self.log_rank, ranks)
         changed |= self._set_options(self.log_attempt, attempts)
         rank, attempt = (None if v == ALL else v for v in (self.log_rank.value, self.log_attempt.value))
-        text = self.model.log_text(rank, self.log_filter.value, attempt, self.log_collapse.value)
-        body = (f"<pre style='margin:0;font-size:12px;line-height:1.3'>{html.escape(text)}</pre>"
+        text = self.model.log_html(rank, self.log_filter.value, attempt, self.log_collapse.value)
+        body = (f"<pre style='margin:0;font-size:12px;line-height:1.3'>{text}</pre>"
                 if text else "<i>no output yet</i>")
         return changed | self._set(self.log_area, "value", body)
 
