@@ -322,3 +322,59 @@ def test_freeze_thaw_slow_and_freeze_node_buttons_call_the_job(board):
     job.wait_until(lambda: job.nodes[1] == "lost", timeout=30, what="node 1 lost")
     running_workers(job, 1, attempt=1)
     assert [e.kind for e in job.events].count("node_lost") == 1
+
+
+class SnapshotJob:
+    """A job that is only its read model: enough for a dashboard to render (no process)."""
+
+    def __init__(self, snap) -> None:
+        from elastic_nb.kernel.log_book import LogBook
+
+        self.snap, self.run_id, self.log_dir = snap, snap.run_id, snap.log_dir
+        self.log_line_prefix_template, self.done, self.log_book = "[${rank}]:", False, LogBook()
+        self.killed: list[int] = []
+
+    def snapshot(self):
+        return self.snap
+
+    def add_listener(self, listener) -> None:
+        return None
+
+    def remove_listener(self, listener) -> None:
+        return None
+
+    def kill(self, rank, sig="SIGKILL") -> None:
+        self.killed.append(rank)
+
+
+def test_many_ranks_are_a_compact_grid_and_the_selected_rank_s_tile():
+    import test_snapshot
+    import test_state as given
+
+    from elastic_nb.model import snapshot as snapshots
+    from elastic_nb.ui.dashboard.tiles import COMPACT_ABOVE
+
+    state = given.job(*[4] * 16)  # 64 ranks on 16 nodes
+    for node in range(16):
+        given.started(state, node, node * 4)
+    state.workers[37].frozen = True
+    snap = snapshots.build(test_snapshot.plan(*[4] * 16), "127.0.0.1:1", state, {}, {}, given.T0 + 2)
+    job = SnapshotJob(snap)
+    dashboard = widgets.Dashboard(job, start=False)
+    try:
+        assert len(snap.workers) == 64 > COMPACT_ABOVE
+        board = dashboard.tiles
+        assert [c.description for c in board.grid.children] == [str(r) for r in range(64)]
+        assert board.cell(37).style.button_color == render.TILE_COLORS["frozen"]
+        assert board.cell(5).style.button_color == render.TILE_COLORS["running"]
+        assert dashboard.tile_ranks() == [0]  # one tile, of the rank selected (the first)
+        board.cell(37).click()
+        dashboard.render()
+        assert dashboard.tile_ranks() == [37] and "rank 37" in dashboard.tile_html(37)
+        assert dashboard.freeze_button(37).description == "thaw"
+        dashboard.tile_button(37).click()
+        assert job.killed == [37]
+        widgets_in_tiles = len(board.grid.children) + 5  # one cell each, and one tile
+        assert widgets_in_tiles < 64 * 5 / 4
+    finally:
+        dashboard.close()

@@ -12,7 +12,6 @@ import html
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
@@ -21,6 +20,7 @@ from elastic_nb.model import render
 from elastic_nb.model.plan import Node
 from elastic_nb.model.snapshot import JobSnapshot
 from elastic_nb.ui.dashboard.model import DashboardModel
+from elastic_nb.ui.dashboard.tiles import TileActions, TileBoard
 
 if TYPE_CHECKING:
     from elastic_nb.ui.dashboard.handle import JobHandle
@@ -30,21 +30,6 @@ TICK_INTERVAL = 0.25
 STATS_INTERVAL = 1.0
 ALL = -1  # the "all ranks" / "all attempts" choice of the log filters
 SPEEDS = (("10%", 0.1), ("25%", 0.25), ("50%", 0.5))  # what "slow" leaves of a rank's speed
-
-
-@dataclass
-class TileWidgets:
-    """One rank's tile: its text and its buttons."""
-
-    body: widgets.HTML
-    kill: widgets.Button
-    debug: widgets.Button
-    freeze: widgets.Button
-    slow: widgets.Button
-
-    def box(self) -> widgets.VBox:
-        return widgets.VBox([self.body, widgets.HBox([self.kill, self.freeze, self.slow]),
-                             self.debug])
 
 
 class Dashboard(widgets.VBox):
@@ -67,9 +52,8 @@ class Dashboard(widgets.VBox):
         self._last_refresh = 0.0
         self._seen_logs = -1
         self._failures_seen = 0
-        self._tile_widgets: dict[int, TileWidgets] = {}
         self._build()
-        super().__init__([self.header_area, self._tiles_box, self._controls, self.status_area,
+        super().__init__([self.header_area, self.tiles.box, self._controls, self.status_area,
                           self.tabs], layout=widgets.Layout(width="100%"))
         self.add_class("enb-dashboard")
         job.add_listener(self._on_event)
@@ -91,8 +75,12 @@ class Dashboard(widgets.VBox):
 
     def _build(self) -> None:
         self.header_area = widgets.HTML()
-        self._tiles_box = widgets.GridBox(layout=widgets.Layout(
-            grid_template_columns="repeat(auto-fill, minmax(190px, 1fr))", grid_gap="4px"))
+        self.tiles = TileBoard(TileActions(
+            kill=lambda rank: self._act(lambda: self._kill(rank)),
+            debug=lambda rank: self._act(lambda: self._debug(rank)),
+            freeze=lambda rank: self._act(lambda: self._freeze(rank)),
+            slow=lambda rank: self._act(lambda: self._slow(rank)),
+            select=lambda rank: self._refresh()))
         self.signal = widgets.Dropdown(options=SIGNALS, value="SIGKILL", description="signal",
                                        layout=widgets.Layout(width="180px"))
         self.restart_button = self._button("restart group", self._restart, "warning")
@@ -152,44 +140,36 @@ class Dashboard(widgets.VBox):
         button.on_click(lambda _: self._act(action))
         return button
 
-    def _tile(self, rank: int) -> TileWidgets:
-        def button(label: str, action: Callable[[], str], style: str) -> widgets.Button:
-            made = widgets.Button(description=label, button_style=style,
-                                  layout=widgets.Layout(width="auto"))
-            made.on_click(lambda _: self._act(action))
-            return made
-
-        return TileWidgets(
-            widgets.HTML(), button(f"kill rank {rank}", lambda: self._kill(rank), "danger"),
-            button(f"debug rank {rank}", lambda: self._debug(rank), "info"),
-            button("freeze", lambda: self._freeze(rank), "primary"),
-            button("slow", lambda: self._slow(rank), ""))
-
     def tile_html(self, rank: int) -> str:
         """What a rank's tile shows now (its HTML)."""
-        return self._tile_widgets[rank].body.value
+        return self.tiles.tile(rank).body.value
 
     def tile_button(self, rank: int) -> widgets.Button:
         """The "kill rank N" button of a rank's tile."""
-        return self._tile_widgets[rank].kill
+        return self.tiles.tile(rank).kill
 
     def debug_button(self, rank: int) -> widgets.Button:
         """The "debug rank N" button of a rank's tile (enabled while it is paused)."""
-        return self._tile_widgets[rank].debug
+        return self.tiles.tile(rank).debug
 
     def freeze_button(self, rank: int) -> widgets.Button:
         """The "freeze" / "thaw" button of a rank's tile."""
-        return self._tile_widgets[rank].freeze
+        return self.tiles.tile(rank).freeze
 
     def slow_button(self, rank: int) -> widgets.Button:
         """The "slow" / "full speed" button of a rank's tile (slows to the ``speed`` chosen)."""
-        return self._tile_widgets[rank].slow
+        return self.tiles.tile(rank).slow
 
     def tile_ranks(self) -> list[int]:
-        """The ranks that have a tile now."""
-        return sorted(self._tile_widgets)
+        """The ranks that have a tile now (above ``COMPACT_ABOVE`` ranks: the selected one)."""
+        return self.tiles.ranks()
 
     # -------------------------------------------------------------- actions
+
+    def _refresh(self) -> None:
+        self._dirty.set()
+        if not self._thread.is_alive():
+            self.render()
 
     def _act(self, action: Callable[[], str]) -> None:
         """Run a control; show what happened (or why it could not) in the status line."""
@@ -313,7 +293,7 @@ class Dashboard(widgets.VBox):
             snap = self.model.snapshot()
             changed = [
                 self._set(self.header_area, "value", render.header_html(snap)),
-                self._render_tiles(snap),
+                self.tiles.render(self.model.tiles(snap)),
                 self._render_controls(snap),
                 self._set(self.status_area, "value", self.model.status),
                 self._render_logs(),
@@ -345,27 +325,6 @@ class Dashboard(widgets.VBox):
             return False
         setattr(widget, name, value)
         return True
-
-    def _render_tiles(self, snap: JobSnapshot) -> bool:
-        current = self.model.tiles(snap)
-        changed = False
-        if [t.rank for t in current] != sorted(self._tile_widgets) or not self._tiles_box.children:
-            self._tile_widgets = {t.rank: self._tile_widgets.get(t.rank) or self._tile(t.rank)
-                                  for t in current}
-            self._tiles_box.children = [self._tile_widgets[t.rank].box() for t in current]
-            changed = True
-        for t in current:
-            tile = self._tile_widgets[t.rank]
-            changed |= self._set(tile.body, "value", render.tile_html(t))
-            changed |= self._set(tile.kill, "disabled", not t.state.killable)
-            changed |= self._set(tile.debug, "disabled", t.state != render.TileState.PAUSED)
-            changed |= self._set(tile.freeze, "description",
-                                 "thaw" if t.state == render.TileState.FROZEN else "freeze")
-            changed |= self._set(tile.freeze, "disabled", not t.state.killable)
-            changed |= self._set(tile.slow, "description",
-                                 "full speed" if t.slowed is not None else "slow")
-            changed |= self._set(tile.slow, "disabled", not t.state.killable)
-        return changed
 
     def _render_controls(self, snap: JobSnapshot) -> bool:
         done = snap.done
