@@ -389,3 +389,38 @@ def pdb_set_trace() -> int:
     marker = 7
     pdb.set_trace()
     return marker
+
+
+def hang_at(kind: str, step: int = 5, victim: int = 2) -> int:
+    """All-reduce in a loop; at ``step`` rank ``victim`` goes wrong, the way ``kind`` says.
+
+    * ``skip``: it sleeps instead of entering the all-reduce the others wait in;
+    * ``desync``: it calls all_gather where the others all-reduce;
+    * ``subgroup``: in a group of ranks 0 and 1 (``victim`` is 1), it sleeps instead;
+    * ``compute``: nobody goes wrong: every rank computes (sleeps) without collectives.
+    Prints ``at step N`` before each step, and ``hanging`` when the step that hangs begins.
+    """
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    me = dist.get_rank()
+    pair = dist.new_group([0, 1])
+    t = torch.ones(4)
+    for i in range(step + 1):
+        print(f"at step {i}", flush=True)
+        if i < step:
+            dist.all_reduce(t)
+            continue
+        print("hanging", flush=True)
+        if kind == "compute" or (me == victim and kind in ("skip", "subgroup")):
+            time.sleep(600)
+        elif kind == "desync" and me == victim:
+            dist.all_gather([torch.ones(4) for _ in range(dist.get_world_size())], t)
+        elif kind == "subgroup":
+            if me in (0, 1):
+                dist.all_reduce(t, group=pair)
+            time.sleep(600)
+        else:
+            dist.all_reduce(t)
+    return me

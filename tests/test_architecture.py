@@ -22,7 +22,7 @@ MAY_IMPORT = {  # room -> the rooms its modules may import
     "wire": {"model", "wire"},
     "compat": set(),
     "rendezvous": {"rendezvous", "wire", "model"},
-    "worker": {"worker", "wire", "rendezvous"},
+    "worker": {"worker", "wire", "rendezvous", "compat"},
     "node": {"node", "wire", "model", "compat", "rendezvous", "worker"},
     "kernel": {"kernel", "model", "wire", "compat", "rendezvous", "ui"},
     "ui": {"ui", "kernel", "model", "wire"},

@@ -6,6 +6,7 @@ A library that renamed one fails here, naming it, instead of deep inside a job.
 from __future__ import annotations
 
 import pytest
+from torch._C import _distributed_c10d
 from torch.distributed.elastic.agent.server import api as agent_api
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing import api as mp_api
@@ -22,6 +23,7 @@ OWNERS = {
     "agent.server.api": agent_api,
     "utils.store": store_util,
     "multiprocessing.api": mp_api,
+    "_distributed_c10d": _distributed_c10d,
 }
 INSTANCE_ATTRIBUTES = {  # set in __init__, so looked for in its source
     "SimpleElasticAgent._remaining_restarts", "SimpleElasticAgent._worker_group",

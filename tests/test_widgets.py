@@ -378,3 +378,18 @@ def test_many_ranks_are_a_compact_grid_and_the_selected_rank_s_tile():
         assert widgets_in_tiles < 64 * 5 / 4
     finally:
         dashboard.close()
+
+
+def test_a_stall_shows_a_banner_and_the_hang_map_names_the_missing_rank(board):
+    job = enb.launch(scenarios.hang_at, "skip", 3, 1, nproc=2, hang_after=2)
+    dashboard = board(job)
+    job.wait_until(lambda: any(e.kind == "stalled" for e in job.events), timeout=60,
+                   what="a stalled event")
+    dashboard.render()
+    assert "enb-stalled" in dashboard.header_area.value
+    assert "rank 1 never entered all_reduce #4" in dashboard.header_area.value
+    dashboard.hang_button.click()
+    wait_until(lambda: "never entered" in dashboard.hang_area.value, timeout=30,
+               what="the hang map")
+    assert "<table class='enb-hang-map'" in dashboard.hang_area.value
+    assert dashboard.tabs.selected_index == 4

@@ -33,6 +33,7 @@ PRIVATE_NAMES = {
     "multiprocessing.api._terminate_process_handler": "torchrun's SIGTERM handler",
     "DynamicRendezvousHandler._state_holder": "the rendezvous state torch syncs every tick",
     "DynamicRendezvousHandler._stop_heartbeats": "silence a handler left open after a signal",
+    "_distributed_c10d._dump_fr_trace_json": "a rank's flight recorder (every collective, by group)",
 }
 
 EXIT_BARRIER_MEMBERS = f"{agent_api._TERMINAL_STATE_SYNC_ID}{store_util._NUM_MEMBERS}"
@@ -81,3 +82,11 @@ def stop_heartbeats(handler: Any) -> bool:
         return False
     stop()
     return True
+
+
+def flight_recorder_json() -> bytes:
+    """The rank's flight recorder as torch dumps it (JSON: ``entries``, ``pg_status``)."""
+    from torch._C import _distributed_c10d
+
+    dump: Any = getattr(_distributed_c10d, "_dump_fr_trace_json")  # noqa: B009 - untyped in stubs
+    return bytes(dump(True, False))

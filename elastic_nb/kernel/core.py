@@ -17,6 +17,7 @@ from collections.abc import Callable
 from elastic_nb.kernel.log_book import JobLogs
 from elastic_nb.kernel.nodes import LaunchGate, NodeHandle
 from elastic_nb.model import rules
+from elastic_nb.model.hangs import HangReport
 from elastic_nb.model.plan import JobPlan
 from elastic_nb.model.state import Event, EventKind, JobState, NodeStatus
 from elastic_nb.wire.commands import Restart, Stop
@@ -97,6 +98,14 @@ class JobCore:
                 self.restart_survivors(index)
         if node.drop_on_protocol_error:
             node.channel.shutdown()
+
+    def stalled(self, report: HangReport | None) -> None:
+        """The hang watch saw no progress (``report`` says where), or progress again (None)."""
+        with self.lock:
+            self.apply(rules.stalled(
+                self.state, None if report is None else report.answer,
+                [] if report is None else report.suspects,
+                0 if report is None else report.attempt, time.time()))
 
     def restart_survivors(self, lost: int) -> None:
         """Node ``lost`` is gone: the others re-form the world now (a membership restart)."""

@@ -20,9 +20,10 @@ from typing import Any
 
 import cloudpickle
 
-from elastic_nb.kernel import stacks
+from elastic_nb.kernel import hang_map, stacks
 from elastic_nb.kernel.core import JobCore
 from elastic_nb.kernel.debug_client import DebugSession, drive
+from elastic_nb.kernel.hang_map import HangWatch
 from elastic_nb.kernel.job_view import JobView
 from elastic_nb.kernel.join_server import JoinDesk
 from elastic_nb.kernel.nodes import LocalNode
@@ -31,6 +32,7 @@ from elastic_nb.kernel.pump import Pump
 from elastic_nb.kernel.supervisor import SignalLike, parse_signal
 from elastic_nb.model import controls, rules
 from elastic_nb.model.errors import JobFailed
+from elastic_nb.model.hangs import HangReport
 from elastic_nb.model.plan import JobPlan, Node
 from elastic_nb.model.state import JobStatus
 from elastic_nb.rendezvous import embedded
@@ -60,6 +62,8 @@ class Job(JobView):
     Silent faults:
         ``freeze(rank)``, ``freeze_node(i)``, ``thaw(rank)`` / ``thaw(node=i)``,
         ``slow(rank, fraction)``.
+    Finding a hang:
+        ``hang_report()`` (blocking, a few seconds at most); ``stalled`` events.
     Debugging a paused rank:
         ``debug(rank)`` (blocking: pdb through ``input()``), ``debug_session(rank)``.
     Observing:
@@ -79,6 +83,10 @@ class Job(JobView):
         core = JobCore(plan, endpoint)
         super().__init__(plan, core, Pump(core, on_close=self._close))
         self._desk = JoinDesk(core, self._pump.watch)
+        self._watch = HangWatch(plan.options.hang_after, lambda: self.state == JobStatus.RUNNING,
+                                lambda: max(self.log_book.last_line_time().values(),
+                                            default=self._state.started_at),
+                                lambda: self.hang_report(), core.stalled, plan.run_id)
 
     def start(self) -> Job:
         with self._lock:
@@ -91,6 +99,7 @@ class Job(JobView):
             self._core.gate.open_if_ready()
         _live_jobs.add(self)
         self._pump.start()
+        self._watch.start()
         if self._plan.default_payload is not None:
             self._desk.open(self._store)
         return self
@@ -259,6 +268,16 @@ class Job(JobView):
                        for rank, w in sorted(self._state.workers.items()) if w.state.alive}
         return stacks.dump(targets, timeout)
 
+    def hang_report(self, timeout: float = 5) -> HangReport:
+        """Which rank is missing from which collective, and where it is instead (blocking, at
+        most ``timeout`` s): every running rank's flight recorder and stack, analyzed.
+        ``print(report)`` for the answer and the detail; ``report.suspects``, ``report.ranks``."""
+        with self._lock:
+            targets = {rank: self._core.nodes[w.node].hang_target(w)
+                       for rank, w in sorted(self._state.workers.items()) if w.state.alive}
+            attempt = max((w.attempt for w in self._state.workers.values()), default=0)
+        return hang_map.ask(targets, timeout, attempt)
+
     def debug_session(self, rank: int) -> DebugSession:
         """Connect to the debugger of a paused rank (``breakpoint()``, or post-mortem).
 
@@ -307,6 +326,7 @@ class Job(JobView):
 
     def _close(self) -> None:
         """The pump is ending: nothing of the job listens any more."""
+        self._watch.stop()
         self._desk.close()
         self._store = None
         _live_jobs.discard(self)

@@ -46,6 +46,8 @@ def launch(
     post_mortem_timeout: float = 600,
     liveness_timeout: float = 5.0,
     collective_timeout: float | None = None,
+    flight_recorder: bool = True,
+    hang_after: float = 60.0,
     **kwargs: Any,
 ) -> Job:
     """Start ``fn(*args, **kwargs)`` on every rank of a new elastic job; return its Job at once.
@@ -71,6 +73,10 @@ def launch(
     bounds every collective of the ranks' process groups (unless a group sets
     its own ``timeout=``), so a stuck all-reduce fails and the restart policy
     applies instead of waiting torch's 30 minutes.
+
+    Every rank records its collectives (``flight_recorder``): ``job.hang_report()``
+    says which rank is missing from which collective; when nothing progresses
+    for ``hang_after`` seconds the timeline says so (``stalled``).
     """
     given = launch_options.collect(locals())
     if keep_warm is None:

@@ -26,6 +26,7 @@ import psutil
 
 from elastic_nb.kernel import host_pool
 from elastic_nb.kernel.debug_client import DebugSession
+from elastic_nb.kernel.hang_map import HangTarget
 from elastic_nb.kernel.log_book import JobLogs
 from elastic_nb.kernel.stacks import StackTarget
 from elastic_nb.kernel.supervisor import AgentProcess, agent_environment, send_signal
@@ -129,6 +130,10 @@ class NodeHandle(ABC):
     def stack_target(self, worker: WorkerInfo) -> StackTarget | str:
         """Where a running rank dumps its stacks, or a line saying why it cannot here."""
 
+    @abstractmethod
+    def hang_target(self, worker: WorkerInfo) -> HangTarget | str:
+        """Where a running rank answers the hang map, or a line saying why it cannot here."""
+
     def close(self) -> None:
         self.channel.close()
 
@@ -231,6 +236,9 @@ class LocalNode(NodeHandle):
     def stack_target(self, worker: WorkerInfo) -> StackTarget | str:
         return StackTarget(worker.rank, worker.pid, worker.rank_dir)
 
+    def hang_target(self, worker: WorkerInfo) -> HangTarget | str:
+        return HangTarget(worker.rank, worker.pid, worker.rank_dir)
+
     def close(self) -> None:
         if not self._released:
             self.channel.close()
@@ -276,6 +284,9 @@ class JoinedNode(NodeHandle):
     def stack_target(self, worker: WorkerInfo) -> StackTarget | str:
         return (f"rank {worker.rank} runs on node {self.index}, joined from {self.host}: dump "
                 f"its stacks there (py-spy dump --pid {worker.pid})")
+
+    def hang_target(self, worker: WorkerInfo) -> HangTarget | str:
+        return f"on {self.host}, joined: its flight recorder is read there"
 
 
 class LaunchGate:

@@ -198,7 +198,10 @@ def header_html(snap: JobSnapshot) -> str:
         f"border-radius:3px'>{html.escape(snap.status)}</span> &nbsp; "
         f"elapsed {snap.elapsed:.1f}s &nbsp; attempt {snap.attempt} &nbsp; "
         f"restarts {snap.restart_count}/{snap.max_restarts} &nbsp; world {snap.world_size}"
-        f"<br><span style='color:#555'>nodes {html.escape(nodes)}</span></div>")
+        f"<br><span style='color:#555'>nodes {html.escape(nodes)}</span></div>"
+        + (f"<div class='enb-stalled' style='background:#f9e79f;padding:3px 6px;margin-top:3px;"
+           f"font-family:monospace'><b>stalled</b>: {html.escape(snap.stall)} "
+           f"<i>(the hang map tab has the detail)</i></div>" if snap.stall else ""))
 
 
 def tile_html(t: Tile) -> str:

@@ -169,7 +169,21 @@ def _on_worker_failed(state: JobState, node: NodeState, msg: protocol.WorkerFail
             "remaining_restarts": msg.remaining_restarts}, failures=(failure,))
 
 
+def stalled(state: JobState, answer: str | None, suspects: list[int], attempt: int,
+            now: float) -> list[Event]:
+    """No progress for ``hang_after``: a ``stalled`` event with the hang map's answer (None:
+    progress resumed, the stall is over; no event)."""
+    if state.done:
+        return []
+    state.stall = answer
+    if answer is None:
+        return []
+    return [state.record(now, EventKind.STALLED, detail={
+        "answer": answer, "suspects": suspects, "attempt": attempt})]
+
+
 def _on_restarting(state: JobState, node: NodeState, msg: protocol.Restarting, now: float) -> None:
+    state.stall = None  # a new attempt: a stall of the old one is over
     for worker in workers_of(state, node.index, WorkerStatus.RUNNING, WorkerStatus.PAUSED):
         worker.state = WorkerStatus.RESTARTING
     state.record(_observed(node, msg.observed_at, now), EventKind.RESTARTING, node=node.index, detail={

@@ -87,6 +87,7 @@ class JobSnapshot:
     failure_history: tuple[RankFailure, ...]
     error: str | None
     idle_hosts: int = 0  # this kernel's warm hosts waiting for a launch, as the snapshot was taken
+    stall: str | None = None  # the hang map's answer while the job makes no progress
 
     @property
     def done(self) -> bool:
@@ -142,4 +143,5 @@ def build(plan: JobPlan, endpoint: str, state: JobState, last_output: dict[int, 
                     for _, n in sorted(nodes.items())),
         workers=tuple(workers), events=tuple(state.events),
         failures=ordered_failures(state.failures.values()),
-        failure_history=tuple(state.failure_history), error=state.error, idle_hosts=idle_hosts)
+        failure_history=tuple(state.failure_history), error=state.error, idle_hosts=idle_hosts,
+        stall=state.stall)

@@ -105,6 +105,7 @@ class EventKind(StrEnum):
     FROZEN = "frozen"  # the user froze a rank or a node (SIGSTOP)
     THAWED = "thawed"
     SLOWED = "slowed"  # the user made a rank a straggler (or ended it: fraction 1.0)
+    STALLED = "stalled"  # no progress for hang_after: the hang map's answer says where
     AGENT_ERROR = "agent_error"
     MEMBERSHIP_CHANGED = "membership_changed"
     JOIN_UNAVAILABLE = "join_unavailable"
@@ -215,6 +216,7 @@ class JobState:
     forming: dict[int, int] = field(default_factory=dict)  # group rank -> node, this round
     world: int | None = None  # the rendezvous round of the world ``workers`` lists
     results_round: int | None = None  # the round of the world ``results`` came from
+    stall: str | None = None  # the hang map's answer while the job makes no progress
 
     @property
     def done(self) -> bool:

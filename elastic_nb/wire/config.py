@@ -72,8 +72,10 @@ class JobContext:
     post_mortem: bool = False  # a rank whose function raises waits for a debugger first
     post_mortem_timeout: float = 600.0
     collective_timeout: float | None = None  # the default timeout of the rank's process groups
+    flight_recorder: bool = True  # torch's flight recorder on, for the hang map
 
     @classmethod
     def of_this_process(cls, options: JobOptions) -> JobContext:
         return cls(dict(os.environ), list(sys.path), os.getcwd(), options.post_mortem,
-                   options.post_mortem_timeout, options.collective_timeout)
+                   options.post_mortem_timeout, options.collective_timeout,
+                   options.flight_recorder)

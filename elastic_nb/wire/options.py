@@ -30,6 +30,7 @@ BACKENDS = ("c10d", "etcd", "etcd-v2", "etcd3")
 START_METHODS = ("spawn", "forkserver")
 DEFAULT_RDZV_TIMEOUT = 120.0
 DEFAULT_LIVENESS_TIMEOUT = 5.0  # README "Reliability" says how it was chosen
+DEFAULT_HANG_AFTER = 60.0  # README "Finding a hang" says why
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 Check = Callable[[str, Any], Any]
@@ -232,6 +233,12 @@ OPTIONS: tuple[Option, ...] = (
            "default timeout of every process group the ranks create; default torch's 30 min)",
            seconds(positive=True, optional=True), shared=True, flag="--collective-timeout",
            flag_type=float),
+    Option("flight_recorder", True, "ranks record their collectives (torch's flight recorder) "
+           "for job.hang_report() and the hang map", boolean, shared=True, flag=None),
+    Option("hang_after", DEFAULT_HANG_AFTER, "seconds without progress (no collective "
+           "completed, no line printed) after which the timeline says the job stalled and "
+           "why; 0 turns the watch off", seconds(positive=False), shared=True,
+           flag="--hang-after", flag_type=float),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
 BY_NAME = {o.name: o for o in OPTIONS}
@@ -279,6 +286,8 @@ class JobOptions:
     post_mortem_timeout: float = 600.0
     liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT
     collective_timeout: float | None = None
+    flight_recorder: bool = True
+    hang_after: float = DEFAULT_HANG_AFTER
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,7 +4,8 @@ A rank's directory (``attempt_N/<local_rank>/``, torch's layout) holds its
 stdout/stderr and error file, and these: ``stacks.txt`` (every thread's
 stack, appended on ``STACK_DUMP_SIGNAL``), the debugger's socket and, while
 the rank waits in its debugger, ``paused.json``: a ``PauseNotice`` that the
-node's agent reads back and reports to the Job. ``TORCH_VARS_KEY`` names the
+node's agent reads back and reports to the Job; ``hang.json``, a rank's
+answer to ``HANG_SIGNAL`` (its flight recorder's entries and its stacks). ``TORCH_VARS_KEY`` names the
 variables torch set for a rank, so the worker can rebuild its environment.
 """
 
@@ -19,6 +20,9 @@ from elastic_nb.wire.records import FlatRecord, ProtocolError
 
 STACK_DUMP_SIGNAL = signal.SIGUSR1
 STACKS_FILE = "stacks.txt"
+HANG_SIGNAL = signal.SIGUSR2  # asks a rank for its flight recorder and stacks
+HANG_FILE = "hang.json"  # ... which it writes here, whole (``worker.hang_answer``)
+FLIGHT_RECORDER_ENTRIES = 2000  # the bounded buffer every rank's flight recorder keeps
 SOCKET_NAME = "debug.sock"
 NOTICE_NAME = "paused.json"
 PROMPT = "(Pdb) "  # the debugger's socket speaks pdb's own text; each answer ends with this

@@ -31,7 +31,7 @@ import cloudpickle
 
 from elastic_nb.wire.config import JobContext
 from elastic_nb.wire.rank_files import STACK_DUMP_SIGNAL, STACKS_FILE, TORCH_VARS_KEY
-from elastic_nb.worker import rank_debugger
+from elastic_nb.worker import hang_answer, rank_debugger
 
 _PR_SET_PDEATHSIG = 1
 _workers_store: Any = None  # rank 0's store for init_process_group, alive as long as the worker
@@ -72,6 +72,12 @@ def _arm_stack_dumps() -> None:
     faulthandler.register(STACK_DUMP_SIGNAL, file=stacks, all_threads=True)
 
 
+def _arm_hang_answers() -> None:
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        hang_answer.arm(os.path.dirname(error_file))
+
+
 def _host_workers_store() -> None:
     """Rank 0 hosts the workers' store (``init_process_group``'s ``env://``) on MASTER_ADDR only.
 
@@ -99,30 +105,33 @@ class CollectiveTimeout(RuntimeError):
     """A collective did not complete within the job's ``collective_timeout``."""
 
 
-def _bound_collectives(seconds: float) -> None:
-    """Every process group the rank creates times out after ``seconds``, unless the call
-    gives its own ``timeout=`` (``init_process_group``, ``new_group``)."""
+def _wrap_group_creation(seconds: float | None) -> None:
+    """Every process group the rank creates is remembered for the hang map and, with a
+    ``collective_timeout``, times out after ``seconds`` unless the call gives its own
+    ``timeout=`` (``init_process_group``, ``new_group``)."""
     import inspect
     from datetime import timedelta
 
     import torch.distributed as dist
     import torch.distributed.distributed_c10d as c10d
 
-    timeout = timedelta(seconds=seconds)
+    timeout = None if seconds is None else timedelta(seconds=seconds)
     for name in ("init_process_group", "new_group"):
         original = getattr(c10d, name)
         signature = inspect.signature(original)
 
-        def bounded(*args: Any, _original: Any = original, _signature: Any = signature,
-                    **kwargs: Any) -> Any:
+        def wrapped(*args: Any, _original: Any = original, _signature: Any = signature,
+                    _name: str = name, **kwargs: Any) -> Any:
             call = _signature.bind_partial(*args, **kwargs)
-            if call.arguments.get("timeout") is None:
+            if timeout is not None and call.arguments.get("timeout") is None:
                 call.arguments["timeout"] = timeout
-            return _original(*call.args, **call.kwargs)
+            made = _original(*call.args, **call.kwargs)
+            hang_answer.record_group(made if _name == "new_group" else dist.group.WORLD)
+            return made
 
-        bounded.__doc__, bounded.__name__ = original.__doc__, name
-        setattr(c10d, name, bounded)
-        setattr(dist, name, bounded)
+        wrapped.__doc__, wrapped.__name__ = original.__doc__, name
+        setattr(c10d, name, wrapped)
+        setattr(dist, name, wrapped)
 
 
 def _collective_timeout(error: BaseException, seconds: float) -> CollectiveTimeout | None:
@@ -146,6 +155,7 @@ def _collective_timeout(error: BaseException, seconds: float) -> CollectiveTimeo
 def run_worker(payload: bytes, context: JobContext) -> bytes:
     """Entry point of a worker process: run the packed call, return its result pickled."""
     _enter_job(context)
+    _arm_hang_answers()  # first: before any thread starts, so that none takes its signal
     _die_with_parent()
     _arm_stack_dumps()
     _host_workers_store()
@@ -153,8 +163,9 @@ def run_worker(payload: bytes, context: JobContext) -> bytes:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
     rank_debugger.install()
-    if context.collective_timeout is not None:
-        _bound_collectives(context.collective_timeout)
+    if context.flight_recorder:
+        hang_answer.turn_on_flight_recorder()
+    _wrap_group_creation(context.collective_timeout)
     call = cloudpickle.loads(payload)
     _install_sources(call["sources"])
     rank_debugger.cell_numbers.update(call["cells"])

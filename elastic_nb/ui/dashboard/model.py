@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from elastic_nb.model import render
+from elastic_nb.model.hangs import HangReport, hang_map_html
 from elastic_nb.model.snapshot import JobSnapshot
 from elastic_nb.ui.dashboard.log_view import MAX_LOG_LINES, LogView
 from elastic_nb.wire.rank_files import PROMPT
@@ -35,6 +36,7 @@ class DashboardModel:
         self.clock = clock
         self.logs = LogView(job)
         self.stacks: dict[int, str] = {}
+        self.hang: HangReport | None = None
         self.status = ""
         self._debug: DebugSession | None = None
         self._debug_lock = threading.Lock()
@@ -100,6 +102,17 @@ class DashboardModel:
                  collapse: bool = False) -> str:
         """The log pane as HTML: the ranks' colours shown, no escape sequence raw."""
         return self.logs.render(rank, text, attempt, self.max_log_lines, collapse, as_html=True)
+
+    def refresh_hang_map(self, timeout: float = 5) -> HangReport:
+        """Ask the ranks where they are now (blocking: run it off the kernel's thread)."""
+        self.hang = self.job.hang_report(timeout=timeout)
+        return self.hang
+
+    def hang_html(self) -> str:
+        if self.hang is None:
+            return ("<i>press “refresh” to see which rank is in which collective; a job that "
+                    "stalls says so in the header</i>")
+        return hang_map_html(self.hang)
 
     def dump_stacks(self, timeout: float = 5) -> dict[int, str]:
         self.stacks = self.job.stacks(timeout=timeout)

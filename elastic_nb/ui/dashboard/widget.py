@@ -130,8 +130,11 @@ class Dashboard(widgets.VBox):
         self.debug_leave_button = self._button("leave (rank continues)", self._debug_leave, "")
         debug_box = widgets.VBox([self.debug_area, widgets.HBox(
             [self.debug_command, self.debug_send_button, self.debug_leave_button])])
-        self.tabs = widgets.Tab([logs, timeline_box, self.stacks_area, debug_box])
-        for i, title in enumerate(("logs", "timeline", "stacks", "debug")):
+        self.hang_area = widgets.HTML()
+        self.hang_button = self._button("refresh", self._refresh_hang, "warning")
+        hang_box = widgets.VBox([self.hang_button, self.hang_area])
+        self.tabs = widgets.Tab([logs, timeline_box, self.stacks_area, debug_box, hang_box])
+        for i, title in enumerate(("logs", "timeline", "stacks", "debug", "hang map")):
             self.tabs.set_title(i, title)
 
     def _button(self, label: str, action: Callable[[], str], style: str) -> widgets.Button:
@@ -253,6 +256,14 @@ class Dashboard(widgets.VBox):
         self.model.close_debug()
         return "left the debug session; the rank continues"
 
+    def _refresh_hang(self) -> str:
+        def done(report: Any) -> str:
+            self.tabs.selected_index = 4
+            return f"hang map: {report.answer}"
+
+        self._in_background("hang map", self.model.refresh_hang_map, done)
+        return "asking every rank where it is…"
+
     def _dump_stacks(self) -> str:
         def done(stacks: dict[int, str]) -> str:
             self.tabs.selected_index = 2
@@ -300,6 +311,7 @@ class Dashboard(widgets.VBox):
                 self._render_timeline(snap),
                 self._set(self.stacks_area, "value", self._stacks_html()),
                 self._set(self.debug_area, "value", self._debug_html()),
+                self._set(self.hang_area, "value", self.model.hang_html()),
             ]
             if any(changed):
                 self.updates += 1
