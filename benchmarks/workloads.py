@@ -82,3 +82,37 @@ if __name__ == "__main__":
     import sys
 
     WORKLOADS[sys.argv[1]](*(ast.literal_eval(a) for a in sys.argv[2:]))
+
+
+def tight_allreduces(steps: int) -> float:
+    """All-reduce one float ``steps`` times as fast as possible: steps per second (what a
+    recorder of every collective could slow down most)."""
+    import time
+
+    dist.init_process_group(backend="gloo")
+    t = torch.ones(1)
+    for _ in range(50):  # warm up the pairs
+        dist.all_reduce(t)
+    dist.barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        dist.all_reduce(t)
+    rate = steps / (time.perf_counter() - start)
+    dist.destroy_process_group()
+    return rate
+
+
+def skip_allreduce(victim: int) -> None:
+    """All-reduce three times; then every rank but ``victim`` all-reduces once more, which
+    ``victim`` never enters (it sleeps): a hang for the hang map to explain."""
+    import os
+    import time
+
+    dist.init_process_group(backend="gloo")
+    t = torch.ones(4)
+    for _ in range(3):
+        dist.all_reduce(t)
+    print("hanging", flush=True)
+    if int(os.environ["RANK"]) == victim:
+        time.sleep(600)
+    dist.all_reduce(t)
