@@ -143,8 +143,14 @@ def test_the_report_works_after_a_restart():
 
 
 @pytest.mark.slow
-def test_sixteen_ranks_one_missing():
-    job = enb.launch(scenarios.hang_at, "skip", 2, 11, nproc=16, hang_after=0)
+@pytest.mark.parametrize("kind, victim, first_sentence", [
+    ("skip", 11, "rank 11 never entered all_reduce #3 float[4] of the default group"),
+    ("desync", 11, "ranks 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 13, 14, 15 in all_reduce #3 "
+                   "float[4]; rank 11 in all_gather #3"),
+    ("subgroup", 1, "rank 1 never entered all_reduce #1 float[4] of group 1 (ranks 0-1)"),
+])
+def test_sixteen_ranks(kind, victim, first_sentence):
+    job = enb.launch(scenarios.hang_at, kind, 2, victim, nproc=16, hang_after=0)
     try:
         job.wait_until(lambda: job.logs().count("hanging") == 16, timeout=240, what="16 ranks hanging")
         report = wait_until(lambda: (r := job.hang_report()).suspects and r, timeout=60,
@@ -154,5 +160,5 @@ def test_sixteen_ranks_one_missing():
         took = time.monotonic() - asked
     finally:
         job.stop()
-    assert report.answer.startswith("rank 11 never entered all_reduce #3 float[4] of the default group")
-    assert report.suspects == [11] and took < 2.0
+    assert report.answer.startswith(first_sentence), report.answer
+    assert report.suspects == [victim] and took < 2.0
