@@ -139,17 +139,5 @@ class Kernel:
 
     def _outputs(self, msg_id: str, timeout: float) -> list:
         cell = nbformat.v4.new_code_cell("")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                message = self.client.get_iopub_msg(timeout=0.1)
-            except queue.Empty:
-                continue
-            if message["parent_header"].get("msg_id") != msg_id:
-                continue
-            kind = message["msg_type"]
-            if kind == "status" and message["content"]["execution_state"] == "idle":
-                return cell.outputs
-            if kind in ("stream", "display_data", "execute_result", "error"):
-                cell.outputs.append(nbformat.v4.output_from_msg(message))
-        raise TimeoutError(f"the kernel did not finish the cell within {timeout} s")
+        _collect(self.client, msg_id, cell, [], [], timeout)
+        return cell.outputs

@@ -303,13 +303,18 @@ def node_gone(state: JobState, index: int, returncode: int | None, now: float,
             node.status = NodeStatus.LOST
             node.error = (f"the agent of node {index} exited unexpectedly "
                           f"(exit code {returncode}); {where}")
-    for worker in workers_of(state, index, WorkerStatus.RUNNING, WorkerStatus.PAUSED,
-                              WorkerStatus.RESTARTING):
-        worker.state = WorkerStatus.STOPPED
+    _workers_stopped(state, index)
     state.record(now, EventKind.NODE_EXITED, node=index,
                  detail={"status": node.status, "exitcode": returncode})
     check_finished(state, now)
     return state.events[before:]
+
+
+def _workers_stopped(state: JobState, index: int) -> None:
+    """The node is gone or fenced: its workers that were still there are not any more."""
+    for worker in workers_of(state, index, WorkerStatus.RUNNING, WorkerStatus.PAUSED,
+                             WorkerStatus.RESTARTING):
+        worker.state = WorkerStatus.STOPPED
 
 
 def node_silent(state: JobState, index: int, silent_for: float, now: float) -> list[Event]:
@@ -323,9 +328,7 @@ def node_silent(state: JobState, index: int, silent_for: float, now: float) -> l
     node.status = NodeStatus.LOST
     node.error = (f"node {index} on {node.host} went silent: nothing from it for "
                   f"{silent_for:.1f} s (frozen, partitioned or its machine hung)")
-    for worker in workers_of(state, index, WorkerStatus.RUNNING, WorkerStatus.PAUSED,
-                              WorkerStatus.RESTARTING):
-        worker.state = WorkerStatus.STOPPED
+    _workers_stopped(state, index)
     state.record(now, EventKind.NODE_LOST, node=index, detail={
         "silent_for": round(silent_for, 1), "host": node.host})
     check_finished(state, now)

@@ -208,8 +208,8 @@ class ElasticMagics(Magics):
             self._ipython.user_ns[args.out] = job
         if not args.block:
             return job  # on a cell's last line IPython shows its dashboard and sets ``_``
-        job.show()
         try:
+            job.show()
             return job.result()
         finally:  # --block hands out no handle: an interrupted wait stops its job
             if not job.done:
