@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import nbformat
+import psutil
 from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
@@ -134,8 +135,19 @@ class Kernel:
             if (message["parent_header"].get("msg_id") == msg_id
                     and message["msg_type"] in ("stream", "display_data", "error")):
                 cell.outputs.append(nbformat.v4.output_from_msg(message))
+        self._wait_blocked(deadline)
         self.manager.interrupt_kernel()
         return cell.outputs + self._outputs(msg_id, timeout)
+
+    def _wait_blocked(self, deadline: float) -> None:
+        """Until the kernel's main thread sleeps (blocked in the wait the cell went on to),
+        seen so several times in a row: an interrupt then lands inside that wait."""
+        main = psutil.Process(self.manager.provisioner.pid)
+        asleep = 0
+        while asleep < 5:
+            assert time.monotonic() < deadline, "the cell never blocked"
+            asleep = asleep + 1 if main.status() == psutil.STATUS_SLEEPING else 0
+            time.sleep(0.02)
 
     def _outputs(self, msg_id: str, timeout: float) -> list:
         cell = nbformat.v4.new_code_cell("")
