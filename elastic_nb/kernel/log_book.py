@@ -24,10 +24,17 @@ from elastic_nb.wire.reports import Log
 
 
 class LogBook:
-    """Bounded, thread-safe, per-rank buffers of log lines, in arrival order."""
+    """Bounded, thread-safe, per-rank buffers of log lines, in arrival order.
+
+    Views read what they show from here (``tail``: the last lines that match,
+    without copying a buffer); ``version`` counts the batches appended, so a
+    view knows when to render again without following every line.
+    """
 
     def __init__(self, max_lines_per_rank: int = 20_000) -> None:
         self._max = max_lines_per_rank
+        self.version = 0
+        self._attempts: set[int] = set()
         self._by_rank: dict[int, collections.deque[LogLine]] = {}
         self._dropped: collections.Counter[int] = collections.Counter()
         self._seq = itertools.count()
@@ -56,6 +63,8 @@ class LogBook:
                 self._dropped[source.rank] += overflow
             buffer.extend(batch)
             self._pending.pop((source.rank, source.stream), None)
+            self._attempts.add(source.attempt)
+            self.version += 1
             listeners = list(self._listeners)
         for listener in listeners:
             listener(batch)
@@ -89,6 +98,40 @@ class LogBook:
             if (stream is None or line.stream == stream)
             and (attempt is None or line.attempt == attempt)
         ]
+
+    def tail(self, rank: int | None = None, text: str = "", attempt: int | None = None,
+             count: int = 200) -> tuple[list[LogLine], int]:
+        """The last ``count`` lines (of ``rank``, or of every rank merged) that contain
+        ``text`` and are of ``attempt``, and how many older ones match and are not among
+        them. Reads from the newest end: the cost follows ``count``, not the buffer."""
+        with self._lock:
+            buffers = ([self._by_rank.get(rank, collections.deque())] if rank is not None
+                       else list(self._by_rank.values()))
+            picked: list[LogLine] = []
+            total = 0
+            for buffer in buffers:
+                if attempt is None and not text:
+                    total += len(buffer)
+                    picked.extend(itertools.islice(reversed(buffer), count))
+                    continue
+                found = 0
+                for line in reversed(buffer):
+                    if (attempt is None or line.attempt == attempt) and (not text or text in line.text):
+                        found += 1
+                        if found <= count:
+                            picked.append(line)
+                total += found
+        picked.sort(key=lambda line: line.seq)
+        shown = picked[max(0, len(picked) - count):]
+        return shown, total - len(shown)
+
+    def ranks(self) -> list[int]:
+        with self._lock:
+            return sorted(self._by_rank)
+
+    def attempts(self) -> list[int]:
+        with self._lock:
+            return sorted(self._attempts)
 
     def dropped(self, rank: int | None = None) -> int:
         """How many lines fell out of memory (they are still on disk)."""

@@ -72,7 +72,7 @@ class LogSource:
         return cached
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class LogLine:
     """One line a rank printed (without its newline)."""
 
@@ -183,8 +183,11 @@ class LogTailer:
         had_pending = bool(source.partial)
         source.partial = rest
         if complete:
-            texts = [terminal.overwrite(c.decode("utf-8", errors="replace").rstrip("\r"))
-                     for c in complete]
+            # one decode for the chunk; carriage returns handled only where there are any
+            joined = b"\n".join(complete).decode("utf-8", errors="replace")
+            texts = joined.split("\n")
+            if "\r" in joined:
+                texts = [terminal.overwrite(t.rstrip("\r")) for t in texts]
             self._book.append(source, texts, now)
         if rest and b"\r" in rest:
             self._book.pending(source, terminal.overwrite(

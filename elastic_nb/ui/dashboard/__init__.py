@@ -11,9 +11,9 @@ ipywidgets.
 """
 
 from elastic_nb.ui.dashboard.display import dashboard, in_kernel, mimebundle, show
-from elastic_nb.ui.dashboard.log_view import KEEP_LINES_PER_RANK, MAX_LOG_LINES, LogView
+from elastic_nb.ui.dashboard.log_view import MAX_LOG_LINES, LogView
 from elastic_nb.ui.dashboard.model import DashboardModel
 from elastic_nb.ui.dashboard.widget import ALL, Dashboard
 
-__all__ = ["ALL", "KEEP_LINES_PER_RANK", "MAX_LOG_LINES", "Dashboard", "DashboardModel", "LogView",
+__all__ = ["ALL", "MAX_LOG_LINES", "Dashboard", "DashboardModel", "LogView",
            "dashboard", "in_kernel", "mimebundle", "show"]
