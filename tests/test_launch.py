@@ -219,7 +219,9 @@ def test_agents_and_workers_die_with_the_kernel(tmp_path):
         kernel.wait()
         wait_until(lambda: not job_processes(run_id), timeout=15,
                    what="the dead kernel's agents and workers to exit")
-        assert not any(alive(int(p)) for p in pids)
+        # a worker dies with its parent (PR_SET_PDEATHSIG), a moment after its agent's group
+        wait_until(lambda: not any(alive(int(p)) for p in pids), timeout=15,
+                   what="the workers the kernel printed to exit")
     finally:
         kernel.kill()
         kernel.wait()

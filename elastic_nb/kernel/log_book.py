@@ -12,10 +12,10 @@ show it. Which route a node's lines take is the node handle's choice
 from __future__ import annotations
 
 import collections
-import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from elastic_nb.model import terminal
 from elastic_nb.model.collapse import collapse as collapse_lines
@@ -23,21 +23,38 @@ from elastic_nb.wire.logfiles import LogLine, LogSource, LogTailer
 from elastic_nb.wire.reports import Log
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Lines of one source that arrived together: numbered ``first`` on, read at ``time``."""
+
+    first: int
+    time: float
+    source: LogSource
+    texts: list[str]
+
+    def line(self, index: int) -> LogLine:
+        return LogLine(self.first + index, self.time, self.source, self.texts[index])
+
+
 class LogBook:
     """Bounded, thread-safe, per-rank buffers of log lines, in arrival order.
 
-    Views read what they show from here (``tail``: the last lines that match,
-    without copying a buffer); ``version`` counts the batches appended, so a
-    view knows when to render again without following every line.
+    Lines are kept as the batches the tailer read (no object per line until a
+    view asks for it), at most ``max_lines_per_rank`` a rank: older batches go
+    (counted in ``dropped``; every line stays on disk). Views read what they
+    show from here: ``tail`` costs what it returns, not what was printed;
+    ``version`` counts the batches appended, so a view knows when to render
+    again; listeners (``follow``) get each batch as lines.
     """
 
     def __init__(self, max_lines_per_rank: int = 20_000) -> None:
         self._max = max_lines_per_rank
         self.version = 0
         self._attempts: set[int] = set()
-        self._by_rank: dict[int, collections.deque[LogLine]] = {}
+        self._by_rank: dict[int, collections.deque[_Batch]] = {}
+        self._counts: collections.Counter[int] = collections.Counter()  # lines kept, by rank
         self._dropped: collections.Counter[int] = collections.Counter()
-        self._seq = itertools.count()
+        self._seq = 0
         self._lock = threading.Lock()
         self._listeners: list[Callable[[list[LogLine]], None]] = []
         self._pending: dict[tuple[int, str], tuple[LogSource, str]] = {}  # (rank, stream) -> bar
@@ -53,21 +70,39 @@ class LogBook:
                 self._listeners.remove(listener)
 
     def append(self, source: LogSource, texts: Iterable[str], when: float) -> None:
+        texts = list(texts)
+        if not texts:
+            return
         with self._lock:
-            buffer = self._by_rank.get(source.rank)
-            if buffer is None:
-                buffer = self._by_rank[source.rank] = collections.deque(maxlen=self._max)
-            batch = [LogLine(next(self._seq), when, source, text) for text in texts]
-            overflow = len(buffer) + len(batch) - self._max
-            if overflow > 0:
-                self._dropped[source.rank] += overflow
-            buffer.extend(batch)
+            if len(texts) > self._max:  # more than the bound in one read: only its end is kept
+                self._dropped[source.rank] += len(texts) - self._max
+                self._seq += len(texts) - self._max
+                texts = texts[-self._max:]
+            batch = _Batch(self._seq, when, source, texts)
+            self._seq += len(texts)
+            buffer = self._by_rank.setdefault(source.rank, collections.deque())
+            buffer.append(batch)
+            self._counts[source.rank] += len(texts)
+            while self._counts[source.rank] > self._max:
+                oldest = buffer[0]
+                excess = self._counts[source.rank] - self._max
+                if excess >= len(oldest.texts):
+                    buffer.popleft()
+                    gone = len(oldest.texts)
+                else:  # keep the newest lines of the oldest batch
+                    buffer[0] = _Batch(oldest.first + excess, oldest.time, oldest.source,
+                                       oldest.texts[excess:])
+                    gone = excess
+                self._counts[source.rank] -= gone
+                self._dropped[source.rank] += gone
             self._pending.pop((source.rank, source.stream), None)
             self._attempts.add(source.attempt)
             self.version += 1
             listeners = list(self._listeners)
-        for listener in listeners:
-            listener(batch)
+        if listeners:
+            lines = [batch.line(i) for i in range(len(batch.texts))]
+            for listener in listeners:
+                listener(lines)
 
     def pending(self, source: LogSource, text: str | None) -> None:
         """What a rank's unfinished line shows now (a progress bar), or None once it ended."""
@@ -86,40 +121,40 @@ class LogBook:
     def lines(
         self, rank: int | None = None, stream: str | None = None, attempt: int | None = None
     ) -> list[LogLine]:
+        """Every line kept (of ``rank``, or of all ranks merged), filtered, in order."""
         with self._lock:
-            if rank is None:
-                buffers = [list(b) for b in self._by_rank.values()]
-                picked = sorted(itertools.chain.from_iterable(buffers), key=lambda line: line.seq)
-            else:
-                picked = list(self._by_rank.get(rank, ()))
-        return [
-            line
-            for line in picked
-            if (stream is None or line.stream == stream)
-            and (attempt is None or line.attempt == attempt)
-        ]
+            batches = [b for r, buffer in self._by_rank.items() if rank in (None, r)
+                       for b in buffer
+                       if stream in (None, b.source.stream) and attempt in (None, b.source.attempt)]
+        batches.sort(key=lambda b: b.first)
+        return [b.line(i) for b in batches for i in range(len(b.texts))]
 
     def tail(self, rank: int | None = None, text: str = "", attempt: int | None = None,
              count: int = 200) -> tuple[list[LogLine], int]:
         """The last ``count`` lines (of ``rank``, or of every rank merged) that contain
         ``text`` and are of ``attempt``, and how many older ones match and are not among
         them. Reads from the newest end: the cost follows ``count``, not the buffer."""
+        picked: list[LogLine] = []
+        total = 0
         with self._lock:
-            buffers = ([self._by_rank.get(rank, collections.deque())] if rank is not None
-                       else list(self._by_rank.values()))
-            picked: list[LogLine] = []
-            total = 0
-            for buffer in buffers:
-                if attempt is None and not text:
-                    total += len(buffer)
-                    picked.extend(itertools.islice(reversed(buffer), count))
+            for r, buffer in self._by_rank.items():
+                if rank is not None and r != rank:
                     continue
                 found = 0
-                for line in reversed(buffer):
-                    if (attempt is None or line.attempt == attempt) and (not text or text in line.text):
-                        found += 1
-                        if found <= count:
-                            picked.append(line)
+                for batch in reversed(buffer):
+                    if attempt is not None and batch.source.attempt != attempt:
+                        continue
+                    if not text:
+                        take = min(len(batch.texts), max(0, count - found))
+                        picked += [batch.line(i) for i in range(len(batch.texts) - take,
+                                                                len(batch.texts))]
+                        found += len(batch.texts)
+                        continue
+                    for i in range(len(batch.texts) - 1, -1, -1):
+                        if text in batch.texts[i]:
+                            found += 1
+                            if found <= count:
+                                picked.append(batch.line(i))
                 total += found
         picked.sort(key=lambda line: line.seq)
         shown = picked[max(0, len(picked) - count):]
