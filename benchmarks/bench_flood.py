@@ -1,6 +1,7 @@
 """Kernel CPU and widget message rate while 8 ranks flood their logs for 30 s.
 
     python benchmarks/bench_flood.py [--ranks 8] [--seconds 30]
+    python benchmarks/bench_flood.py --train [--ranks 4] [--steps 3000]
 
 A real ipykernel (jupyter_client) launches a job whose ranks print as fast as
 they can for --seconds (``workloads.flood``), displays its dashboard, and this
@@ -11,6 +12,10 @@ kernel stays free: a trivial cell sent mid-flood must answer.
 The same flood under ``torchrun --tee 3`` (its agent tails the files to its
 terminal) runs first, in the same run: the ratios say whether watching from a
 notebook slows the ranks down, and what the kernel spends beside torchrun's agent.
+
+``--train`` runs a training loop instead (``workloads.train_steps``: a small
+gloo model step per printed line, ``--steps`` of them): the steps per second
+watched from the kernel beside the same loop under torchrun.
 """
 
 from __future__ import annotations
@@ -45,14 +50,14 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def run_torchrun(ranks: int, seconds: float) -> tuple[int, float, float]:
-    """Lines printed, wall seconds, and the agent's CPU seconds of the flood under torchrun."""
+def run_torchrun(ranks: int, workload: str, arg: float) -> tuple[int, float, float, str]:
+    """Lines printed, wall seconds, the agent's CPU seconds and rank 0's output, under torchrun."""
     with tempfile.TemporaryDirectory(prefix="bench_flood-") as log_dir:
         start = time.monotonic()
         agent = psutil.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--standalone",
              f"--nproc-per-node={ranks}", f"--log-dir={log_dir}", "--redirects=3", "--tee=3",
-             os.path.join(HERE, "workloads.py"), "flood", str(seconds)],
+             os.path.join(HERE, "workloads.py"), workload, str(arg)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         used = 0.0
         while agent.poll() is None:
@@ -65,14 +70,44 @@ def run_torchrun(ranks: int, seconds: float) -> tuple[int, float, float]:
         if agent.returncode != 0:
             raise RuntimeError(f"torchrun exited {agent.returncode}")
         lines = 0
-        for path in glob.glob(os.path.join(log_dir, "**", "stdout.log"), recursive=True):
+        rank0 = ""
+        for path in sorted(glob.glob(os.path.join(log_dir, "**", "stdout.log"), recursive=True)):
             with open(path, "rb") as log:
-                lines += sum(1 for _ in log)
-    return lines, elapsed, used
+                data = log.read()
+            lines += data.count(b"\n")
+            if f"{os.sep}0{os.sep}stdout.log" in path:
+                rank0 = data[-200:].decode(errors="replace")
+    return lines, elapsed, used, rank0
+
+
+def run_train(ranks: int, steps: int) -> None:
+    """Steps per second of the training loop under torchrun and watched from a kernel."""
+    _, _, _, tail = run_torchrun(ranks, "train_steps", steps)
+    torchrun_rate = float(tail.rsplit("steps/s", 1)[1].split()[0])
+    code = (f"import elastic_nb as enb\nfrom workloads import train_steps\n"
+            f"job = enb.launch(train_steps, {steps}, nproc={ranks})\njob")
+    paths = [ROOT, HERE, os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    manager, client = start_new_kernel(kernel_name="python3", env=env, cwd=ROOT)
+    try:
+        client.execute(code)
+        client.execute("print('rate', min(job.result(timeout=600).values())); job.stop()")
+        rate = None
+        while rate is None:
+            msg = client.get_iopub_msg(timeout=600)
+            if msg["msg_type"] == "stream" and msg["content"]["text"].startswith("rate"):
+                rate = float(msg["content"]["text"].split()[1])
+            if msg["msg_type"] == "error":
+                raise RuntimeError("\n".join(msg["content"]["traceback"]))
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    print(f"training loop, {ranks} ranks x {steps} steps: torchrun {torchrun_rate:.1f} steps/s, "
+          f"watched from a kernel {rate:.1f} steps/s ({rate / torchrun_rate:.2f}x)")
 
 
 def run(ranks: int, seconds: float) -> None:
-    torchrun_lines, torchrun_elapsed, torchrun_cpu = run_torchrun(ranks, seconds)
+    torchrun_lines, torchrun_elapsed, torchrun_cpu, _ = run_torchrun(ranks, "flood", seconds)
     print(f"torchrun --tee 3, {ranks} ranks for {seconds:.0f} s: {torchrun_lines:,} lines "
           f"({torchrun_lines / seconds:,.0f}/s); its agent used "
           f"{torchrun_cpu / torchrun_elapsed * 100:.1f}% of one core")
@@ -137,8 +172,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--train", action="store_true", help="the training loop, not the flood")
+    parser.add_argument("--steps", type=int, default=3000)
     args = parser.parse_args()
-    run(args.ranks, args.seconds)
+    if args.train:
+        run_train(args.ranks, args.steps)
+    else:
+        run(args.ranks, args.seconds)
 
 
 if __name__ == "__main__":

@@ -74,16 +74,6 @@ def restart_probe() -> int:
     return restarts
 
 
-WORKLOADS = {"allreduce_once": allreduce_once, "elastic_steps": elastic_steps, "flood": flood,
-             "restart_probe": restart_probe}
-
-if __name__ == "__main__":
-    import ast
-    import sys
-
-    WORKLOADS[sys.argv[1]](*(ast.literal_eval(a) for a in sys.argv[2:]))
-
-
 def tight_allreduces(steps: int) -> float:
     """All-reduce one float ``steps`` times as fast as possible: steps per second (what a
     recorder of every collective could slow down most)."""
@@ -116,3 +106,40 @@ def skip_allreduce(victim: int) -> None:
     if int(os.environ["RANK"]) == victim:
         time.sleep(600)
     dist.all_reduce(t)
+
+
+def train_steps(steps: int) -> float:
+    """A small training loop: a linear model's step, its gradients all-reduced, one printed
+    line per step; steps per second."""
+    import time
+
+    dist.init_process_group(backend="gloo")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = torch.randn(32, 64)
+    rank = dist.get_rank()
+    start = time.perf_counter()
+    for step in range(steps):
+        optimizer.zero_grad()
+        loss = model(data).pow(2).mean()
+        loss.backward()
+        for parameter in model.parameters():
+            dist.all_reduce(parameter.grad)
+        optimizer.step()
+        print(f"rank {rank} step {step} loss {loss.item():.4f}", flush=True)
+    rate = steps / (time.perf_counter() - start)
+    print(f"steps/s {rate:.1f}", flush=True)
+    dist.destroy_process_group()
+    return rate
+
+
+WORKLOADS = {"allreduce_once": allreduce_once, "elastic_steps": elastic_steps, "flood": flood,
+             "restart_probe": restart_probe, "tight_allreduces": tight_allreduces,
+             "skip_allreduce": skip_allreduce, "train_steps": train_steps}
+
+if __name__ == "__main__":
+    import ast
+    import sys
+
+    WORKLOADS[sys.argv[1]](*(ast.literal_eval(a) for a in sys.argv[2:]))

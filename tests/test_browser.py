@@ -228,3 +228,55 @@ def test_a_pdb_command_typed_into_the_dashboard_console_is_answered(chromium, ju
                 raise
         finally:
             browser.close()
+
+
+GRID_NOTEBOOK = {
+    "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+               "source": "import time, elastic_nb as enb\n\n"
+                         "def chatty(seconds):\n"
+                         "    import os\n"
+                         "    end = time.time() + seconds\n"
+                         "    while time.time() < end:\n"
+                         "        print('rank', os.environ['RANK'], 'working', flush=True)\n"
+                         "        time.sleep(0.5)\n\n"
+                         "job = enb.launch(chatty, 60, nproc=64)\n"
+                         "job"}],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+def test_the_64_rank_dashboard_fits_one_screen_above_its_logs(chromium, jupyterlab):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, token, root = jupyterlab
+    (root / "sixty_four.ipynb").write_text(json.dumps(GRID_NOTEBOOK))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            try:
+                with page.expect_websocket(lambda ws: "/api/kernels/" in ws.url, timeout=120_000):
+                    page.goto(f"{url}/lab/tree/sixty_four.ipynb?token={token}")
+                expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+                       ).to_have_count(1, timeout=120_000)
+                page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+                page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+                board = page.locator(".enb-dashboard")
+                expect(board.locator(".enb-cell")).to_have_count(64, timeout=240_000)
+                expect(board.locator(".enb-tile.enb-running")).to_have_count(1, timeout=120_000)
+                board.locator(".enb-cell", has_text="37").first.click()
+                expect(board.locator(".enb-tile[data-rank='37']")).to_be_visible(timeout=30_000)
+                top = board.bounding_box()["y"]
+                logs = board.locator(".enb-logs").bounding_box()["y"]
+                page.screenshot(path=str(ARTIFACTS / "browser-64-ranks.png"))
+                assert logs - top < 1000, f"the logs begin {logs - top:.0f} px below the top"
+                board.get_by_role("button", name="stop").click()
+                expect(board.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "browser-64-failure.png"))
+                raise
+        finally:
+            browser.close()

@@ -18,6 +18,8 @@ import ipywidgets as widgets
 from elastic_nb.model.render import Tile, TileState, tile_html
 
 COMPACT_ABOVE = 16  # more ranks than this: a grid of small cells and the selected rank's tile
+_TILE_COLUMNS = "repeat(auto-fill, minmax(190px, 1fr))"
+_GRID_COLUMNS = "minmax(0, 1fr) 260px"
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,10 @@ class TileBoard:
 
     def __init__(self, actions: TileActions) -> None:
         self._actions = actions
-        self.box = widgets.GridBox(layout=widgets.Layout(
-            grid_template_columns="repeat(auto-fill, minmax(190px, 1fr))", grid_gap="4px"))
-        self.grid = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap", grid_column="1 / -1"))
+        self.box = widgets.GridBox(layout=widgets.Layout(grid_template_columns=_TILE_COLUMNS,
+                                                         grid_gap="4px"))
+        self.grid = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap", align_content="flex-start"))
+        self.grid.add_class("enb-grid")
         self._tiles: dict[int, TileWidgets] = {}
         self._cells: dict[int, widgets.Button] = {}
         self.selected: int | None = None
@@ -80,6 +83,7 @@ class TileBoard:
             return self._render_grid(current)
         if self._cells:  # the world shrank: back to a tile per rank
             self._cells, self._tiles = {}, {}
+            self.box.layout.grid_template_columns = _TILE_COLUMNS
         return self._render_tiles(current)
 
     def _render_tiles(self, current: list[Tile]) -> bool:
@@ -111,6 +115,7 @@ class TileBoard:
             self._tiles = {chosen.rank: self._new_tile(chosen.rank)}
         tile = self._tiles[chosen.rank]
         if tuple(self.box.children) != (self.grid, tile.box):
+            self.box.layout.grid_template_columns = _GRID_COLUMNS  # the cells, then the tile
             self.box.children = [self.grid, tile.box]
             changed = True
         return changed | _update(tile, chosen)
@@ -132,6 +137,7 @@ class TileBoard:
         cell = widgets.Button(description=str(rank), layout=widgets.Layout(
             width="40px", height="24px", padding="0", margin="1px"))
         cell.on_click(lambda _: self.select(rank))
+        cell.add_class("enb-cell")
         return cell
 
 
