@@ -169,6 +169,18 @@ def drive_quickstart(page, url: str, token: str, shot: Path) -> None:
     expect(playground.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
 
 
+def run_all_cells(page, url: str, token: str, name: str) -> None:
+    """Open notebook ``name`` in JupyterLab, wait for its kernel, and run all its cells."""
+    from playwright.sync_api import expect
+
+    with page.expect_websocket(lambda ws: "/api/kernels/" in ws.url, timeout=120_000):
+        page.goto(f"{url}/lab/tree/{name}?token={token}")
+    expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")).to_have_count(
+        1, timeout=120_000)
+    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+    page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+
+
 DEBUG_NOTEBOOK = {
     "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
                "source": "import elastic_nb as enb\n\n"
@@ -197,12 +209,7 @@ def test_a_pdb_command_typed_into_the_dashboard_console_is_answered(chromium, ju
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             try:
-                with page.expect_websocket(lambda ws: "/api/kernels/" in ws.url, timeout=120_000):
-                    page.goto(f"{url}/lab/tree/debug_a_rank.ipynb?token={token}")
-                expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-                       ).to_have_count(1, timeout=120_000)
-                page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-                page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+                run_all_cells(page, url, token, "debug_a_rank.ipynb")
                 board = page.locator(".enb-dashboard")
                 expect(board.locator(".enb-tile.enb-paused")).to_have_count(1, timeout=180_000)
                 expect(board.locator(".enb-paused-at")).to_contain_text("paused at cell 1, line 8")
@@ -258,12 +265,7 @@ def test_the_64_rank_dashboard_fits_one_screen_above_its_logs(chromium, jupyterl
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             try:
-                with page.expect_websocket(lambda ws: "/api/kernels/" in ws.url, timeout=120_000):
-                    page.goto(f"{url}/lab/tree/sixty_four.ipynb?token={token}")
-                expect(page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-                       ).to_have_count(1, timeout=120_000)
-                page.locator(".lm-MenuBar-item", has_text="Run").first.click()
-                page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+                run_all_cells(page, url, token, "sixty_four.ipynb")
                 board = page.locator(".enb-dashboard")
                 expect(board.locator(".enb-cell")).to_have_count(64, timeout=240_000)
                 expect(board.locator(".enb-tile.enb-running")).to_have_count(1, timeout=120_000)

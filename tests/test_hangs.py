@@ -76,6 +76,17 @@ def test_identical_stacks_are_shown_once():
     assert text.count("ranks 0, 1, 2:") == 1 and "cell.py:12 in train: dist.all_reduce(t)" in text
 
 
+def report_once_hung(job: enb.Job, ranks: int, ready, timeout: float = 120):
+    """Once every rank printed ``hanging`` and a report satisfies ``ready``: a report, and
+    how long asking for it took."""
+    job.wait_until(lambda: job.logs().count("hanging") == ranks, timeout=timeout,
+                   what=f"{ranks} ranks hanging")
+    wait_until(lambda: ready(job.hang_report()), timeout=60, what="the ranks where they hang")
+    asked = time.monotonic()
+    report = job.hang_report()
+    return report, time.monotonic() - asked
+
+
 def line_of(source: str) -> int:
     import inspect
 
@@ -95,12 +106,8 @@ def line_of(source: str) -> int:
 def test_each_kind_of_hang_is_named_in_the_first_sentence(kind, victim, first_sentence):
     job = enb.launch(scenarios.hang_at, kind, 5, victim, nproc=4, hang_after=0)
     try:
-        job.wait_until(lambda: job.logs().count("hanging") == 4, timeout=120, what="every rank hanging")
-        wait_until(lambda: job.hang_report().stalled_in_collective or kind == "compute",
-                   timeout=30, what="the waiting ranks inside the collective")
-        asked = time.monotonic()
-        report = job.hang_report()
-        took = time.monotonic() - asked
+        report, took = report_once_hung(
+            job, 4, lambda r: r.stalled_in_collective or kind == "compute")
     finally:
         job.stop()
     assert report.answer.startswith(first_sentence), report.answer
@@ -152,12 +159,7 @@ def test_the_report_works_after_a_restart():
 def test_sixteen_ranks(kind, victim, first_sentence):
     job = enb.launch(scenarios.hang_at, kind, 2, victim, nproc=16, hang_after=0)
     try:
-        job.wait_until(lambda: job.logs().count("hanging") == 16, timeout=240, what="16 ranks hanging")
-        report = wait_until(lambda: (r := job.hang_report()).suspects and r, timeout=60,
-                            what="the suspect")
-        asked = time.monotonic()
-        job.hang_report()
-        took = time.monotonic() - asked
+        report, took = report_once_hung(job, 16, lambda r: r.suspects, timeout=240)
     finally:
         job.stop()
     assert report.answer.startswith(first_sentence), report.answer

@@ -130,15 +130,18 @@ class JobCore:
         for index in stuck:
             self.nodes[index].abandon()
 
-    def _stop_remaining_nodes(self) -> None:
-        """A failed job ends promptly: stop the nodes still running, off the pump thread."""
-        nodes = self.stopping_nodes()
+    def stop_in_background(self, nodes: list[int]) -> None:
+        """``stop_nodes`` off the calling thread (the pump must not wait for its own nodes)."""
         if nodes:
             def stop_them() -> None:
                 self.stop_nodes(nodes)
                 self.wake()
 
             threading.Thread(target=stop_them, name="elastic_nb-stop", daemon=True).start()
+
+    def _stop_remaining_nodes(self) -> None:
+        """A failed job ends promptly: stop the nodes still running."""
+        self.stop_in_background(self.stopping_nodes())
 
     def _end_exit_barrier_waits(self) -> None:
         """Every node reported success: an agent still there after a grace waits in torch's

@@ -29,7 +29,7 @@ from elastic_nb.kernel.debug_client import DebugSession
 from elastic_nb.kernel.hang_map import HangTarget
 from elastic_nb.kernel.log_book import JobLogs
 from elastic_nb.kernel.stacks import StackTarget
-from elastic_nb.kernel.supervisor import AgentProcess, agent_environment, send_signal
+from elastic_nb.kernel.supervisor import AgentProcess, agent_environment, send_signal, signal_group
 from elastic_nb.model.plan import JobPlan
 from elastic_nb.model.state import WorkerInfo
 from elastic_nb.rendezvous import network
@@ -202,10 +202,7 @@ class LocalNode(NodeHandle):
 
     def freeze(self, frozen: bool, worker_pids: list[int]) -> None:
         sig = signal.SIGSTOP if frozen else signal.SIGCONT
-        try:
-            os.killpg(self.agent.pid, sig)  # the host, its forkserver and its workers
-        except ProcessLookupError:
-            pass
+        signal_group(self.agent.pid, sig)  # the host, its forkserver and its workers
         for pid in worker_pids:
             send_signal(pid, sig)
 

@@ -150,9 +150,6 @@ class Pump:
             return False
         return True
 
-    def _stopped_since(self, index: int, now: float) -> float:
-        return self._stopped.setdefault(index, now)
-
     def _keep_liveness(self) -> None:
         """Beat to every node; a node silent past the liveness timeout is lost."""
         now = time.monotonic()
@@ -166,7 +163,7 @@ class Pump:
                 if node.held():  # silent until it is configured
                     self._heard[index] = now
                 elif node.booting and node.stopped():  # frozen as it starts: no grace for it
-                    self._heard[index] = min(self._heard[index], self._stopped_since(index, now))
+                    self._heard[index] = min(self._heard[index], self._stopped.setdefault(index, now))
                 else:
                     self._stopped.pop(index, None)
             nodes = self._core.state.nodes
@@ -217,9 +214,7 @@ class Pump:
         core = self._core
         with core.lock:
             waiting = rules.abandoned_in_exit_barrier(core.state, index)
-        if waiting:
-            threading.Thread(target=core.stop_nodes, args=(waiting,), daemon=True,
-                             name="elastic_nb-exit-barrier").start()
+        core.stop_in_background(waiting)
 
     def _lines(self, index: int, report: Log) -> None:
         self._core.nodes[index].lines(report, self._core.logs, time.time())  # our clock

@@ -52,7 +52,8 @@ def send_signal(pid: int, sig: SignalLike) -> bool:
     return True
 
 
-def _kill_group(pgid: int, sig: signal.Signals = signal.SIGKILL) -> None:
+def signal_group(pgid: int, sig: signal.Signals = signal.SIGKILL) -> None:
+    """Signal a whole process group; nothing if it is gone (or no longer ours to signal)."""
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
@@ -140,11 +141,11 @@ class AgentProcess:
         """SIGKILL the host and its whole group (forkserver, workers) at once; return when
         none of them is left."""
         pgid = self.process.pid  # the host leads its own session and process group
-        _kill_group(pgid, signal.SIGKILL)
+        signal_group(pgid, signal.SIGKILL)
         self.process.wait()
         deadline = time.monotonic() + 5
         while _group_members(pgid) and time.monotonic() < deadline:
-            _kill_group(pgid, signal.SIGKILL)
+            signal_group(pgid, signal.SIGKILL)
             time.sleep(0.02)
 
 

@@ -108,8 +108,8 @@ class TileBoard:
             self.selected = ranks[0]
         for t in current:
             cell = self._cells[t.rank]
-            changed |= _set(cell.style, "button_color", t.color)
-            changed |= _set(cell, "tooltip", f"rank {t.rank}: {t.state}")
+            changed |= set_if_changed(cell.style, "button_color", t.color)
+            changed |= set_if_changed(cell, "tooltip", f"rank {t.rank}: {t.state}")
         chosen = next(t for t in current if t.rank == self.selected)
         if chosen.rank not in self._tiles:
             self._tiles = {chosen.rank: self._new_tile(chosen.rank)}
@@ -143,17 +143,18 @@ class TileBoard:
 
 def _update(tile: TileWidgets, t: Tile) -> bool:
     killable = t.state.killable
-    changed = _set(tile.body, "value", tile_html(t))
-    changed |= _set(tile.kill, "disabled", not killable)
-    changed |= _set(tile.debug, "disabled", t.state != TileState.PAUSED)
-    changed |= _set(tile.freeze, "description", "thaw" if t.state == TileState.FROZEN else "freeze")
-    changed |= _set(tile.freeze, "disabled", not killable)
-    changed |= _set(tile.slow, "description", "full speed" if t.slowed is not None else "slow")
-    changed |= _set(tile.slow, "disabled", not killable)
+    changed = set_if_changed(tile.body, "value", tile_html(t))
+    changed |= set_if_changed(tile.kill, "disabled", not killable)
+    changed |= set_if_changed(tile.debug, "disabled", t.state != TileState.PAUSED)
+    changed |= set_if_changed(tile.freeze, "description", "thaw" if t.state == TileState.FROZEN else "freeze")
+    changed |= set_if_changed(tile.freeze, "disabled", not killable)
+    changed |= set_if_changed(tile.slow, "description", "full speed" if t.slowed is not None else "slow")
+    changed |= set_if_changed(tile.slow, "disabled", not killable)
     return changed
 
 
-def _set(widget: object, name: str, value: object) -> bool:
+def set_if_changed(widget: object, name: str, value: object) -> bool:
+    """Set a widget's trait only when it changes (each change is a message to the browser)."""
     if getattr(widget, name) == value:
         return False
     setattr(widget, name, value)

@@ -20,7 +20,7 @@ from elastic_nb.model import render
 from elastic_nb.model.plan import Node
 from elastic_nb.model.snapshot import JobSnapshot
 from elastic_nb.ui.dashboard.model import DashboardModel
-from elastic_nb.ui.dashboard.tiles import TileActions, TileBoard
+from elastic_nb.ui.dashboard.tiles import TileActions, TileBoard, set_if_changed
 
 if TYPE_CHECKING:
     from elastic_nb.ui.dashboard.handle import JobHandle
@@ -303,15 +303,15 @@ class Dashboard(widgets.VBox):
             self._last_refresh = time.monotonic()
             snap = self.model.snapshot()
             changed = [
-                self._set(self.header_area, "value", render.header_html(snap)),
+                set_if_changed(self.header_area, "value", render.header_html(snap)),
                 self.tiles.render(self.model.tiles(snap)),
                 self._render_controls(snap),
-                self._set(self.status_area, "value", self.model.status),
+                set_if_changed(self.status_area, "value", self.model.status),
                 self._render_logs(),
                 self._render_timeline(snap),
-                self._set(self.stacks_area, "value", self._stacks_html()),
-                self._set(self.debug_area, "value", self._debug_html()),
-                self._set(self.hang_area, "value", self.model.hang_html()),
+                set_if_changed(self.stacks_area, "value", self._stacks_html()),
+                set_if_changed(self.debug_area, "value", self._debug_html()),
+                set_if_changed(self.hang_area, "value", self.model.hang_html()),
             ]
             if any(changed):
                 self.updates += 1
@@ -331,22 +331,16 @@ class Dashboard(widgets.VBox):
             widget.value = values[0]
         return True
 
-    @staticmethod
-    def _set(widget: widgets.Widget, name: str, value: Any) -> bool:
-        if getattr(widget, name) == value:
-            return False
-        setattr(widget, name, value)
-        return True
 
     def _render_controls(self, snap: JobSnapshot) -> bool:
         done = snap.done
         changed = self._set_options(self.node, snap.live_nodes)
         frozen = {n.index for n in snap.nodes if n.frozen}
-        changed |= self._set(self.freeze_node_button, "description",
+        changed |= set_if_changed(self.freeze_node_button, "description",
                              "thaw node" if self.node.value in frozen else "freeze node")
         for button in (self.restart_button, self.stop_button, self.kill_node_button,
                        self.freeze_node_button, self.add_node_button, self.stacks_button):
-            changed |= self._set(button, "disabled", done)
+            changed |= set_if_changed(button, "disabled", done)
         return changed
 
     def _render_logs(self) -> bool:
@@ -358,7 +352,7 @@ class Dashboard(widgets.VBox):
         text = self.model.log_html(rank, self.log_filter.value, attempt, self.log_collapse.value)
         body = (f"<pre style='margin:0;font-size:12px;line-height:1.3'>{text}</pre>"
                 if text else "<i>no output yet</i>")
-        return changed | self._set(self.log_area, "value", body)
+        return changed | set_if_changed(self.log_area, "value", body)
 
     def _render_timeline(self, snap: JobSnapshot) -> bool:
         entries = self.model.timeline(snap)
@@ -371,7 +365,7 @@ class Dashboard(widgets.VBox):
         index = self.event_list.value
         details = entries[index].details if index is not None and index < len(entries) else \
             "click an event to see its details; a failure shows the rank's traceback"
-        return changed | self._set(self.event_details, "value",
+        return changed | set_if_changed(self.event_details, "value",
                                    f"<pre style='font-size:12px'>{html.escape(details)}</pre>")
 
     def _debug_html(self) -> str:
