@@ -35,6 +35,8 @@ test: lint
 	if [ "$$ELASTIC_NB_SKIP_BROWSER" != 1 ]; then scripts/install-browser; fi
 	# The two-host tests build network namespaces with iproute2's ip (as root).
 	scripts/install-iproute2
+	# The cluster tests run Slurm, MUNGE and sshd in network namespaces (tests/cluster.py).
+	scripts/install-cluster-tools
 	$(PY) -m pytest
 
 bench: setup-test

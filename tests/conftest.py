@@ -1,8 +1,13 @@
-"""Shared pytest fixtures: leftover-process checks and the rendezvous backends."""
+"""Shared pytest fixtures: leftover-process checks, the rendezvous backends and the cluster."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+
 import pytest
+from cluster import Cluster
 from etcd_fixtures import *  # noqa: F403 - session etcd servers: etcd_v2_server, etcd_v3_server
 from util import job_processes, leftover_processes, wait_until
 
@@ -60,3 +65,44 @@ def rdzv(request) -> dict:
         return {"backend": "c10d", "start_method": "spawn"}
     server = request.getfixturevalue("etcd_v3_server" if request.param == "etcd3" else "etcd_v2_server")
     return {"backend": request.param, "endpoint": server.endpoint, "start_method": "forkserver"}
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A Slurm cluster and an SSH host in network namespaces (tests/cluster.py), for the session:
+    starting Slurm costs seconds. Each test leaves its queue empty and nothing of its own
+    running on the cluster's hosts (``cluster_left_clean`` checks)."""
+    why = Cluster.unavailable()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the cluster tests must run in CI: {why}")
+        pytest.skip(why)
+    with Cluster() as built:
+        yield built
+
+
+@pytest.fixture(autouse=True)
+def cluster_left_clean(request):
+    """A test that used ``cluster`` leaves no job in its queue and no process of its own (a job,
+    an ssh session) on its hosts; what it left is cancelled or killed so the next test starts
+    clean, and the test fails."""
+    yield
+    if "cluster" not in request.fixturenames:
+        return
+    built: Cluster = request.getfixturevalue("cluster")
+
+    def clean() -> bool:
+        return not built.squeue() and not any(built.other_pids(host) for host in built.hosts)
+
+    try:
+        wait_until(clean, timeout=15, what="the cluster's queue and hosts to empty", interval=0.2)
+    except TimeoutError:
+        jobs = built.squeue()
+        strays = {host.name: built.other_pids(host) for host in built.hosts}
+        built.cancel_all()
+        built.wait_for_empty_queue(timeout=15)
+        for pids in strays.values():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"left on the cluster: jobs {jobs}, processes {strays}")
