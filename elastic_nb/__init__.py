@@ -3,6 +3,8 @@
     import elastic_nb as enb
     job = enb.launch(train, nproc=4)      # returns at once
     job.result()                          # {rank: return value}
+    enb.launch(train, nodes=[enb.Node(4), enb.Node(4, on=enb.Slurm(partition="gpu"))],
+               listen_addr="10.0.0.5")    # a node through Slurm (or enb.SSH("user@host"))
 
 The engine is torch.distributed.elastic itself: one real LocalElasticAgent
 process per node, real rendezvous (c10d by default), real worker processes.
@@ -18,7 +20,9 @@ from typing import Any
 from elastic_nb.kernel.host_pool import HostInfo, hosts, set_keep_warm, shutdown
 from elastic_nb.kernel.job import Job
 from elastic_nb.kernel.launch import launch, run
+from elastic_nb.kernel.places import register as register_place
 from elastic_nb.model.errors import JobFailed, LaunchError, RankFailure
+from elastic_nb.model.placement import SSH, Slurm
 from elastic_nb.model.plan import Node
 from elastic_nb.model.snapshot import JobSnapshot
 from elastic_nb.model.state import Event, EventKind, JobStatus, NodeStatus, WorkerInfo, WorkerStatus
@@ -27,6 +31,7 @@ from elastic_nb.wire.options import BACKENDS
 
 __all__ = [
     "BACKENDS",
+    "SSH",
     "EtcdServer",
     "Event",
     "EventKind",
@@ -39,10 +44,12 @@ __all__ = [
     "Node",
     "NodeStatus",
     "RankFailure",
+    "Slurm",
     "WorkerInfo",
     "WorkerStatus",
     "hosts",
     "launch",
+    "register_place",
     "run",
     "set_keep_warm",
     "shutdown",

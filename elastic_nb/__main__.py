@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from elastic_nb.wire.options import BACKENDS
@@ -26,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
     join.add_argument("--rdzv-conf", action="append", default=[], metavar="KEY=VALUE",
                       help="rendezvous options, e.g. cacert=ca.pem user=root password=...")
     join.add_argument("--timeout", type=float, default=60, help="seconds to find the job")
+    join.add_argument("--key-file", default=None,
+                      help="the job's key (job.join_command() names it): run only what the job "
+                           "signed")
+    join.add_argument("--key-stdin", action="store_true",
+                      help="read the job's key from the first line of standard input")
+    join.add_argument("--job-address", default=None, help=argparse.SUPPRESS)
+    join.add_argument("--ticket", type=int, default=-1, help=argparse.SUPPRESS)
+    join.add_argument("--leave-on", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from elastic_nb.ui.demo import run_demo
@@ -45,11 +54,25 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return join_job(args.backend, args.endpoint, args.run_id, args.nproc, args.role,
                             args.local_addr, args.log_dir,
-                            dict(item.split("=", 1) for item in args.rdzv_conf), args.timeout)
-        except JoinError as exc:
+                            dict(item.split("=", 1) for item in args.rdzv_conf), args.timeout,
+                            _job_key(args), args.job_address, args.ticket, args.leave_on)
+        except (JoinError, ValueError, OSError) as exc:
             print(f"elastic_nb join: {exc}", file=sys.stderr)
             return 2
     return 0
+
+
+def _job_key(args: argparse.Namespace) -> str | None:
+    """The job's key: from ``--key-file``, standard input, or the environment a scheduler
+    passed (taken out of it: the workers do not inherit it)."""
+    from elastic_nb.wire import auth
+
+    from_env = os.environ.pop(auth.KEY_ENV, None)
+    if args.key_file:
+        return auth.read_key_file(args.key_file)
+    if args.key_stdin:
+        return auth.read_key_line(sys.stdin.readline(), "standard input")
+    return auth.read_key_line(from_env, f"${auth.KEY_ENV}") if from_env else None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from util import wait_until
 import elastic_nb as enb
 from elastic_nb.kernel import join_server
 from elastic_nb.rendezvous import discovery
+from elastic_nb.wire import auth
 
 
 @pytest.fixture
@@ -109,6 +110,18 @@ def test_a_wrong_token_is_refused_with_a_reason(job):
     assert job.nodes == {0: "running"}
 
 
+def test_a_request_signed_with_another_key_or_a_ticket_without_a_signature_is_refused(job):
+    token = token_of(job)
+    request = {"kind": "join", "token": token, "nproc": 1, "role": "default", "nonce": "n1"}
+    for message, complaint in ((auth.seal(auth.new_key(), request), "not signed with this job"),
+                               ({**request, "ticket": 0}, "must sign its request")):
+        with connect(job) as peer:
+            peer.sendall(json.dumps(message).encode() + b"\n")
+            answer = reply(peer)
+        assert answer["kind"] == "rejected" and complaint in answer["reason"], answer
+    assert job.nodes == {0: "running"}
+
+
 @pytest.mark.parametrize("nonsense", [b"\x00not json\n", b'{"kind": "reboot"}\n',
                                       b'{"kind": "started", "role": "x"}\n'],
                          ids=["garbage", "unknown-kind", "missing-fields"])
@@ -117,7 +130,8 @@ def test_a_joined_peer_that_talks_nonsense_is_dropped_and_the_job_goes_on(job, n
     with connect(job) as peer:
         peer.sendall(json.dumps({"kind": "join", "token": token, "nproc": 1,
                                  "role": "default", "host": "mallory"}).encode() + b"\n")
-        assert reply(peer) == {"kind": "accepted", "node": 1}
+        answer = reply(peer)
+        assert (answer["kind"], answer["node"], answer["mac"]) == ("accepted", 1, "")
         peer.sendall(nonsense)
         assert closed_by_the_job(peer)
     errors = wait_until(lambda: [e for e in job.events if e.kind == "agent_error"], timeout=10,

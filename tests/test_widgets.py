@@ -334,6 +334,7 @@ class SnapshotJob:
         self.snap, self.run_id, self.log_dir = snap, snap.run_id, snap.log_dir
         self.log_line_prefix_template, self.done, self.log_book = "[${rank}]:", False, LogBook()
         self.killed: list[int] = []
+        self.added: list = []
 
     def snapshot(self):
         return self.snap
@@ -346,6 +347,13 @@ class SnapshotJob:
 
     def kill(self, rank, sig="SIGKILL") -> None:
         self.killed.append(rank)
+
+    def places(self) -> dict:
+        return {"this machine": None, "gpu": enb.Slurm(partition="gpu")}
+
+    def add_node(self, node) -> int:
+        self.added.append(node)
+        return 7
 
 
 def test_many_ranks_are_a_compact_grid_and_the_selected_rank_s_tile():
@@ -394,3 +402,27 @@ def test_a_stall_shows_a_banner_and_the_hang_map_names_the_missing_rank(board):
                what="the hang map")
     assert "<table class='enb-hang-map'" in dashboard.hang_area.value
     assert dashboard.tabs.selected_index == 4
+
+
+def test_the_add_node_chooser_offers_the_kernels_places_and_starts_the_node_there():
+    import test_snapshot
+    import test_state as given
+
+    from elastic_nb.model import snapshot as snapshots
+    from elastic_nb.model.scheduling import node_submitted
+
+    state = given.job(1)
+    node_submitted(state, 1, 2, "default", "Slurm (gpu)", "Slurm job 4711", given.T0)
+    state.nodes[1].scheduler = "queued: Slurm job 4711 PENDING (Resources)"
+    job = SnapshotJob(snapshots.build(test_snapshot.plan(1), "127.0.0.1:1", state, {}, {},
+                                      given.T0 + 1))
+    dashboard = widgets.Dashboard(job, start=False)
+    dashboard.render()
+    assert list(dashboard.add_on.options) == ["this machine", "gpu"]
+    assert 1 in dashboard.node.options  # a queued node can be cancelled from the node menu
+    assert "queued: Slurm job 4711 PENDING (Resources)" in dashboard.header_area.value
+    dashboard.add_on.value = "gpu"
+    dashboard.add_nproc.value = 4
+    dashboard.add_node_button.click()
+    assert job.added == [enb.Node(4, on=enb.Slurm(partition="gpu"))]
+    assert "added node 7 with 4 ranks on gpu" in dashboard.status_area.value

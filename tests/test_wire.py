@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from elastic_nb.wire import commands
+from elastic_nb.wire import auth, commands
 from elastic_nb.wire.commands import CommandKind, parse_command
 from elastic_nb.wire.config import AgentConfig
 from elastic_nb.wire.join import JoinAccepted, JoinDescriptor, JoinRejected, JoinRequest, parse_reply, parse_request
 from elastic_nb.wire.options import JobOptions
 from elastic_nb.wire.rank_files import PauseNotice
-from elastic_nb.wire.records import ProtocolError
+from elastic_nb.wire.records import ProtocolError, encode_bytes
 
 OPTIONS = JobOptions(min_nodes=1, max_nodes=2, max_restarts=0, monitor_interval=0.1,
                      exit_barrier_timeout=30.0, rdzv_timeout=120.0, start_method="spawn",
@@ -73,9 +73,11 @@ def test_an_agent_config_is_checked_before_a_host_runs_it(change, complaint):
 
 def test_the_join_descriptor_and_handshake_round_trip_and_are_checked():
     descriptor = JoinDescriptor(b"payload", "127.0.0.1:4000", "t0k3n", OPTIONS)
-    assert JoinDescriptor.from_json(descriptor.to_json()) == descriptor
+    key = auth.new_key()
+    assert JoinDescriptor.from_json(descriptor.to_json(key), key) == descriptor
+    assert JoinDescriptor.from_json(descriptor.to_json(key)) == descriptor  # no key: trusted
     with pytest.raises(ProtocolError, match="job_address"):
-        JoinDescriptor.from_json(descriptor.to_json().replace("127.0.0.1:4000", "nowhere"))
+        JoinDescriptor.from_json(descriptor.to_json(key).replace("127.0.0.1:4000", "nowhere"))
     with pytest.raises(ProtocolError, match="not JSON"):
         JoinDescriptor.from_json("{")
     request = JoinRequest(token="t", nproc=2, role="trainer", host="b")
@@ -85,7 +87,35 @@ def test_the_join_descriptor_and_handshake_round_trip_and_are_checked():
     with pytest.raises(ProtocolError, match="expected a join request"):
         parse_request(wire(JoinAccepted(node=1)))
     assert parse_reply(wire(JoinAccepted(node=1))) == JoinAccepted(node=1)
+    accepted = JoinAccepted(node=2, nonce="n", payload=b"\x80call", mac="m")
+    assert parse_reply(wire(accepted)) == accepted
     assert parse_reply(wire(JoinRejected(reason="full"))) == JoinRejected(reason="full")
+
+
+def test_a_descriptor_someone_else_wrote_or_changed_is_refused_by_a_node_with_the_key():
+    key, other = auth.new_key(), auth.new_key()
+    signed = JoinDescriptor(b"payload", "127.0.0.1:4000", "t0k3n", OPTIONS).to_json(key)
+    forged = JoinDescriptor(b"evil", "127.0.0.1:4000", "t0k3n", OPTIONS).to_json(other)
+    changed = json.dumps({**json.loads(signed), "payload": encode_bytes(b"evil")})
+    unsigned = json.dumps({k: v for k, v in json.loads(signed).items() if k != "mac"})
+    for text in (forged, changed, unsigned):
+        with pytest.raises(ProtocolError, match="not signed with this job's key.*nothing of it"):
+            JoinDescriptor.from_json(text, key)
+
+
+def test_a_sealed_message_checks_every_field_and_a_key_file_must_be_private(tmp_path):
+    key = auth.new_key()
+    sealed = auth.seal(key, {"node": 1, "nonce": "abc"})
+    assert auth.unseal(key, sealed, "it") == {"node": 1, "nonce": "abc"}
+    for changed in ({**sealed, "node": 2}, {**sealed, "mac": "0" * 64}, {"node": 1}):
+        with pytest.raises(ProtocolError, match="not signed"):
+            auth.unseal(key, changed, "it")
+    path = tmp_path / "job.key"
+    auth.write_key_file(str(path), key)
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and auth.read_key_file(str(path)) == key
+    path.chmod(0o644)
+    with pytest.raises(ValueError, match="chmod 600"):
+        auth.read_key_file(str(path))
 
 
 def test_a_pause_notice_is_written_whole_and_read_back_checked(tmp_path):

@@ -16,10 +16,12 @@ from collections.abc import Callable
 
 from elastic_nb.kernel.log_book import JobLogs
 from elastic_nb.kernel.nodes import LaunchGate, NodeHandle
-from elastic_nb.model import rules
+from elastic_nb.model import rules, scheduling
 from elastic_nb.model.hangs import HangReport
+from elastic_nb.model.placement import Placement
 from elastic_nb.model.plan import JobPlan
 from elastic_nb.model.state import Event, EventKind, JobState, NodeStatus
+from elastic_nb.wire import auth
 from elastic_nb.wire.commands import Restart, Stop
 from elastic_nb.wire.records import ProtocolError
 
@@ -32,12 +34,15 @@ class JobCore:
     ``apply`` (events out of a rule); ``node_gone``, ``protocol_error`` and
     ``restart_survivors`` (a node lost or misbehaving); ``stop_nodes`` and
     ``stopping_nodes`` (ending nodes, killing or letting go of those that do
-    not stop). ``wake`` is the pump's, set when it starts.
+    not stop); ``node_leaving`` (a node that leaves on its own). ``key`` is
+    the job's secret (``wire.auth``). ``wake`` is the pump's, set when it starts.
     """
 
     def __init__(self, plan: JobPlan, endpoint: str) -> None:
         self.plan = plan
         self.endpoint = endpoint
+        self.key = auth.new_key()  # the job's secret: what its nodes and the Job sign with
+        self.placements: list[Placement] = []  # where its nodes elsewhere were started
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.state = JobState(started_at=time.time())
@@ -97,7 +102,18 @@ class JobCore:
             if node.drop_on_protocol_error:
                 self.restart_survivors(index)
         if node.drop_on_protocol_error:
-            node.channel.shutdown()
+            node.wire.shutdown()
+
+    def node_leaving(self, index: int, reason: str) -> None:
+        """Node ``index`` leaves on its scheduler's warning: the others re-form without it now
+        (a membership restart: no budget spent), then it is stopped (it waits for that, so that
+        its ranks do not vanish under the others' collectives first)."""
+        with self.lock:
+            events = scheduling.node_leaving(self.state, index, reason, time.time())
+            self.apply(events)
+            if events:
+                self.restart_survivors(index)
+        self.nodes[index].send(Stop(run_id=self.run_id))
 
     def stalled(self, report: HangReport | None) -> None:
         """The hang watch saw no progress (``report`` says where), or progress again (None)."""

@@ -11,6 +11,7 @@ What it reads (properties, the snapshot, logs, displays) is its base,
 from __future__ import annotations
 
 import atexit
+import os
 import signal
 import sys
 import time
@@ -26,9 +27,9 @@ from elastic_nb.kernel.debug_client import DebugSession, drive
 from elastic_nb.kernel.hang_map import HangWatch
 from elastic_nb.kernel.job_view import JobView
 from elastic_nb.kernel.join_server import JoinDesk
-from elastic_nb.kernel.nodes import LocalNode
-from elastic_nb.kernel.planning import plan_node
+from elastic_nb.kernel.planning import check_reachable, plan_node
 from elastic_nb.kernel.pump import Pump
+from elastic_nb.kernel.starting import NodeStarter
 from elastic_nb.kernel.supervisor import SignalLike, parse_signal
 from elastic_nb.model import controls, rules
 from elastic_nb.model.errors import JobFailed
@@ -36,6 +37,7 @@ from elastic_nb.model.hangs import HangReport
 from elastic_nb.model.plan import JobPlan, Node
 from elastic_nb.model.state import JobStatus
 from elastic_nb.rendezvous import embedded
+from elastic_nb.wire import auth
 from elastic_nb.wire.commands import Restart, Slow
 
 _live_jobs: weakref.WeakSet[Job] = weakref.WeakSet()
@@ -83,36 +85,36 @@ class Job(JobView):
         core = JobCore(plan, endpoint)
         super().__init__(plan, core, Pump(core, on_close=self._close))
         self._desk = JoinDesk(core, self._pump.watch)
+        self._starter = NodeStarter(core, self._pump, self._desk.address)
+        self.key_file = os.path.join(plan.log_dir, "job.key")  # readable by this user only
         self._watch = HangWatch(plan.options.hang_after, lambda: self.state == JobStatus.RUNNING,
                                 lambda: max(self.log_book.last_line_time().values(),
                                             default=self._state.started_at),
                                 lambda: self.hang_report(), core.stalled, plan.run_id)
 
     def start(self) -> Job:
+        plans = dict(enumerate(self._plan.nodes))
         with self._lock:
             self._core.apply(rules.launched(self._state, time.time(), {
                 "run_id": self.run_id, "backend": self.backend, "endpoint": self.endpoint,
                 "nodes": len(self._plan.nodes), "world_size": self.planned_world_size}))
-            for index, node_plan in enumerate(self._plan.nodes):
-                rules.add_node(self._state, index, node_plan.nproc, node_plan.role, local=True)
-                self._start_node(index, node_plan.nproc, node_plan.role, node_plan.payload)
+            try:  # nodes elsewhere first: a refusal (sbatch) leaves nothing running here
+                self._starter.submit_all({i: p for i, p in plans.items() if p.on is not None})
+            except BaseException:
+                self._desk.close()
+                self._store = None
+                raise
+            for index, node_plan in plans.items():
+                if node_plan.on is None:
+                    self._starter.start(index, node_plan)
             self._core.gate.open_if_ready()
+        auth.write_key_file(self.key_file, self._core.key)
         _live_jobs.add(self)
         self._pump.start()
         self._watch.start()
         if self._plan.default_payload is not None:
             self._desk.open(self._store)
         return self
-
-    def _start_node(self, index: int, nproc: int, role: str, payload: bytes) -> LocalNode:
-        """A host for a node of this machine; its configuration waits for the launch gate."""
-        # after this job's hosts: nodes keep their order in torch's ranks (by agent pid)
-        above = max((n.host_pid or 0 for n in self._state.nodes.values()), default=0)
-        node = LocalNode.start(self._plan, index, nproc, role, payload, self.endpoint, above)
-        rules.host_assigned(self._state, index, node.pid, node.warm)
-        self._core.nodes[index] = node
-        self._pump.watch(node)
-        return node
 
     @property
     def join_address(self) -> str:
@@ -122,7 +124,7 @@ class Job(JobView):
     def join_command(self) -> str:
         """The command that joins this job from another terminal or machine."""
         return (f"python -m elastic_nb join --backend {self.backend} --endpoint {self.endpoint} "
-                f"--run-id {self.run_id} --nproc N")
+                f"--run-id {self.run_id} --key-file {self.key_file} --nproc N")
 
     # -------------------------------------------------------------- results
 
@@ -227,9 +229,10 @@ class Job(JobView):
             self._core.apply(events)
 
     def add_node(self, node: Node) -> int:
-        """Start another agent that joins at the next rendezvous round; its node index.
+        """Start another node that joins at the next rendezvous round; its node index.
 
-        Without its own ``fn`` the node runs the job's function.
+        Without its own ``fn`` the node runs the job's function; ``Node(on=...)``
+        starts it elsewhere (Slurm, SSH): it joins once its scheduler starts it.
         """
         with self._lock:
             if self.done:
@@ -239,9 +242,8 @@ class Job(JobView):
                 raise ValueError(reason)
             index = len(self._state.nodes)
             node_plan = plan_node(index, node, self._plan.default_payload)
-            self._core.apply(controls.node_added(self._state, index, node_plan.nproc, node_plan.role,
-                                              local=True, host="localhost", now=time.time()))
-            self._start_node(index, node_plan.nproc, node_plan.role, node_plan.payload).send_config()
+            check_reachable(self._plan.listen_addr, node_plan.on)
+            self._starter.start(index, node_plan, added=True).send_config()
         return index
 
     def restart(self) -> None:
@@ -318,6 +320,7 @@ class Job(JobView):
             self._core.apply(controls.stop_requested(self._state, time.time()))
             nodes = self._core.stopping_nodes()
         self._core.stop_nodes(nodes)
+        self._starter.cancel_all()  # nothing left in a queue or on a remote host
         with self._lock:
             self._core.apply(rules.finish(self._state, JobStatus.STOPPED, time.time()))
         if self._pump.is_alive() and not self._pump.on_thread():
@@ -327,6 +330,7 @@ class Job(JobView):
     def _close(self) -> None:
         """The pump is ending: nothing of the job listens any more."""
         self._watch.stop()
+        self._starter.stop()
         self._desk.close()
         self._store = None
         _live_jobs.discard(self)

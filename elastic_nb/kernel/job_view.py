@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from elastic_nb.kernel import host_pool
+from elastic_nb.kernel import host_pool, places
 from elastic_nb.kernel.core import JobCore
 from elastic_nb.kernel.log_book import LogBook
 from elastic_nb.kernel.pump import Pump
@@ -21,6 +21,7 @@ from elastic_nb.kernel.supervisor import StatsSampler
 from elastic_nb.kernel.waiting import poll_until
 from elastic_nb.model import snapshot as snapshots
 from elastic_nb.model.errors import RankFailure
+from elastic_nb.model.placement import Placement
 from elastic_nb.model.plan import JobPlan
 from elastic_nb.model.render import summary_text
 from elastic_nb.model.state import Event, JobStatus, NodeStatus, WorkerInfo
@@ -179,6 +180,12 @@ class JobView:
         return self._core.logs.iterate(lambda: self.done and not self._pump.is_alive(), collapse)
 
     # ------------------------------------------------------------- display
+
+    def places(self) -> dict[str, Placement | None]:
+        """Where a node can be started from here, by name: this machine, the places registered
+        with ``elastic_nb.register_place`` and those this job's nodes use (add-node's chooser)."""
+        with self._lock:
+            return places.of_job(self._core.placements)
 
     def summary(self) -> str:
         """A readable text summary (what a terminal or nbconvert shows)."""

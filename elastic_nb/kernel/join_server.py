@@ -2,7 +2,9 @@
 
 The Job publishes a join descriptor (the packed call, the options, this
 server's address and a token) in the rendezvous store; ``python -m elastic_nb
-join`` reads it, connects here and sends one ``join`` message. Each
+join`` reads it, connects here and sends one ``join`` message (signed
+with the job's key by a node the job started, which brings its ticket:
+the index reserved for it, see ``kernel.scheduled``). Each
 handshake runs on a thread of its own under a deadline, so a peer that
 connects and says nothing, trickles bytes or sends garbage costs a thread
 for a few seconds, never the Job's pump. An accepted node's channel is handed
@@ -23,9 +25,11 @@ from typing import Any
 
 from elastic_nb.kernel.core import JobCore
 from elastic_nb.kernel.nodes import JoinedNode, NodeHandle
-from elastic_nb.model import controls
-from elastic_nb.model.state import EventKind
+from elastic_nb.kernel.scheduled import ScheduledNode
+from elastic_nb.model import controls, scheduling
+from elastic_nb.model.state import EventKind, NodeStatus
 from elastic_nb.rendezvous import discovery
+from elastic_nb.wire import auth
 from elastic_nb.wire.channel import Channel
 from elastic_nb.wire.join import JoinAccepted, JoinDescriptor, JoinRejected, JoinRequest, parse_request
 from elastic_nb.wire.records import ProtocolError
@@ -38,16 +42,18 @@ class JoinRefused(Exception):
     """The Job will not take this node; the message says why (sent to the node)."""
 
 
-Admit = Callable[[JoinRequest, Channel], int]
-"""Called with a join request whose token matched: the node's index, or JoinRefused."""
+Admit = Callable[[JoinRequest, Channel, bool], JoinAccepted]
+"""Called with a join request whose token or signature matched (``signed``: it was signed
+with the job's key): the answer (the node's index), or JoinRefused."""
 
 
 class JoinServer:
     """Accepts nodes that join from other machines, on ``listen_addr`` only."""
 
-    def __init__(self, listen_addr: str, admit: Admit, name: str,
+    def __init__(self, listen_addr: str, admit: Admit, name: str, key: str,
                  handshake_timeout: float | None = None) -> None:
         self.token = secrets.token_hex(16)
+        self._key = key
         self._admit = admit
         self._timeout = HANDSHAKE_TIMEOUT if handshake_timeout is None else handshake_timeout
         self._listener = socket.create_server((listen_addr, 0))
@@ -94,29 +100,34 @@ class JoinServer:
             connection.close()
             return
         channel = Channel(connection)
+        signed = bool(message.get("mac"))
         try:
-            index = self._check(message, channel)
+            accepted = self._check(message, channel, signed)
         except JoinRefused as refused:
             try:
-                channel.send(JoinRejected(reason=str(refused)))
+                channel.send(JoinRejected(reason=str(refused)), self._key if signed else None)
             except OSError:
                 pass
             channel.close()
             return
         try:
-            channel.send(JoinAccepted(node=index))
+            channel.send(accepted, self._key if signed else None)
         except OSError:
             channel.close()
 
-    def _check(self, message: dict[str, Any], channel: Channel) -> int:
+    def _check(self, message: dict[str, Any], channel: Channel, signed: bool) -> JoinAccepted:
         try:
+            if signed:
+                message = auth.unseal(self._key, message, "the join request")
             request = parse_request(message)
         except ProtocolError as exc:
             raise JoinRefused(str(exc)) from None
-        if not secrets.compare_digest(request.token, self.token):
+        if not signed and not secrets.compare_digest(request.token, self.token):
             raise JoinRefused("wrong join token (read it from the rendezvous store of this run)")
+        if not signed and request.ticket >= 0:
+            raise JoinRefused("a node started by the job must sign its request with the job's key")
         channel.socket.settimeout(None)
-        return self._admit(request, channel)
+        return self._admit(request, channel, signed)
 
 
 def read_request(connection: socket.socket, deadline: float) -> dict[str, Any]:
@@ -153,7 +164,8 @@ class JoinDesk:
     def __init__(self, core: JobCore, watch: Callable[[NodeHandle], None]) -> None:
         self._core = core
         self._watch = watch
-        self._server = JoinServer(core.plan.listen_addr, self._admit, f"elastic_nb-{core.run_id}")
+        self._server = JoinServer(core.plan.listen_addr, self._admit, f"elastic_nb-{core.run_id}",
+                                  core.key)
 
     @property
     def address(self) -> str:
@@ -176,14 +188,16 @@ class JoinDesk:
             store = store or discovery.open_store(
                 plan.backend, core.endpoint, plan.run_id, plan.options.rdzv_configs,
                 plan.options.rdzv_timeout)
-            discovery.publish(store, plan.run_id, descriptor)
+            discovery.publish(store, plan.run_id, descriptor, core.key)
         except Exception as exc:  # the job runs on; only joining from elsewhere is off
             with core.lock:
                 core.apply([core.state.record(time.time(), EventKind.JOIN_UNAVAILABLE,
                                               detail={"error": f"{type(exc).__name__}: {exc}"})])
 
-    def _admit(self, request: JoinRequest, channel: Channel) -> int:
-        """A node from another machine passed the handshake's checks: give it an index."""
+    def _admit(self, request: JoinRequest, channel: Channel, signed: bool) -> JoinAccepted:
+        """A node passed the handshake's checks: a node started for its ticket, or a new one."""
+        if request.ticket >= 0:
+            return self._admit_ticket(request, channel)
         core = self._core
         with core.lock:
             reason = controls.check_can_add_node(core.state, core.plan.options.max_nodes)
@@ -194,4 +208,27 @@ class JoinDesk:
                                         local=False, host=request.host, now=time.time()))
             core.nodes[index] = node = JoinedNode(index, channel, request.host)
         self._watch(node)
-        return index
+        return JoinAccepted(node=index, nonce=request.nonce)
+
+    def _admit_ticket(self, request: JoinRequest, channel: Channel) -> JoinAccepted:
+        """The node the job started as node ``ticket`` arrives (signed): it takes its place, or,
+        if it refused what it found in the store, the job records why."""
+        core, index = self._core, request.ticket
+        with core.lock:
+            node = core.nodes.get(index)
+            queued = core.state.nodes[index].status if index in core.state.nodes else None
+            if not isinstance(node, ScheduledNode) or queued != NodeStatus.QUEUED:
+                raise JoinRefused(f"job {core.run_id} has no node {index} waiting to join "
+                                  f"(it is {queued or 'unknown'})")
+            if request.refused:
+                now = time.time()
+                core.apply(scheduling.join_refused(core.state, index, request.refused, now)
+                           + scheduling.never_joined(
+                               core.state, index, f"it refused to run the job: {request.refused}",
+                               now))
+                raise JoinRefused(request.refused)
+            node.attach(channel, request.host, request.pid)
+            core.apply(scheduling.scheduled_node_joined(core.state, index, request.host,
+                                                        time.time()))
+        self._watch(node)
+        return JoinAccepted(node=index, nonce=request.nonce, payload=node.payload)

@@ -13,6 +13,8 @@ its pump call these and never ask which kind a node is.
 * ``JoinedNode``: a node host on another machine that joined through the
   join server; everything goes through its channel, and its lines arrive as
   ``Log`` reports.
+* ``kernel.scheduled.ScheduledNode``: a joined node the notebook started
+  itself (Slurm, ssh), queued without a channel until it joins.
 """
 
 from __future__ import annotations
@@ -55,13 +57,22 @@ class NodeHandle(ABC):
 
     drop_on_protocol_error = False
 
-    def __init__(self, index: int, channel: Channel) -> None:
+    def __init__(self, index: int, channel: Channel | None) -> None:
         self.index = index
-        self.channel = channel
+        self.channel = channel  # None until a node started elsewhere joins
         self.booting = False  # its host has not said it is up (HostReady)
 
+    @property
+    def wire(self) -> Channel:
+        """The channel of a node the pump watches (every node it watches has one)."""
+        assert self.channel is not None, f"node {self.index} has no channel yet"
+        return self.channel
+
     def send(self, command: Command) -> bool:
-        """Send a command; False if the channel is already gone (its loss is seen by the pump)."""
+        """Send a command; False if the channel is already gone (its loss is seen by the pump),
+        or not there yet."""
+        if self.channel is None:
+            return False
         try:
             self.channel.send(command)
         except OSError:
@@ -135,7 +146,8 @@ class NodeHandle(ABC):
         """Where a running rank answers the hang map, or a line saying why it cannot here."""
 
     def close(self) -> None:
-        self.channel.close()
+        if self.channel is not None:
+            self.channel.close()
 
 
 class LocalNode(NodeHandle):
@@ -238,7 +250,7 @@ class LocalNode(NodeHandle):
 
     def close(self) -> None:
         if not self._released:
-            self.channel.close()
+            self.wire.close()
 
 
 class JoinedNode(NodeHandle):
@@ -246,7 +258,7 @@ class JoinedNode(NodeHandle):
 
     drop_on_protocol_error = True  # a peer that misbehaves is dropped; the job goes on
 
-    def __init__(self, index: int, channel: Channel, host: str) -> None:
+    def __init__(self, index: int, channel: Channel | None, host: str) -> None:
         super().__init__(index, channel)
         self.host = host
 
@@ -257,10 +269,12 @@ class JoinedNode(NodeHandle):
         self.send(Kill())
 
     def abandon(self) -> None:
-        self.channel.shutdown()  # unresponsive: it stops when it loses us
+        if self.channel is not None:
+            self.channel.shutdown()  # unresponsive: it stops when it loses us
 
     def fence(self) -> None:
-        self.channel.shutdown()  # its late reports are never read; it leaves when it reads the end
+        if self.channel is not None:  # its late reports are never read; it leaves at the end
+            self.channel.shutdown()
 
     def freeze(self, frozen: bool, worker_pids: list[int]) -> None:
         self.send(Freeze(frozen=frozen))

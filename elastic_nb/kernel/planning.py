@@ -21,6 +21,7 @@ import cloudpickle
 
 from elastic_nb.kernel.packing import pack_call
 from elastic_nb.model.errors import LaunchError
+from elastic_nb.model.placement import Placement
 from elastic_nb.model.plan import JobPlan, Node, NodePlan
 from elastic_nb.rendezvous import network
 from elastic_nb.wire.options import OPTIONS, JobOptions, check_unknown
@@ -45,6 +46,8 @@ def make_plan(fn: Callable[..., Any] | None, args: tuple, kwargs: dict[str, Any]
 
     default_payload = pack(fn, args, kwargs) if fn is not None else None
     node_plans = tuple(plan_node(i, node, default_payload) for i, node in enumerate(nodes))
+    for node_plan in node_plans:
+        check_reachable(values["listen_addr"], node_plan.on)
     shared = {o.name: values[o.name] for o in OPTIONS if o.shared}
     options = JobOptions(**{**shared, "min_nodes": min_nodes, "max_nodes": max_nodes,
                             "rdzv_configs": dict(rdzv_configs or {})})
@@ -62,14 +65,28 @@ def plan_node(index: int, node: Node, default_payload: bytes | None) -> NodePlan
         raise LaunchError(f"nodes[{index}].nproc must be >= 1, got {node.nproc!r}")
     if not isinstance(node.role, str) or not node.role:
         raise LaunchError(f"nodes[{index}].role must be a non-empty string")
+    on = _check_placement(index, node.on)
     if node.fn is None:
         if default_payload is None:
             raise LaunchError(f"nodes[{index}] has no fn and the job has no default function")
-        return NodePlan(nproc=node.nproc, role=node.role, payload=default_payload)
+        return NodePlan(nproc=node.nproc, role=node.role, payload=default_payload, on=on)
     if not callable(node.fn):
         raise LaunchError(f"nodes[{index}].fn must be callable, got {type(node.fn).__name__}")
     payload = pack(node.fn, tuple(node.args), dict(node.kwargs or {}))
-    return NodePlan(nproc=node.nproc, role=node.role, payload=payload)
+    return NodePlan(nproc=node.nproc, role=node.role, payload=payload, on=on)
+
+
+def _check_placement(index: int, on: Any) -> Placement | None:
+    """This machine (None), or a checked Slurm or SSH placement."""
+    if on is None or type(on) is Placement:
+        return None
+    if not isinstance(on, Placement):
+        raise LaunchError(f"nodes[{index}].on must be elastic_nb.Slurm(...) or "
+                          f"elastic_nb.SSH('user@host'), got {type(on).__name__}")
+    reason = on.check()
+    if reason:
+        raise LaunchError(f"nodes[{index}].on: {reason}")
+    return on
 
 
 # ------------------------------------------------------------------ checks
@@ -125,6 +142,14 @@ def check_endpoint(backend: str, endpoint: str | None,
     if backend in ("etcd", "etcd-v2") and scheme:
         return hostport, {"protocol": scheme, **(rdzv_configs or {})}
     return endpoint, rdzv_configs
+
+
+def check_reachable(listen_addr: str, on: Placement | None) -> None:
+    """A node on another machine must reach the Job: not through this machine's loopback."""
+    if on is not None and (listen_addr.startswith("127.") or listen_addr in ("::1", "localhost")):
+        raise LaunchError(f"a node on {on.describe()} cannot reach this kernel at {listen_addr}: "
+                          "launch with listen_addr set to an address of this machine that it "
+                          "reaches (its address on the cluster's network)")
 
 
 def _check_listen_addr(listen_addr: str) -> None:

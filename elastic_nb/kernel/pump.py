@@ -122,12 +122,12 @@ class Pump:
     def _register_added(self) -> None:
         while not self._added.empty():
             node = self._added.get()
-            self._selector.register(node.channel.socket, selectors.EVENT_READ, node.index)
+            self._selector.register(node.wire.socket, selectors.EVENT_READ, node.index)
 
     def _read(self, index: int) -> None:
         node = self._core.nodes[index]
         try:
-            messages, ended = node.channel.receive_ready()
+            messages, ended = node.wire.receive_ready()
             reports = [parse_report(message) for message in messages]
         except ProtocolError as exc:
             self._core.protocol_error(index, exc)
@@ -145,7 +145,7 @@ class Pump:
     def _unwatch(self, node: NodeHandle) -> bool:
         self._heard.pop(node.index, None)
         try:
-            self._selector.unregister(node.channel.socket)
+            self._selector.unregister(node.wire.socket)
         except (KeyError, ValueError):
             return False
         return True
@@ -170,7 +170,7 @@ class Pump:
             silent = [(i, now - t) for i, t in self._heard.items()
                       if now - t > self._timeout and nodes[i].status.live and not nodes[i].stopping]
         for index, seconds in silent:
-            if select.select([self._core.nodes[index].channel.socket], [], [], 0)[0]:
+            if select.select([self._core.nodes[index].wire.socket], [], [], 0)[0]:
                 continue  # it did speak: this thread was late to read it
             self._heard.pop(index, None)
             self._core.node_silent(index, seconds)
@@ -248,5 +248,6 @@ HANDLERS: dict[ReportKind, Callable[[Pump, int, Any], None]] = {
     ReportKind.HOST_READY: Pump._host_ready,
     ReportKind.NODE_DONE: Pump._node_done,
     ReportKind.HEARTBEAT: lambda pump, index, report: None,  # heard: that is all it says
+    ReportKind.LEAVING: lambda pump, index, report: pump._core.node_leaving(index, report.reason),
 }
 """How the pump acts on each report kind (every kind of ``wire.reports``)."""

@@ -33,14 +33,20 @@ def rank_killed(state: JobState, rank: int, signal_name: str, now: float) -> lis
 
 
 def node_killed(state: JobState, index: int, now: float) -> list[Event]:
-    """The user kills a whole node; ValueError if it is not live."""
+    """The user kills a whole node (a queued one is cancelled); ValueError if it is not live."""
     node = state.nodes.get(index)
-    if node is None or not node.status.live:
+    if node is None or (not node.status.live and node.status != NodeStatus.QUEUED):
         status = node.status if node else "unknown"
         raise ValueError(f"node {index} is not running (status: {status}); "
                          f"live nodes: {state.live_nodes()}")
+    queued = node.status == NodeStatus.QUEUED
     node.status = NodeStatus.KILLED
-    return [state.record(now, EventKind.NODE_KILLED, node=index, detail={"host": node.host})]
+    before = len(state.events)
+    state.record(now, EventKind.NODE_KILLED, node=index, detail={"host": node.host})
+    if queued:  # no channel will end for it
+        node.gone = True
+        check_finished(state, now)
+    return state.events[before:]
 
 
 def rank_frozen(state: JobState, rank: int, frozen: bool, now: float) -> list[Event]:
@@ -85,9 +91,10 @@ def check_can_add_node(state: JobState, max_nodes: int) -> str | None:
     """Why another node cannot join now, or None."""
     if state.done:
         return f"the job has already {state.status}"
-    live = state.live_nodes()
-    if len(live) >= max_nodes:
-        return (f"the job already has max_nodes={max_nodes} live nodes {live}; "
+    coming = state.coming_nodes()
+    if len(coming) >= max_nodes:
+        queued = " (counting those still queued)" if coming != state.live_nodes() else ""
+        return (f"the job already has max_nodes={max_nodes} live nodes {coming}{queued}; "
                 "launch with a larger max_nodes to scale up")
     return None
 
@@ -108,6 +115,8 @@ def stop_requested(state: JobState, now: float) -> list[Event]:
     for node in state.nodes.values():
         if node.status.live:
             node.stopping = True
+        elif node.status == NodeStatus.QUEUED:  # the Job cancels its submission
+            node.status = NodeStatus.STOPPED
     check_finished(state, now)
     return state.events[before:]
 

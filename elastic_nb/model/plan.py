@@ -12,14 +12,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from elastic_nb.model.placement import Placement
 from elastic_nb.wire.options import JobOptions
 
 
 @dataclass
 class Node:
-    """One simulated machine: an agent process running ``nproc`` workers of one role.
+    """One machine of the job: an agent process running ``nproc`` workers of one role.
 
     ``fn``, ``args`` and ``kwargs`` default to the ones given to ``launch``.
+    ``on`` says where it runs: this machine (None, the default), ``Slurm(...)``
+    or ``SSH("user@host")`` (``model.placement``).
     """
 
     nproc: int
@@ -27,6 +30,7 @@ class Node:
     fn: Callable[..., Any] | None = None
     args: tuple = ()
     kwargs: dict[str, Any] | None = None
+    on: Placement | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class NodePlan:
     nproc: int
     role: str
     payload: bytes = field(repr=False)
+    on: Placement | None = None  # None: this machine
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,9 @@ def summary_text(snap: JobSnapshot) -> str:
     warm = [n.index for n in snap.nodes if n.warm]
     if warm:
         head += f" warm hosts: node{'s' if len(warm) > 1 else ''} {', '.join(map(str, warm))}"
-    rows = [f"  rank {w.rank:>3} node {w.node} {w.role:<10} pid {w.pid:<8} {w.state}"
+    rows = [f"  node {n.index} on {n.where}: {n.status}" + (f", {n.scheduler}" if n.scheduler else "")
+            for n in snap.nodes if not n.local and n.where != "this machine"]
+    rows += [f"  rank {w.rank:>3} node {w.node} {w.role:<10} pid {w.pid:<8} {w.state}"
             + (f" at {w.paused_at} ({w.pause_reason}): job.debug({w.rank})" if w.paused_at else "")
             for w in snap.workers]
     if snap.status == "failed":
@@ -187,6 +189,7 @@ def megabytes_text(rss: int | None) -> str:
 
 def header_html(snap: JobSnapshot) -> str:
     nodes = ", ".join(f"{n.index}: {n.status}" + (" (warm host)" if n.warm else "")
+                      + (f" ({n.scheduler})" if n.status == "queued" and n.scheduler else "")
                       for n in snap.nodes)
     if snap.idle_hosts:
         nodes += f" · {snap.idle_hosts} warm host{'s' if snap.idle_hosts > 1 else ''} idle"

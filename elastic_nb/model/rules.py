@@ -297,7 +297,9 @@ def node_gone(state: JobState, index: int, returncode: int | None, now: float,
     before = len(state.events)
     node.gone = True
     if node.status.live:
-        if node.stopping or state.stop_requested:
+        if node.leaving:
+            node.status = NodeStatus.LEFT
+        elif node.stopping or state.stop_requested:
             node.status = NodeStatus.STOPPED
         else:
             node.status = NodeStatus.LOST
@@ -339,7 +341,8 @@ def check_finished(state: JobState, now: float) -> list[Event]:
     """End the job once its nodes say how it ended; the final event, if it ended now."""
     if state.done:
         return []
-    statuses = [n.status for n in state.nodes.values()]
+    statuses = [n.status for n in state.nodes.values() if n.status != NodeStatus.QUEUED]
+    queued = len(statuses) < len(state.nodes)
     if state.stop_requested:
         if not any(s.live for s in statuses):
             return finish(state, JobStatus.STOPPED, now)
@@ -351,6 +354,8 @@ def check_finished(state: JobState, now: float) -> list[Event]:
     elif statuses and all(s in _ENDED_WITHOUT_FAILING for s in statuses):
         if NodeStatus.SUCCEEDED in statuses:
             return finish(state, JobStatus.SUCCEEDED, now)
+        if queued:
+            return []  # the nodes still queued may yet form a world
         if all(s == NodeStatus.KILLED for s in statuses):
             state.error = state.error or "every node was killed"
         else:
@@ -402,7 +407,7 @@ def _reforming(state: JobState, index: int) -> bool:
     return bool(workers) and all(w.state == WorkerStatus.RESTARTING for w in workers)
 
 
-_LOST_STATUSES = (NodeStatus.KILLED, NodeStatus.DROPPED, NodeStatus.LOST)
+_LOST_STATUSES = (NodeStatus.KILLED, NodeStatus.DROPPED, NodeStatus.LOST, NodeStatus.LEFT)
 _ENDED_WITHOUT_FAILING = (NodeStatus.SUCCEEDED, *_LOST_STATUSES)
 
 

@@ -61,6 +61,8 @@ class NodeView:
     host_pid: int | None = None  # a local node's host process
     warm: bool = False  # its host had served an earlier job (no interpreter or torch import)
     frozen: bool = False  # job.freeze_node stopped it
+    where: str = "this machine"  # its placement (Slurm, ssh HOST)
+    scheduler: str | None = None  # a scheduled node's last state: "queued: Slurm job 7 PENDING"
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def build(plan: JobPlan, endpoint: str, state: JobState, last_output: dict[int, 
         max_restarts=plan.options.max_restarts, restart_count=state.restart_count,
         planned_world_size=plan.world_size, live_world_size=state.live_world_size(),
         nodes=tuple(NodeView(n.index, n.nproc, n.role, n.host, n.local, n.status, n.error,
-                             n.host_pid, n.warm, n.frozen)
+                             n.host_pid, n.warm, n.frozen, n.where, n.scheduler)
                     for _, n in sorted(nodes.items())),
         workers=tuple(workers), events=tuple(state.events),
         failures=ordered_failures(state.failures.values()),

@@ -58,6 +58,11 @@ class JobStatus(StrEnum):
 
 
 class NodeStatus(StrEnum):
+    """A node's course: ``queued`` (a scheduled node not yet joined) -> ``starting`` ->
+    ``running`` -> one of the ends. ``left``: it left gracefully on its scheduler's warning
+    (a time limit or a preemption); ``lost``: gone unseen, or never joined."""
+
+    QUEUED = "queued"
     STARTING = "starting"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -66,6 +71,7 @@ class NodeStatus(StrEnum):
     STOPPED = "stopped"
     DROPPED = "dropped"
     LOST = "lost"
+    LEFT = "left"
 
     @property
     def live(self) -> bool:
@@ -109,6 +115,10 @@ class EventKind(StrEnum):
     AGENT_ERROR = "agent_error"
     MEMBERSHIP_CHANGED = "membership_changed"
     JOIN_UNAVAILABLE = "join_unavailable"
+    SUBMITTED = "submitted"  # a node handed to Slurm or ssh
+    SCHEDULER = "scheduler"  # its scheduler's state changed (queued, starting on c2, ended)
+    PREEMPTING = "preempting"  # its scheduler warned of the end: it leaves, no budget spent
+    JOIN_REFUSED = "join_refused"  # a node that would not run what it was given, and why
     SUCCEEDED = "succeeded"  # the job's final event, one of these three
     FAILED = "failed"
     STOPPED = "stopped"
@@ -195,6 +205,9 @@ class NodeState:
     host_pid: int | None = None  # a local node's host process
     warm: bool = False  # a local node whose host had served an earlier job
     frozen: bool = False  # job.freeze_node stopped it (host and workers)
+    where: str = "this machine"  # its placement, as the dashboard names it
+    scheduler: str | None = None  # a scheduled node's last state: "queued: Slurm job 7 PENDING"
+    leaving: bool = False  # it said it leaves (its scheduler's warning): gone, it has left
 
 
 @dataclass
@@ -228,6 +241,11 @@ class JobState:
 
     def live_nodes(self) -> list[int]:
         return sorted(i for i, n in self.nodes.items() if n.status.live)
+
+    def coming_nodes(self) -> list[int]:
+        """Live nodes and those still queued: what the job will have if all arrive."""
+        return sorted(i for i, n in self.nodes.items()
+                      if n.status.live or n.status == NodeStatus.QUEUED)
 
     def live_world_size(self) -> int:
         """Ranks the live nodes run (what the next rendezvous can form)."""

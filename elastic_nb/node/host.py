@@ -9,7 +9,7 @@ kernel's host pool decides how long it stays warm). One thread reads the
 commands (``wire.commands``) throughout and acts at once. When the Job's end
 closes (the kernel died), a local host kills its whole process group,
 workers and forkserver included. A node that joined from another machine
-runs one job (``run_node``) and exits.
+runs one job (``NodeHost.run``) and exits; it may ``leave`` on its own.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from elastic_nb.wire.records import ProtocolError
 from elastic_nb.worker import trampoline
 
 _AGENT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+LEAVE_GRACE = 10.0  # seconds a leaving node waits for the Job's stop (Slurm warns 60 s ahead)
 
 
 class NodeHost:
@@ -70,7 +71,8 @@ class NodeHost:
     interpreter with torch imported, and the forkserver workers fork from.
     Each job still gets its own environment, sys.path and cwd (the kernel's),
     agent log, ``ReportingAgent``, rendezvous handler and workers. A node
-    joined from another machine runs one job (``run``) and exits.
+    joined from another machine runs one job (``run``) and exits, or ``leave``-s early
+    (its scheduler's warning).
 
     One thread reads the channel throughout: configurations queue for the
     main thread; commands act at once. When the Job's end closes (the kernel
@@ -94,6 +96,7 @@ class NodeHost:
         self._in_run = False  # inside agent.run(): a SIGTERM there stops the job as torch does
         self._stop_requested = False
         self._reusable = True
+        self._left = False  # it left on its scheduler's warning (``leave``)
         threading.Thread(target=self._listen, name="elastic_nb-commands", daemon=True).start()
 
     def serve(self) -> int:
@@ -161,7 +164,7 @@ class NodeHost:
         except SignalException:
             # As torchrun: a node stopped by a signal leaves the rendezvous open for the others.
             shutdown_rendezvous = False
-            return 1
+            return 0 if self._left else 1
         except Exception as exc:
             self._link.send(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
             return 1
@@ -240,6 +243,16 @@ class NodeHost:
                 return
             self._link.heard()
             self._COMMANDS[command.kind](self, command)
+
+    def leave(self, reason: str) -> None:
+        """Leave the job on this node's own account (its scheduler's warning): tell the Job,
+        which restarts the others first and then stops this node; if its stop does not come
+        within ``LEAVE_GRACE``, stop anyway. A node that left exits 0."""
+        self._left = True
+        self._link.send(protocol.Leaving(reason=reason))
+        timer = threading.Timer(LEAVE_GRACE, self._stop)
+        timer.daemon = True
+        timer.start()
 
     def _lost_contact(self, silent: float) -> None:
         """A joined node heard nothing from the Job for its liveness timeout: it leaves."""
@@ -326,11 +339,6 @@ def _enter_job(config: AgentConfig, own_path: list[str]) -> None:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-
-
-def run_node(config: AgentConfig, channel: Channel) -> int:
-    """Run one node joined from another machine to completion; the process exit code."""
-    return NodeHost(channel, local=False).run(config)
 
 
 def _describe(exc: BaseException, config: AgentConfig) -> str:

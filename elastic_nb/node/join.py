@@ -5,49 +5,110 @@ published: the packed function, the options, the Job's address and a join
 token), introduces itself to the Job, then runs as an ordinary elastic agent
 whose workers print to this terminal with prefixes and whose reports (ranks,
 failures, results) reach the notebook's Job.
+
+A node the notebook started (Slurm, ssh) is given the Job's address, its
+ticket (the node index reserved for it) and the job's key through a private
+path; it runs only a descriptor and an answer signed with that key, and
+tells the Job when it refuses one. On its scheduler's warning signal it
+leaves the job gracefully (``Leaving``).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import tempfile
 from dataclasses import replace
+from types import FrameType
 
-from elastic_nb.node.host import run_node
+from elastic_nb.node.host import NodeHost
 from elastic_nb.rendezvous import discovery, network, register_backends
+from elastic_nb.wire import auth
 from elastic_nb.wire.channel import Channel
 from elastic_nb.wire.config import AgentConfig
-from elastic_nb.wire.join import JoinRejected, JoinRequest, parse_reply
+from elastic_nb.wire.join import JoinAccepted, JoinDescriptor, JoinRejected, JoinRequest, parse_reply
 from elastic_nb.wire.records import ProtocolError
 
 
 class JoinError(RuntimeError):
-    """The job could not be found or refused this node."""
+    """The job could not be found or refused this node, or this node refused the job."""
 
 
 def join(backend: str, endpoint: str, run_id: str, nproc: int, role: str = "default",
          local_addr: str | None = None, log_dir: str | None = None,
-         rdzv_configs: dict[str, str] | None = None, timeout: float = 60) -> int:
+         rdzv_configs: dict[str, str] | None = None, timeout: float = 60,
+         key: str | None = None, job_address: str | None = None, ticket: int = -1,
+         leave_on: str | None = None) -> int:
     """Run one node of job ``run_id`` here; the agent's exit code.
 
-    ``local_addr`` is the address peers reach this host at; its interface
-    carries the ranks' gloo/NCCL traffic unless GLOO_SOCKET_IFNAME /
-    NCCL_SOCKET_IFNAME are set.
+    ``local_addr`` is the address peers reach this host at (default, given
+    ``job_address``: the one on the interface that reaches the Job); its
+    interface carries the ranks' gloo/NCCL traffic unless GLOO_SOCKET_IFNAME /
+    NCCL_SOCKET_IFNAME are set. With ``key`` the node runs only what the job
+    signed; ``leave_on`` names the signal on which it leaves gracefully.
     """
+    if local_addr is None and job_address is not None:
+        try:
+            local_addr = network.address_towards(job_address.rsplit(":", 1)[0])
+        except OSError as exc:
+            raise JoinError(f"no route from here to the job at {job_address}: {exc}") from None
     try:
         os.environ.update(network.socket_env(local_addr, os.environ))
     except ValueError as exc:
         raise JoinError(f"--local-addr: {exc}") from None
     register_backends()
     rdzv_configs = dict(rdzv_configs or {})
+    descriptor, refused = _find(backend, endpoint, run_id, rdzv_configs, timeout, key,
+                                job_address is not None)
+    address = job_address or (descriptor.job_address if descriptor else "")
+    channel, reply = _introduce(address, run_id, timeout, key, JoinRequest(
+        token=descriptor.token if descriptor else "", nproc=nproc, role=role,
+        host=socket.gethostname(), ticket=ticket, nonce=auth.new_nonce() if key else "",
+        refused=refused, pid=os.getpid()))
+    assert descriptor is not None  # a refusal ends in _introduce
+    shared = descriptor.options
+    # this machine's client settings (TLS, auth) win
+    options = replace(shared, rdzv_configs={**shared.rdzv_configs, **rdzv_configs})
+    config = AgentConfig(
+        node=reply.node, role=role, nproc=nproc,
+        payload=reply.payload or descriptor.payload, run_id=run_id, backend=backend,
+        endpoint=endpoint, options=options,
+        log_dir=log_dir or tempfile.mkdtemp(prefix=f"elastic_nb-{run_id}-"),
+        local_addr=local_addr, tee=True)
+    print(f"joined job {run_id} as node {config.node} ({nproc} x {role}); logs in {config.log_dir}",
+          flush=True)
+    host = NodeHost(channel, local=False)
+    if leave_on is not None:
+        def leave(signum: int, frame: FrameType | None) -> None:
+            host.leave(f"{signal.Signals(signum).name}: its scheduler ends it soon "
+                       "(time limit or preemption)")
+
+        signal.signal(signal.Signals[leave_on], leave)
+    return host.run(config)
+
+
+def _find(backend: str, endpoint: str, run_id: str, rdzv_configs: dict[str, str],
+          timeout: float, key: str | None,
+          can_report: bool) -> tuple[JoinDescriptor | None, str]:
+    """The job's descriptor; or, for a node that knows the Job's address, None and why it was
+    refused (the node tells the Job, then leaves)."""
     try:
         store = discovery.open_store(backend, endpoint, run_id, rdzv_configs, timeout)
-        descriptor = discovery.lookup(store, run_id)
+        return discovery.lookup(store, run_id, key), ""
+    except ProtocolError as exc:
+        if not can_report:
+            raise JoinError(f"refused to run job {run_id}: {exc}") from None
+        return None, str(exc)
     except Exception as exc:
         raise JoinError(f"no job {run_id!r} found through the {backend} rendezvous at "
                         f"{endpoint} within {timeout} s: {exc}") from exc
-    host, port = descriptor.job_address.rsplit(":", 1)
+
+
+def _introduce(address: str, run_id: str, timeout: float, key: str | None,
+               request: JoinRequest) -> tuple[Channel, JoinAccepted]:
+    """Connect to the Job and ask to join; its (checked) answer."""
+    host, port = address.rsplit(":", 1)
     try:
         connection = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as exc:
@@ -56,25 +117,23 @@ def join(backend: str, endpoint: str, run_id: str, nproc: int, role: str = "defa
                         "this machine can reach") from exc
     connection.settimeout(None)
     channel = Channel(connection)
-    channel.send(JoinRequest(token=descriptor.token, nproc=nproc, role=role,
-                             host=socket.gethostname()))
+    channel.send(request, key)
     message = channel.receive()
+    if request.refused:
+        channel.close()
+        raise JoinError(f"refused to run job {run_id}: {request.refused}")
+    signed = message is not None and bool(message.get("mac"))
     try:
+        if key is not None and message is not None and signed:
+            message = auth.unseal(key, message, f"job {run_id}'s answer")
+            if message.get("nonce") != request.nonce:
+                raise ProtocolError(f"job {run_id}'s answer is not to this request")
         reply = parse_reply(message) if message is not None else None
     except ProtocolError as exc:
         raise JoinError(f"job {run_id} answered with something else: {exc}") from None
     if reply is None or isinstance(reply, JoinRejected):
         reason = reply.reason if reply else "the job closed the connection"
         raise JoinError(f"job {run_id} refused this node: {reason}")
-    shared = descriptor.options
-    # this machine's client settings (TLS, auth) win
-    options = replace(shared, rdzv_configs={**shared.rdzv_configs, **rdzv_configs})
-    config = AgentConfig(
-        node=reply.node, role=role, nproc=nproc,
-        payload=descriptor.payload, run_id=run_id, backend=backend,
-        endpoint=endpoint, options=options,
-        log_dir=log_dir or tempfile.mkdtemp(prefix=f"elastic_nb-{run_id}-"),
-        local_addr=local_addr, tee=True)
-    print(f"joined job {run_id} as node {config.node} ({nproc} x {role}); logs in {config.log_dir}",
-          flush=True)
-    return run_node(config, channel)
+    if key is not None and not signed:
+        raise JoinError(f"job {run_id}'s answer is not signed with this job's key")
+    return channel, reply

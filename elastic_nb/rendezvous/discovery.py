@@ -3,9 +3,12 @@
 The Job writes one key per run (``elastic_nb/<run_id>/job``) into the same store the
 rendezvous uses: the packed function call, the job's options, the address
 where the Job accepts nodes, and a join token. ``python -m elastic_nb join``
-reads it back. Whoever can write this key can run code on the nodes that
-join: protect the rendezvous (etcd auth and TLS, a c10d port that only the
-cluster can reach).
+reads it back. The descriptor is signed with the job's key (``wire.auth``):
+a node that has the key (every node the notebook starts, and one joined with
+``--key-file``) runs nothing that someone else wrote there. A node joined
+without the key trusts the store: whoever can write it could run code on
+that node, so protect the rendezvous (etcd auth and TLS, a c10d port that
+only the cluster can reach) or pass the key.
 """
 
 from __future__ import annotations
@@ -44,11 +47,11 @@ def _key(run_id: str) -> str:
     return f"elastic_nb/{run_id}/job"
 
 
-def publish(store: dist.Store, run_id: str, descriptor: JoinDescriptor) -> None:
-    store.set(_key(run_id), descriptor.to_json())
+def publish(store: dist.Store, run_id: str, descriptor: JoinDescriptor, key: str) -> None:
+    store.set(_key(run_id), descriptor.to_json(key))
 
 
-def lookup(store: dist.Store, run_id: str) -> JoinDescriptor:
+def lookup(store: dist.Store, run_id: str, key: str | None = None) -> JoinDescriptor:
     """The job's descriptor; waits up to the store's timeout for the job to publish it.
-    ProtocolError if what is there is not one."""
-    return JoinDescriptor.from_json(store.get(_key(run_id)))
+    ProtocolError if what is there is not one, or (with ``key``) not one the job signed."""
+    return JoinDescriptor.from_json(store.get(_key(run_id)), key)

@@ -59,3 +59,12 @@ def socket_env(address: str | None, *settings: Mapping[str, str]) -> dict[str, s
     interface = interface_of(address)
     return {name: interface for name in SOCKET_IFNAME_VARIABLES
             if not any(name in setting for setting in settings)}
+
+
+def address_towards(host: str) -> str:
+    """This host's address on the interface that reaches ``host`` (what a node the notebook
+    started advertises: nobody types a per-node address). OSError if no route leads there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, 9))  # a datagram socket only picks its route: nothing is sent
+        return str(probe.getsockname()[0])

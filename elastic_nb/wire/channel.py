@@ -15,6 +15,7 @@ import socket
 import threading
 from typing import Any
 
+from elastic_nb.wire import auth
 from elastic_nb.wire.records import Message, ProtocolError
 
 MAX_FRAME_BYTES = 256 << 20  # one message; results and payloads are pickles, so be generous
@@ -39,8 +40,10 @@ class Channel:
     def socket(self) -> socket.socket:
         return self._sock
 
-    def send(self, record: Message) -> None:
-        data = json.dumps(record.to_message(), separators=(",", ":")).encode() + b"\n"
+    def send(self, record: Message, key: str | None = None) -> None:
+        """Send one record; with the job's ``key``, sealed (``wire.auth``: the handshake)."""
+        message = record.to_message() if key is None else auth.seal(key, record.to_message())
+        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
         with self._send_lock:
             self._sock.sendall(data)
 

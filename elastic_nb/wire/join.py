@@ -1,10 +1,17 @@
 """Joining from another machine: the descriptor in the rendezvous store, and the handshake.
 
 The Job publishes a ``JoinDescriptor`` (the packed call, the shared options,
-where it accepts nodes, a token) under the run's key; ``python -m
-elastic_nb join`` reads it back (``from_json`` checks every field), connects
-and opens with a ``JoinRequest``; the Job answers ``JoinAccepted`` (the
-node's index) or ``JoinRejected`` (why). Each is a checked record.
+where it accepts nodes, a token) under the run's key, signed with the job's
+key (``wire.auth``); ``python -m elastic_nb join`` reads it back
+(``from_json`` checks every field, and the signature when it has the key),
+connects and opens with a ``JoinRequest``; the Job answers ``JoinAccepted``
+(the node's index) or ``JoinRejected`` (why). Each is a checked record.
+
+A node that has the key (one the notebook started, or one joined with
+``--key-file``) signs its request over a fresh nonce and its ``ticket`` (the
+index the Job reserved for it, -1 for none) and checks the Job's signed
+answer, which carries the payload of a node that has a function of its own;
+``refused`` says the node will not run what the store held, and why.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from elastic_nb.model.strenum import StrEnum
+from elastic_nb.wire import auth
 from elastic_nb.wire.options import JobOptions
 from elastic_nb.wire.records import (
     FlatRecord,
@@ -43,6 +51,11 @@ class JoinRequest(FlatRecord, Message):
     nproc: int
     role: str
     host: str = "?"
+    ticket: int = -1
+    nonce: str = ""
+    refused: str = ""
+    pid: int = 0  # the node host's process (its group is the node's, on its machine)
+    mac: str = ""
 
     def __post_init__(self) -> None:
         if self.nproc < 1:
@@ -52,9 +65,21 @@ class JoinRequest(FlatRecord, Message):
 
 
 @dataclass(frozen=True)
-class JoinAccepted(FlatRecord, Message):
+class JoinAccepted(Message):
     kind: ClassVar[HandshakeKind] = HandshakeKind.ACCEPTED
     node: int
+    nonce: str = ""  # the request's, signed back
+    payload: bytes = b""  # a scheduled node's own call ("": the descriptor's)
+    mac: str = ""
+
+    def body(self) -> dict[str, Any]:
+        return {"node": self.node, "nonce": self.nonce, "payload": encode_bytes(self.payload),
+                "mac": self.mac}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> JoinAccepted:
+        body = checked_fields(cls, message, "payload")
+        return cls(**body, payload=decode_bytes(message.get("payload", "")))
 
 
 @dataclass(frozen=True)
@@ -87,18 +112,29 @@ class JoinDescriptor:
     token: str
     options: JobOptions
 
-    def to_json(self) -> str:
-        return json.dumps({"payload": encode_bytes(self.payload), "job_address": self.job_address,
-                           "token": self.token, "options": self.options.to_message()})
+    def to_json(self, key: str) -> str:
+        """The descriptor as the store holds it, signed with the job's ``key``."""
+        return json.dumps(auth.seal(key, {
+            "payload": encode_bytes(self.payload), "job_address": self.job_address,
+            "token": self.token, "options": self.options.to_message()}))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> JoinDescriptor:
+    def from_json(cls, text: str | bytes, key: str | None = None) -> JoinDescriptor:
+        """The descriptor the store held; with ``key``, only one the job signed (ProtocolError
+        naming the danger otherwise: whoever wrote it could run code on this node)."""
         try:
             message = json.loads(text)
         except ValueError as exc:
             raise ProtocolError(f"the join descriptor is not JSON: {exc}") from None
         if not isinstance(message, dict):
             raise ProtocolError("the join descriptor must be a JSON object")
+        if key is not None:
+            try:
+                message = auth.unseal(key, message, "the join descriptor in the rendezvous store")
+            except ProtocolError as exc:
+                raise ProtocolError(f"{exc}: someone else wrote it, and nothing of it is run "
+                                    "(protect the rendezvous store)") from None
+        message.pop("mac", None)
         body = checked_fields(cls, message, "payload", "options")
         if "payload" not in message or "options" not in message:
             raise ProtocolError("the join descriptor needs 'payload' and 'options'")

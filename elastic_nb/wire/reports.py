@@ -41,6 +41,7 @@ class ReportKind(StrEnum):
     HOST_READY = "host_ready"  # a new host is up (torch imported): it can take a job
     NODE_DONE = "node_done"  # the host finished its node of the job (it may serve the next job)
     HEARTBEAT = "heartbeat"  # the host is alive (a few a second while it runs a node)
+    LEAVING = "leaving"  # its scheduler warned of the end (time limit, preemption): it leaves
 
 
 # ----------------------------------------------------------------- reports
@@ -230,12 +231,20 @@ class Heartbeat(FlatRecord, Message):
     kind: ClassVar[ReportKind] = ReportKind.HEARTBEAT
 
 
+@dataclass(frozen=True)
+class Leaving(FlatRecord, Message):
+    """The node leaves the job on its own: ``reason`` is its scheduler's warning."""
+
+    kind: ClassVar[ReportKind] = ReportKind.LEAVING
+    reason: str
+
+
 Report = (Rendezvous | Started | WorkerFailed | Restarting | Succeeded | Failed | AgentError | Log
-          | Paused | Resumed | HostReady | NodeDone | Heartbeat)
+          | Paused | Resumed | HostReady | NodeDone | Heartbeat | Leaving)
 REPORTS: dict[ReportKind, Any] = {
     cls.kind: cls
     for cls in (Rendezvous, Started, WorkerFailed, Restarting, Succeeded, Failed, AgentError, Log,
-                Paused, Resumed, HostReady, NodeDone, Heartbeat)
+                Paused, Resumed, HostReady, NodeDone, Heartbeat, Leaving)
 }
 """The dispatch table: each report kind and the record it parses into."""
 

@@ -19,6 +19,7 @@ import ipywidgets as widgets
 from elastic_nb.model import render
 from elastic_nb.model.plan import Node
 from elastic_nb.model.snapshot import JobSnapshot
+from elastic_nb.model.state import NodeStatus
 from elastic_nb.ui.dashboard.model import DashboardModel
 from elastic_nb.ui.dashboard.tiles import TileActions, TileBoard, set_if_changed
 
@@ -93,12 +94,14 @@ class Dashboard(widgets.VBox):
         self.freeze_node_button = self._button("freeze node", self._freeze_node, "primary")
         self.add_nproc = widgets.BoundedIntText(value=1, min=1, max=64, description="nproc",
                                                 layout=widgets.Layout(width="130px"))
+        self.add_on = widgets.Dropdown(options=list(self.job.places()), description="on",
+                                       layout=widgets.Layout(width="220px"))
         self.add_node_button = self._button("add node", self._add_node, "")
         self.stacks_button = self._button("dump stacks", self._dump_stacks, "info")
         self._controls = widgets.HBox([
             self.signal, self.speed, self.restart_button, self.stop_button, self.node,
-            self.kill_node_button, self.freeze_node_button, self.add_nproc, self.add_node_button,
-            self.stacks_button],
+            self.kill_node_button, self.freeze_node_button, self.add_nproc, self.add_on,
+            self.add_node_button, self.stacks_button],
             layout=widgets.Layout(flex_flow="row wrap"))
         self.status_area = widgets.HTML()
         self.log_rank = widgets.Dropdown(options=[("all ranks (merged)", ALL)], value=ALL,
@@ -235,8 +238,10 @@ class Dashboard(widgets.VBox):
         return f"killed node {self.node.value}"
 
     def _add_node(self) -> str:
-        index = self.job.add_node(Node(self.add_nproc.value))
-        return f"added node {index} with {self.add_nproc.value} ranks; it joins at the next rendezvous"
+        where = self.add_on.value
+        index = self.job.add_node(Node(self.add_nproc.value, on=self.job.places()[where]))
+        return (f"added node {index} with {self.add_nproc.value} ranks on {where}; it joins at "
+                "the next rendezvous")
 
     def _debug(self, rank: int) -> str:
         def done(message: str) -> str:
@@ -334,7 +339,9 @@ class Dashboard(widgets.VBox):
 
     def _render_controls(self, snap: JobSnapshot) -> bool:
         done = snap.done
-        changed = self._set_options(self.node, snap.live_nodes)
+        changed = self._set_options(self.node, [n.index for n in snap.nodes if n.status.live
+                                                or n.status == NodeStatus.QUEUED])
+        changed |= self._set_options(self.add_on, list(self.job.places()))
         frozen = {n.index for n in snap.nodes if n.frozen}
         changed |= set_if_changed(self.freeze_node_button, "description",
                              "thaw node" if self.node.value in frozen else "freeze node")

@@ -1,0 +1,74 @@
+"""The contract of a launcher: how a node that runs elsewhere is started, watched and ended.
+
+Each kind of placement (``model.placement``: Slurm, SSH) has a ``Launcher``
+that ``start``-s a ``NodeCommand`` (the ``python -m elastic_nb join`` of
+one node, and the job's key, which it passes only through a private path)
+and returns a ``Launch``: ``poll`` its scheduler's state, ``kill`` it (the
+machine lost), ``cancel`` it (whatever its state: nothing of it is left
+afterwards), ``output`` (where its own messages go). As ipyparallel's
+launchers and dask's clusters, the caller never asks which kind it has.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from elastic_nb.model.scheduling import SchedulerStatus
+
+
+@dataclass(frozen=True)
+class NodeCommand:
+    """One node to start elsewhere: the join command's arguments, and the secret to pass
+    privately (never on a command line: ``ps`` shows those to every user)."""
+
+    index: int
+    run_id: str
+    join_args: tuple[str, ...]  # after ``python -m elastic_nb join``
+    key: str
+    node_dir: str  # this machine's directory for the launcher's own files (scripts, output)
+
+    def argv(self, python: str | None, *secret_from: str) -> list[str]:
+        return [python or sys.executable, "-m", "elastic_nb", "join", *self.join_args,
+                *secret_from]
+
+    def shell(self, python: str | None, *secret_from: str) -> str:
+        """The command as one line for a shell (``exec``: the node host is the process)."""
+        return "exec " + shlex.join(self.argv(python, *secret_from))
+
+    def output_path(self, name: str) -> str:
+        os.makedirs(self.node_dir, exist_ok=True)
+        return os.path.join(self.node_dir, name)
+
+
+class Launch(ABC):
+    """One started node as its launcher sees it; ``name`` is how the timeline names it."""
+
+    name: str
+
+    @abstractmethod
+    def poll(self) -> SchedulerStatus:
+        """Its scheduler's state now (``ended`` once it is over)."""
+
+    @abstractmethod
+    def kill(self, remote_pid: int, reached: bool) -> None:
+        """End it as a machine that is lost; ``reached``: its channel already carried a kill to
+        ``remote_pid`` (the node's host on its machine)."""
+
+    @abstractmethod
+    def cancel(self, remote_pid: int) -> None:
+        """End it, whatever its state, and wait (briefly) until nothing of it is left."""
+
+    @abstractmethod
+    def output(self) -> str:
+        """Where its messages are (what to read when it ended unexpectedly)."""
+
+
+class Launcher(ABC):
+    """Starts nodes of one kind of placement; ``start`` raises LaunchError naming the fix."""
+
+    @abstractmethod
+    def start(self, command: NodeCommand) -> Launch: ...

@@ -1,0 +1,160 @@
+"""Nodes the notebook starts through Slurm and SSH, on a real cluster in network namespaces.
+
+The cluster (tests/cluster.py: slurmctld, two slurmd and an sshd, each in a
+namespace of its own) is the session's; the notebook side runs in its login
+namespace (``cluster_notebook.py``), as on a login node, and every node it
+starts runs where Slurm or ssh puts it. Each test leaves the queue empty and
+nothing running on the cluster's hosts (conftest's ``cluster_left_clean``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+DRIVER = Path(__file__).with_name("cluster_notebook.py")
+ATTACKER = "enb-mallory"
+
+
+def notebook(cluster, scenario: str, **env: str) -> dict:
+    """Run one scenario on the login node; what the Job saw (its RESULT line)."""
+    done = subprocess.run(cluster.login.command(sys.executable, str(DRIVER), scenario,
+                                                str(cluster.ssh_config)),
+                          capture_output=True, text=True, timeout=400,
+                          env={**os.environ, **cluster.slurm_env, **env})
+    result = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
+    assert result, f"no RESULT ({done.returncode}); stderr:\n{done.stderr[-4000:]}"
+    return json.loads(result[len("RESULT "):])
+
+
+def kinds(facts: dict, node: int | None = None) -> list[str]:
+    return [kind for kind, at, _ in facts["events"] if node is None or at == node]
+
+
+def test_two_slurm_nodes_run_on_the_compute_nodes_and_return_every_result(cluster):
+    facts = notebook(cluster, "slurm_results")
+    results = facts["results"].values()
+    assert {r["host"] for r in results} == {"c1", "c2"}  # one Slurm job on each compute node
+    assert all(r["sum"] == 3 and r["world_size"] == 2 for r in results)
+    # each node advertised the address of the interface that reaches the Job: nobody typed one
+    assert all(r["gloo_ifname"] == f"enb-{r['host']}" for r in results)
+    for node in (0, 1):
+        assert kinds(facts, node)[:3] == ["node_added", "submitted", "scheduler"]
+        joined = [d for kind, at, d in facts["events"] if kind == "scheduler" and at == node
+                  and d["state"] == "joined"]
+        assert joined and joined[0]["on"] in ("c1", "c2")
+
+
+def test_a_slurm_node_added_while_running_joins_at_the_next_round(cluster):
+    facts = notebook(cluster, "slurm_scale_up")
+    assert facts["results"] == {"0": {"world_size": 2, "restart_count": 0},
+                                "1": {"world_size": 2, "restart_count": 0}}
+    changed = [d for kind, _, d in facts["events"] if kind == "membership_changed"]
+    assert changed[-1]["joined"] == [facts["added"]] and changed[-1]["nodes"] == 2
+
+
+def test_a_slurm_job_cancelled_from_a_shell_is_a_lost_node_and_the_survivor_reforms(cluster):
+    facts = notebook(cluster, "slurm_scancel")
+    assert facts["results"] == {"0": {"world_size": 1, "restart_count": 1}}
+    assert facts["nodes"] == {"0": "succeeded", "1": "lost"}
+    assert [d["left"] for kind, _, d in facts["events"] if kind == "membership_changed"] == [[1]]
+
+
+def test_slurms_warning_signal_makes_a_node_leave_gracefully_without_spending_budget(cluster):
+    facts = notebook(cluster, "slurm_preempt")
+    # max_restarts=0: had the leave cost a restart, or failed the survivor's collective, no result
+    assert facts["results"] == {"0": {"world_size": 1, "restart_count": 0}}
+    assert facts["nodes"] == {"0": "succeeded", "1": "left"}
+    assert "SIGUSR1" in next(d["reason"] for kind, at, d in facts["events"]
+                             if kind == "preempting" and at == 1)
+    restarts = [d["reason"] for kind, _, d in facts["events"] if kind == "restarting"]
+    assert restarts == ["membership"]
+    ended = [d for kind, at, d in facts["events"] if kind == "scheduler" and at == 1][-1]
+    assert ended["state"] == "COMPLETED", "a node that left exits 0"
+
+
+def test_a_node_that_stays_pending_shows_so_while_the_job_runs_on_min_nodes(cluster):
+    facts = notebook(cluster, "slurm_pending")
+    assert {r["world_size"] for r in facts["results"].values()} == {2}
+    status, scheduler = facts["while_running"]["2"]
+    assert status == "queued" and "PENDING (Resources)" in scheduler, scheduler
+    assert facts["nodes"]["2"] == "stopped"  # cancelled when the job ended
+
+
+def test_stop_cancels_every_slurm_job_before_it_returns(cluster):
+    facts = notebook(cluster, "slurm_stop")
+    assert facts["state"] == "stopped" and facts["queue_after_stop"] == []
+
+
+def test_an_sbatch_refusal_is_a_launch_error_that_names_the_fix(cluster):
+    facts = notebook(cluster, "sbatch_refused")
+    assert "sbatch refused node 0" in facts["error"]
+    assert "invalid partition" in facts["error"].lower() and "sinfo" in facts["error"]
+    assert facts["queue"] == []
+
+
+def test_an_ssh_node_runs_on_the_ssh_host_and_its_lines_reach_the_notebook(cluster):
+    facts = notebook(cluster, "ssh_results")
+    # the notebook side shares this machine's hostname (it enters only the login's network)
+    assert {r["host"] for r in facts["results"].values()} == {socket.gethostname(), "sshhost"}
+    assert {r["sum"] for r in facts["results"].values()} == {3}
+    assert "of 2 sum 3" in facts["remote_logs"]
+
+
+def test_kill_node_on_an_ssh_node_reaches_the_remote_host_and_the_other_node_reforms(cluster):
+    facts = notebook(cluster, "ssh_kill_node")
+    assert facts["results"] == {"0": {"world_size": 1, "restart_count": 0}}
+    assert facts["nodes"] == {"0": "succeeded", "1": "killed"}
+    assert not cluster.other_pids(cluster.sshhost)
+
+
+def test_stop_leaves_nothing_on_the_ssh_host(cluster):
+    facts = notebook(cluster, "ssh_stop")
+    assert facts["state"] == "stopped"
+    assert not cluster.other_pids(cluster.sshhost)
+
+
+def test_an_unreachable_ssh_host_fails_the_node_with_an_error_that_names_the_fix(cluster):
+    facts = notebook(cluster, "ssh_unreachable")
+    assert facts["nodes"] == {"0": "lost"}
+    assert "ssh could not run the node on root@192.0.2.99" in facts["error"]
+    assert "check that `ssh root@192.0.2.99 true` works" in facts["error"]
+
+
+@pytest.fixture
+def attacker():
+    """A second local Unix user, made for the test, and a directory it may read and write (not
+    under pytest's, which only root may enter)."""
+    made = False
+    try:
+        pwd.getpwnam(ATTACKER)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", ATTACKER],
+                       check=True)
+        made = True
+    shared = tempfile.mkdtemp(prefix="enb-attack-")
+    os.chmod(shared, 0o1777)
+    yield shared
+    shutil.rmtree(shared, ignore_errors=True)
+    if made:
+        subprocess.run(["userdel", ATTACKER], check=False)
+
+
+def test_a_descriptor_another_user_wrote_into_the_store_is_run_by_no_node(cluster, attacker):
+    facts = notebook(cluster, "forged_descriptor", ENB_ATTACKER=ATTACKER, ENB_ATTACK_DIR=attacker)
+    assert facts["attack"][0] == 0 and facts["store_holds_forged"], facts["attack"]
+    assert not facts["pwned"], "a node ran the other user's payload"
+    refused = [d["reason"] for kind, at, d in facts["events"] if kind == "join_refused" and at == 1]
+    assert refused and "not signed with this job's key" in refused[0]
+    assert facts["nodes"]["1"] == "lost" and facts["still"] == "running"
+    code, stderr = facts["by_hand"]
+    assert code == 2 and "refused to run job" in stderr and "someone else wrote it" in stderr

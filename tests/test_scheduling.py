@@ -1,0 +1,121 @@
+"""The rules of nodes a scheduler starts, and the checks of where a node runs: no process.
+
+A queued node holds no world back from finishing and fails nobody when it
+never comes; a node that leaves on its scheduler's warning has ``left``; a
+placement that cannot work is a LaunchError before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import elastic_nb as enb
+from elastic_nb.kernel.launchers.slurm import job_status
+from elastic_nb.kernel.planning import make_plan
+from elastic_nb.model import controls, rules, scheduling
+from elastic_nb.model.scheduling import SchedulerStatus
+from elastic_nb.model.state import EventKind, JobState, JobStatus, NodeStatus
+
+
+def state_with(*statuses: NodeStatus) -> JobState:
+    """A running job whose local nodes have these statuses, and one queued Slurm node after them."""
+    state = JobState(started_at=0.0, status=JobStatus.RUNNING)
+    for index, status in enumerate(statuses):
+        rules.add_node(state, index, 1, "default", local=True).status = status
+    scheduling.node_submitted(state, len(statuses), 1, "default", "Slurm", "Slurm job 7", 1.0)
+    return state
+
+
+def test_a_submitted_node_is_queued_and_its_scheduler_state_is_an_event_only_when_it_changes():
+    state = state_with(NodeStatus.RUNNING)
+    node = state.nodes[1]
+    assert node.status == NodeStatus.QUEUED and node.scheduler == "queued: Slurm job 7"
+    assert [e.kind for e in state.events] == [EventKind.NODE_ADDED, EventKind.SUBMITTED]
+    pending = SchedulerStatus("PENDING", "Resources")
+    first = scheduling.scheduler_changed(state, 1, pending, "Slurm job 7", 2.0)
+    assert [e.detail for e in first] == [{"state": "PENDING", "submission": "Slurm job 7",
+                                          "reason": "Resources"}]
+    assert node.scheduler == "queued: Slurm job 7 PENDING (Resources)"
+    assert scheduling.scheduler_changed(state, 1, pending, "Slurm job 7", 3.0) == []
+    scheduling.scheduler_changed(state, 1, SchedulerStatus("RUNNING", where="c2"), "Slurm job 7", 4)
+    assert node.scheduler == "running on c2: Slurm job 7"
+    scheduling.scheduled_node_joined(state, 1, "c2", 5.0)
+    assert node.status == NodeStatus.STARTING and node.host == "c2"
+
+
+def test_a_world_that_finished_does_not_wait_for_a_node_still_queued():
+    state = state_with(NodeStatus.RUNNING)
+    state.nodes[0].status = NodeStatus.SUCCEEDED
+    assert [e.kind for e in rules.check_finished(state, 5.0)] == [EventKind.SUCCEEDED]
+
+
+def test_a_job_whose_nodes_are_lost_waits_for_the_queued_one_and_fails_when_it_never_comes():
+    state = state_with(NodeStatus.LOST)
+    assert rules.check_finished(state, 5.0) == []
+    events = scheduling.never_joined(state, 1, "Slurm job 7 ended before it joined: FAILED", 6.0)
+    assert [e.kind for e in events] == [EventKind.NODE_EXITED, EventKind.FAILED]
+    assert "Slurm job 7 ended before it joined" in state.error
+    assert scheduling.never_joined(state, 1, "again", 7.0) == []  # only a queued node
+
+
+def test_stop_and_kill_end_a_queued_node_at_once():
+    state = state_with()
+    controls.stop_requested(state, 2.0)
+    assert state.nodes[0].status == NodeStatus.STOPPED and state.status == JobStatus.STOPPED
+    state = state_with(NodeStatus.RUNNING)
+    controls.node_killed(state, 1, 2.0)
+    assert state.nodes[1].status == NodeStatus.KILLED and state.nodes[1].gone
+
+
+def test_queued_nodes_count_toward_max_nodes():
+    state = state_with(NodeStatus.RUNNING)
+    assert "max_nodes=2 live nodes [0, 1] (counting those still queued)" in (
+        controls.check_can_add_node(state, 2) or "")
+    assert controls.check_can_add_node(state, 3) is None
+
+
+def test_a_node_that_leaves_on_its_schedulers_warning_has_left_and_the_job_succeeds_without_it():
+    state = state_with(NodeStatus.RUNNING)
+    scheduling.scheduled_node_joined(state, 1, "c1", 2.0)
+    state.nodes[1].status = NodeStatus.RUNNING
+    events = scheduling.node_leaving(state, 1, "SIGUSR1: its scheduler ends it soon", 3.0)
+    assert [(e.kind, e.detail["reason"]) for e in events] == [
+        (EventKind.PREEMPTING, "SIGUSR1: its scheduler ends it soon")]
+    assert scheduling.node_leaving(state, 1, "again", 3.5) == []
+    rules.node_gone(state, 1, 0, 4.0, "on c1")
+    assert state.nodes[1].status == NodeStatus.LEFT and not state.done
+    state.nodes[0].status = NodeStatus.SUCCEEDED
+    assert [e.kind for e in rules.check_finished(state, 5.0)] == [EventKind.SUCCEEDED]
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("JobId=7 JobName=enb-x-2 JobState=PENDING Reason=Resources Dependency=(null) "
+     "NodeList=(null) BatchHost=(null)", SchedulerStatus("PENDING", "Resources")),
+    ("JobId=7 JobState=RUNNING Reason=None NodeList=c2 BatchHost=c2",
+     SchedulerStatus("RUNNING", "", "c2")),
+    ("JobId=7 JobState=TIMEOUT Reason=TimeLimit NodeList=c1 BatchHost=c1",
+     SchedulerStatus("TIMEOUT", "TimeLimit", "c1", ended=True)),
+    ("JobId=7 JobState=CANCELLED Reason=None NodeList=(null)",
+     SchedulerStatus("CANCELLED", "", "", ended=True)),
+])
+def test_scontrols_line_says_the_state_the_reason_and_where(line, expected):
+    assert job_status(line) == expected
+
+
+@pytest.mark.parametrize(("on", "listen_addr", "complaint"), [
+    (enb.Slurm(), "127.0.0.1", "cannot reach this kernel at 127.0.0.1: launch with listen_addr"),
+    (enb.Slurm(signal="soon"), "0.0.0.0", "must be like 'USR1@60'"),
+    (enb.Slurm(extra="--gres=gpu:1"), "0.0.0.0", "takes a list of arguments"),
+    (enb.SSH(""), "0.0.0.0", "must be 'user@host'"),
+    (enb.SSH("-oProxyCommand=x"), "0.0.0.0", "must be 'user@host'"),
+    ("slurm", "0.0.0.0", "must be elastic_nb.Slurm(...) or elastic_nb.SSH"),
+])
+def test_a_placement_that_cannot_work_is_refused_before_anything_is_submitted(on, listen_addr,
+                                                                               complaint):
+    with pytest.raises(enb.LaunchError, match=complaint.replace("(", r"\(").replace(")", r"\)")):
+        make_plan(print, (), {}, {"nodes": [enb.Node(1, on=on)], "listen_addr": listen_addr})
+
+
+def test_the_warning_signal_is_named_as_the_signal_module_spells_it():
+    assert enb.Slurm().signal_name == "SIGUSR1"
+    assert enb.Slurm(signal="B:SIGTERM@120").signal_name == "SIGTERM"
