@@ -4,7 +4,9 @@ It waits on all channels at once (a selector), parses what arrives
 (``wire.reports``), and dispatches each report by its kind (``HANDLERS``):
 most go to the state rules (``model.rules``) under the job's lock, a host's
 readiness to the launch gate, a host's last report and a channel's end to
-``JobCore.node_gone``, log lines and new log sources to the node's handle.
+``JobCore.node_gone``, log lines and new log sources to the node's handle,
+and so do a joined node's answers (stacks, hang answers): the handle hands
+them on without waiting.
 Between reads it tails local log files and keeps the nodes' liveness: it
 sends each node a heartbeat a few times per ``liveness_timeout``, and a node
 it heard from once and then not for ``liveness_timeout`` seconds is lost
@@ -216,6 +218,10 @@ class Pump:
             waiting = rules.abandoned_in_exit_barrier(core.state, index)
         core.stop_in_background(waiting)
 
+    def _answered(self, index: int, report: Report) -> None:
+        """An answer to a request: the waiting request takes it (nothing here waits on it)."""
+        self._core.nodes[index].answered(report)
+
     def _lines(self, index: int, report: Log) -> None:
         self._core.nodes[index].lines(report, self._core.logs, time.time())  # our clock
 
@@ -248,5 +254,7 @@ HANDLERS: dict[ReportKind, Callable[[Pump, int, Any], None]] = {
     ReportKind.HOST_READY: Pump._host_ready,
     ReportKind.NODE_DONE: Pump._node_done,
     ReportKind.HEARTBEAT: lambda pump, index, report: None,  # heard: that is all it says
+    ReportKind.STACKS: Pump._answered,
+    ReportKind.HANG_ANSWERS: Pump._answered,
 }
 """How the pump acts on each report kind (every kind of ``wire.reports``)."""

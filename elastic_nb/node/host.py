@@ -6,7 +6,9 @@ a socketpair as FD. Each ``Configure`` command on it is one job's
 ``AgentConfig``; the host runs a ``ReportingAgent`` for it and answers
 ``NodeDone`` when that job's node is over, then waits for the next job (the
 kernel's host pool decides how long it stays warm). One thread reads the
-commands (``wire.commands``) throughout and acts at once. When the Job's end
+commands (``wire.commands``) throughout and acts at once; what waits (asking
+its ranks for their stacks or hang answers, ``wire.rank_probe``) runs on
+threads of its own and answers with a report. When the Job's end
 closes (the kernel died), a local host kills its whole process group,
 workers and forkserver included. A node that joined from another machine
 runs one job (``run_node``) and exits.
@@ -41,11 +43,14 @@ from elastic_nb.node.link import JobLink
 from elastic_nb.node.logs_spec import NodeLogsSpecs
 from elastic_nb.node.straggler import Stragglers
 from elastic_nb.rendezvous import register_backends
+from elastic_nb.wire import rank_probe
 from elastic_nb.wire import reports as protocol
 from elastic_nb.wire.channel import Channel
 from elastic_nb.wire.commands import (
+    AskHang,
     CommandKind,
     Configure,
+    DumpStacks,
     Freeze,
     Heartbeat,
     Kill,
@@ -56,6 +61,7 @@ from elastic_nb.wire.commands import (
     parse_command,
 )
 from elastic_nb.wire.config import AgentConfig, JobContext
+from elastic_nb.wire.rank_files import RankAnswer, RankTarget
 from elastic_nb.wire.records import ProtocolError
 from elastic_nb.worker import trampoline
 
@@ -73,8 +79,9 @@ class NodeHost:
     joined from another machine runs one job (``run``) and exits.
 
     One thread reads the channel throughout: configurations queue for the
-    main thread; commands act at once. When the Job's end closes (the kernel
-    died), a local host kills its whole process group, workers included.
+    main thread; commands act at once, and what waits (``_dump_stacks`` and
+    ``_ask_hang`` of its ranks) answers from a thread of its own. When the Job's end closes (the kernel died), a local
+    host kills its whole process group, workers included.
     """
 
     def __init__(self, channel: Channel, local: bool) -> None:
@@ -289,6 +296,36 @@ class NodeHost:
         for pid in self._worker_pids():
             os.kill(pid, signal.SIGSTOP if command.frozen else signal.SIGCONT)
 
+    def _dump_stacks(self, command: DumpStacks) -> None:
+        """The Job asks for stacks of ranks here: dumped as the kernel dumps its own."""
+        ours, others = self._own(command.ranks)
+
+        def answer() -> None:
+            stacks = {t.rank: f"rank {t.rank} (pid {t.pid}) is not a worker of this node now"
+                      for t in others}
+            stacks.update(rank_probe.dump_stacks(ours, command.timeout))
+            self._link.send(protocol.Stacks(request=command.request, stacks=stacks))
+
+        threading.Thread(target=answer, name="elastic_nb-stacks", daemon=True).start()
+
+    def _ask_hang(self, command: AskHang) -> None:
+        """The Job asks ranks here for their hang answers: asked as the kernel asks its own."""
+        ours, others = self._own(command.ranks)
+
+        def answer() -> None:
+            answers = {t.rank: RankAnswer(t.rank, "gone", note=f"pid {t.pid} is not a worker of "
+                                                                "this node now") for t in others}
+            answers.update(rank_probe.ask_hang(ours, command.timeout))
+            self._link.send(protocol.HangAnswers(request=command.request,
+                                                 answers=tuple(answers.values())))
+
+        threading.Thread(target=answer, name="elastic_nb-hang", daemon=True).start()
+
+    def _own(self, targets: tuple[RankTarget, ...]) -> tuple[list[RankTarget], list[RankTarget]]:
+        """The targets that are this node's workers, and the others (never signalled)."""
+        pids = self._worker_pids()
+        return [t for t in targets if t.pid in pids], [t for t in targets if t.pid not in pids]
+
     def _worker_pids(self) -> set[int]:
         with self._lock:
             agent = self._agent
@@ -303,6 +340,8 @@ class NodeHost:
         CommandKind.HEARTBEAT: _heartbeat,
         CommandKind.SLOW: _slow,
         CommandKind.FREEZE: _freeze,
+        CommandKind.DUMP_STACKS: _dump_stacks,
+        CommandKind.ASK_HANG: _ask_hang,
     }
     """How the host acts on each command (every kind of ``wire.commands``)."""
 

@@ -34,7 +34,7 @@ SOCKET_NAME = "debug.sock"
 NOTICE_NAME = "paused.json"
 PROMPT = "(Pdb) "  # the debugger's socket speaks pdb's own text; each answer ends with this
 TORCH_VARS_KEY = "ELASTIC_NB_TORCH_VARS"
-ANSWER_STATUSES = ("answered", "stopped", "gone", "silent", "remote")
+ANSWER_STATUSES = ("answered", "stopped", "gone", "silent")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class RankAnswer(FlatRecord):
     record (``asdict`` out, ``from_message`` back, checked)."""
 
     rank: int
-    status: str  # answered, stopped, gone, silent (no answer in time), remote (not reachable)
+    status: str  # answered, stopped, gone, silent (no answer in time, or none from its node)
     answer: dict[str, Any] | None = None
     note: str = ""
 
