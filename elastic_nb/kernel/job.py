@@ -274,8 +274,9 @@ class Job(JobView):
     def debug_session(self, rank: int) -> DebugSession:
         """Connect to the debugger of a paused rank (``breakpoint()``, or post-mortem).
 
-        Raises ValueError when the rank is not paused or its node's debugger
-        cannot be reached from here, ``DebuggerBusy`` when another client has it.
+        A joined node's rank is reached through its node's channel. Raises
+        ValueError when the rank is not paused, ConnectionError when its
+        debugger does not answer, ``DebuggerBusy`` when another client has it.
         """
         with self._lock:
             worker = self._state.workers.get(rank)

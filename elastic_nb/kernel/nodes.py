@@ -15,14 +15,17 @@ is.
 * ``JoinedNode``: a node host on another machine that joined through the
   join server; everything goes through its channel: its lines arrive as
   ``Log`` reports, its host asks its ranks when the Job asks it
-  (``DumpStacks``, ``AskHang``: ``kernel.asking``).
+  (``DumpStacks``, ``AskHang``: ``kernel.asking``) and relays a pdb session
+  to a paused rank (``kernel.debug_relay``).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
+import threading
 from abc import ABC, abstractmethod
 
 import psutil
@@ -30,17 +33,18 @@ import psutil
 from elastic_nb.kernel import host_pool
 from elastic_nb.kernel.asking import Asked, Requests
 from elastic_nb.kernel.debug_client import DebugSession
+from elastic_nb.kernel.debug_relay import DebugRelay
 from elastic_nb.kernel.log_book import JobLogs
 from elastic_nb.kernel.supervisor import AgentProcess, agent_environment, send_signal, signal_group
 from elastic_nb.model.plan import JobPlan
 from elastic_nb.rendezvous import network
 from elastic_nb.wire import rank_probe
 from elastic_nb.wire.channel import Channel
-from elastic_nb.wire.commands import AskHang, Command, Configure, DumpStacks, Freeze, Kill, Signal
+from elastic_nb.wire.commands import AskHang, Command, Configure, DebugOpen, DumpStacks, Freeze, Kill, Signal
 from elastic_nb.wire.config import AgentConfig
 from elastic_nb.wire.logfiles import LogSource
 from elastic_nb.wire.rank_files import RankAnswer, RankTarget
-from elastic_nb.wire.reports import HangAnswers, Log, NodeDone, Paused, Report, Stacks
+from elastic_nb.wire.reports import DebugEnded, DebugOutput, HangAnswers, Log, NodeDone, Paused, Report, Stacks
 
 
 class NodeHandle(ABC):
@@ -52,8 +56,8 @@ class NodeHandle(ABC):
     host's last report), ``gone`` (its channel closed) and ``exited`` (its
     process ended unseen); ``ask_stacks`` and ``ask_hang`` of some of its
     running ranks (an ``Asked`` to wait on: never blocking the caller),
-    ``answered`` (a report that answers one of those), ``debug_session``
-    of a paused rank; ``close`` its
+    ``answered`` (a report that answers one of those, or carries a relayed
+    debug session), ``debug_session`` of a paused rank; ``close`` its
     channel. ``booting`` and ``send_config`` serve the launch gate;
     ``drop_on_protocol_error`` says whether a node that breaks the protocol
     is dropped (the job goes on) or fails the job.
@@ -239,7 +243,7 @@ class LocalNode(NodeHandle):
         return not self.agent.alive()
 
     def debug_session(self, rank: int, pause: Paused) -> DebugSession:
-        return DebugSession(rank, pause.socket, pause.reason)
+        return DebugSession.connect(rank, pause.socket, pause.reason)
 
     def ask_stacks(self, targets: list[RankTarget], timeout: float) -> Asked[str]:
         return Asked.in_background([t.rank for t in targets], lambda rank, why: f"rank {rank}: {why}",
@@ -266,6 +270,10 @@ class JoinedNode(NodeHandle):
         super().__init__(index, channel)
         self.host = host
         self._requests = Requests()
+        self._lock = threading.Lock()
+        self._sessions = itertools.count(1)
+        self._relays: dict[int, DebugRelay] = {}
+        self._closed: str | None = None  # its channel closed: why a new session cannot open
 
     def signal(self, pid: int, signum: signal.Signals) -> None:
         self.send(Signal(pid=pid, signal=signum.name))
@@ -289,8 +297,14 @@ class JoinedNode(NodeHandle):
         logs.received(self.index, report, now)
 
     def gone(self, returncode: int | None) -> tuple[int | None, str]:
-        """Its channel closed: what it was asked gets no answer."""
+        """Its channel closed: what it was asked gets no answer, its relayed sessions end."""
+        why = f"the channel of node {self.index} ({self.host}) closed"
         self._requests.close("its channel closed before it answered")
+        with self._lock:
+            self._closed = why
+            relays, self._relays = list(self._relays.values()), {}
+        for relay in relays:
+            relay.ended(why)
         return returncode, f"on {self.host}"
 
     def ask_stacks(self, targets: list[RankTarget], timeout: float) -> Asked[str]:
@@ -310,15 +324,35 @@ class JoinedNode(NodeHandle):
         return asked
 
     def answered(self, report: Report) -> None:
-        """Its host's answer to a request (from the pump: handed over, nothing waits here)."""
+        """Its host's answer to a request, or a relayed session's output or end (from the pump:
+        each is handed over, nothing waits here)."""
         if isinstance(report, Stacks):
             self._requests.answered(report.request, report.stacks)
         elif isinstance(report, HangAnswers):
             self._requests.answered(report.request, {a.rank: a for a in report.answers})
+        elif isinstance(report, DebugOutput):
+            with self._lock:
+                relay = self._relays.get(report.session)
+            if relay is not None:  # else a session already over
+                relay.output(report.data)
+        elif isinstance(report, DebugEnded):
+            with self._lock:
+                relay = self._relays.pop(report.session, None)
+            if relay is not None:
+                relay.ended(report.error)
 
     def debug_session(self, rank: int, pause: Paused) -> DebugSession:
-        raise ValueError(f"rank {rank} runs on {self.host}: its debugger listens there, "
-                         f"at {pause.socket}")
+        """Its host connects to the rank's debugger there and relays it through the channel."""
+        with self._lock:
+            relay = DebugRelay(next(self._sessions), self.send)
+            closed = self._closed
+            if closed is None:
+                self._relays[relay.number] = relay
+        if closed is not None:
+            relay.ended(closed)
+        elif not self.send(DebugOpen(session=relay.number, rank=rank, socket=pause.socket)):
+            relay.ended(f"the channel of node {self.index} ({self.host}) closed")
+        return relay.session(rank, pause.reason)
 
 
 class LaunchGate:

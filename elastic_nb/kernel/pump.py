@@ -5,8 +5,8 @@ It waits on all channels at once (a selector), parses what arrives
 most go to the state rules (``model.rules``) under the job's lock, a host's
 readiness to the launch gate, a host's last report and a channel's end to
 ``JobCore.node_gone``, log lines and new log sources to the node's handle,
-and so do a joined node's answers (stacks, hang answers): the handle hands
-them on without waiting.
+and so do a joined node's answers (stacks, hang answers) and its relayed
+debug sessions' output: the handle hands them on without waiting.
 Between reads it tails local log files and keeps the nodes' liveness: it
 sends each node a heartbeat a few times per ``liveness_timeout``, and a node
 it heard from once and then not for ``liveness_timeout`` seconds is lost
@@ -219,7 +219,8 @@ class Pump:
         core.stop_in_background(waiting)
 
     def _answered(self, index: int, report: Report) -> None:
-        """An answer to a request: the waiting request takes it (nothing here waits on it)."""
+        """An answer to a request, or a relayed debug session's output or end: the waiting
+        request or the session's relay takes it (queued: nothing here waits on them)."""
         self._core.nodes[index].answered(report)
 
     def _lines(self, index: int, report: Log) -> None:
@@ -256,5 +257,7 @@ HANDLERS: dict[ReportKind, Callable[[Pump, int, Any], None]] = {
     ReportKind.HEARTBEAT: lambda pump, index, report: None,  # heard: that is all it says
     ReportKind.STACKS: Pump._answered,
     ReportKind.HANG_ANSWERS: Pump._answered,
+    ReportKind.DEBUG_OUTPUT: Pump._answered,
+    ReportKind.DEBUG_ENDED: Pump._answered,
 }
 """How the pump acts on each report kind (every kind of ``wire.reports``)."""

@@ -7,8 +7,9 @@ a socketpair as FD. Each ``Configure`` command on it is one job's
 ``NodeDone`` when that job's node is over, then waits for the next job (the
 kernel's host pool decides how long it stays warm). One thread reads the
 commands (``wire.commands``) throughout and acts at once; what waits (asking
-its ranks for their stacks or hang answers, ``wire.rank_probe``) runs on
-threads of its own and answers with a report. When the Job's end
+its ranks for their stacks or hang answers, ``wire.rank_probe``, and the
+pdb sessions it relays, ``debug_relay``) runs on threads of its own and
+answers with a report. When the Job's end
 closes (the kernel died), a local host kills its whole process group,
 workers and forkserver included. A node that joined from another machine
 runs one job (``run_node``) and exits.
@@ -38,6 +39,7 @@ from elastic_nb.node.agent import (
     quiet_failure_logs,
     rendezvous_parameters,
 )
+from elastic_nb.node.debug_relay import DebugRelays
 from elastic_nb.node.forwarder import LogForwarder
 from elastic_nb.node.link import JobLink
 from elastic_nb.node.logs_spec import NodeLogsSpecs
@@ -80,7 +82,8 @@ class NodeHost:
 
     One thread reads the channel throughout: configurations queue for the
     main thread; commands act at once, and what waits (``_dump_stacks`` and
-    ``_ask_hang`` of its ranks) answers from a thread of its own. When the Job's end closes (the kernel died), a local
+    ``_ask_hang`` of its ranks, the pdb sessions it relays) answers from a
+    thread of its own. When the Job's end closes (the kernel died), a local
     host kills its whole process group, workers included.
     """
 
@@ -91,6 +94,7 @@ class NodeHost:
         peer = channel.socket.getpeername() if not local else ("", "")
         self._job_address = f"{peer[0]}:{peer[1]}"
         self._stragglers = Stragglers()
+        self._debug = DebugRelays(self._link.send)
         # the host's own path beneath each job's: not the PYTHONPATH the first job started it with
         started_with = set(os.environ.get("PYTHONPATH", "").split(os.pathsep))
         self._own_path = [p for p in sys.path if p not in started_with]
@@ -342,6 +346,9 @@ class NodeHost:
         CommandKind.FREEZE: _freeze,
         CommandKind.DUMP_STACKS: _dump_stacks,
         CommandKind.ASK_HANG: _ask_hang,
+        CommandKind.DEBUG_OPEN: lambda host, command: host._debug.open(command),
+        CommandKind.DEBUG_INPUT: lambda host, command: host._debug.input(command),
+        CommandKind.DEBUG_CLOSE: lambda host, command: host._debug.close(command),
     }
     """How the host acts on each command (every kind of ``wire.commands``)."""
 
