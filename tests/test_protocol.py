@@ -9,6 +9,7 @@ import pytest
 
 from elastic_nb.wire import reports as protocol
 from elastic_nb.wire.channel import Channel
+from elastic_nb.wire.rank_files import RankAnswer
 from elastic_nb.wire.records import ProtocolError
 from elastic_nb.wire.reports import ReportKind, parse_report
 
@@ -36,6 +37,13 @@ EVERY_REPORT = [
                     socket="/logs/1/debug.sock", observed_at=3.5),
     protocol.Resumed(rank=1, observed_at=4.0),
     protocol.Heartbeat(),
+    protocol.Leaving(reason="SIGUSR1: its scheduler ends it soon"),
+    protocol.Stacks(request=3, stacks={0: "Thread 0x1 (most recent call first):\n  File ...", 5: "no"}),
+    protocol.HangAnswers(request=4, answers=(
+        RankAnswer(2, "answered", {"pid": 9, "stacks": {"main": [["f.py", 1, "g", "x", None]]}}),
+        RankAnswer(3, "stopped", note="pid 10, SIGSTOP"))),
+    protocol.DebugOutput(session=1, data=b"-> x = 1\n(Pdb) \xe2"),
+    protocol.DebugEnded(session=1, error=None),
 ]
 
 
@@ -69,6 +77,15 @@ def test_every_report_round_trips_through_json(report):
     ({"kind": "log", "rank": 0, "stream": "stdout", "attempt": 0, "lines": [1]}, "list of strings"),
     ({"kind": "node_done", "exitcode": 0, "reusable": 1}, "reusable must be bool"),
     ({"kind": "node_done", "exitcode": False, "reusable": True}, "exitcode must be int"),
+    ({"kind": "stacks", "request": 1, "stacks": {"zero": "x"}}, "bad stacks"),
+    ({"kind": "stacks", "request": 1, "stacks": {"0": 1}}, "'stacks' must be an object of strings"),
+    ({"kind": "stacks", "stacks": {}}, "no field 'request'"),
+    ({"kind": "hang_answers", "request": 1, "answers": [{"rank": 0, "status": "asleep"}]},
+     "status must be one of"),
+    ({"kind": "hang_answers", "request": 1, "answers": [{"rank": 0, "status": "answered",
+                                                         "answer": []}]}, "answer must be dict"),
+    ({"kind": "debug_output", "session": 1, "data": 7}, "expected base64 text"),
+    ({"kind": "debug_ended", "session": 1, "error": 3}, "error must be str | None"),
 ])
 def test_malformed_reports_are_protocol_errors(message, complaint):
     with pytest.raises(ProtocolError, match=complaint.replace("(", r"\(").replace("[", r"\[")):

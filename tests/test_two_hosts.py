@@ -7,6 +7,7 @@ anything that advertises or dials 127.0.0.1 across hosts fails here as it
 would between machines. On c10d (the store the Job hosts on A) and etcd3 (an
 etcd on A): results come back, the remote node's lines reach the notebook,
 killing the remote node makes the local one re-form, ``stop()`` reaches it,
+pdb, stack dumps and a signal reach its rank through its channel (on c10d),
 and nothing is left running in either namespace.
 """
 
@@ -155,3 +156,18 @@ def test_a_partition_is_a_lost_node_on_one_side_and_a_departure_on_the_other(hos
     assert facts["reformed_after"] < 15 and exited_at - facts["cut_at"] < 15
     print(f"TWO-HOSTS {backend:<6} link down -> A re-formed in {facts['reformed_after']:.2f} s, "
           f"B left in {exited_at - facts['cut_at']:.2f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.backends("c10d")
+def test_pdb_stacks_and_a_signal_reach_the_rank_on_the_other_host(hosts, backend, tmp_path):
+    facts, (code, _, _, _) = run_scenario(hosts, "controls", backend, tmp_path)
+    [remote] = facts["remote_ranks"]
+    debug = facts["debug"]
+    assert "pause_then_tick()" in debug[0] and "-> for i in range(100_000):" in debug[0]
+    assert debug[1] == str(40 + remote)  # p marker, answered by the rank on host B
+    assert debug[-1] == f"[elastic_nb] rank {remote} continues"
+    assert "most recent call first" in facts["stacks"] and "pause_then_tick" in facts["stacks"]
+    assert facts["state"] == "failed"
+    assert facts["failures"] == [[remote, "SIGTERM", 1]]  # node 1 is the joiner
+    assert code != 0

@@ -12,7 +12,7 @@ from elastic_nb.wire.commands import CommandKind, parse_command
 from elastic_nb.wire.config import AgentConfig
 from elastic_nb.wire.join import JoinAccepted, JoinDescriptor, JoinRejected, JoinRequest, parse_reply, parse_request
 from elastic_nb.wire.options import JobOptions
-from elastic_nb.wire.rank_files import PauseNotice
+from elastic_nb.wire.rank_files import PauseNotice, RankTarget
 from elastic_nb.wire.records import ProtocolError, encode_bytes
 
 OPTIONS = JobOptions(min_nodes=1, max_nodes=2, max_restarts=0, monitor_interval=0.1,
@@ -24,7 +24,14 @@ CONFIG = AgentConfig(node=1, role="trainer", nproc=2, payload=b"\x80\x05N.", run
                      local_addr=None, env={"A": "1"}, sys_path=["/p"], cwd="/")
 EVERY_COMMAND = [commands.Configure(CONFIG), commands.Restart(reason="user"),
                  commands.Signal(pid=12, signal="SIGTERM"), commands.Kill(), commands.Stop(run_id="r1"),
-                 commands.Heartbeat(), commands.Slow(pid=12, fraction=0.25), commands.Freeze(frozen=True)]
+                 commands.Heartbeat(), commands.Slow(pid=12, fraction=0.25), commands.Freeze(frozen=True),
+                 commands.DumpStacks(request=3, ranks=(RankTarget(rank=2, pid=12, rank_dir="/l/0"),),
+                                     timeout=5.0),
+                 commands.AskHang(request=4, ranks=(RankTarget(rank=2, pid=12, rank_dir="/l/0"),
+                                                    RankTarget(rank=3, pid=13, rank_dir="/l/1")), timeout=2.5),
+                 commands.DebugOpen(session=1, rank=2, socket="/l/0/debug.sock"),
+                 commands.DebugInput(session=1, data=b"p x\n"),
+                 commands.DebugClose(session=1)]
 
 
 def wire(record) -> dict:
@@ -50,6 +57,15 @@ def test_every_command_round_trips_through_json(command):
     ({"kind": "configure", "config": []}, "'config' must be an object"),
     ({"kind": "slow", "pid": 3, "fraction": 0}, "must be in \\(0, 1\\]"),
     ({"kind": "freeze", "frozen": "yes"}, "frozen must be bool"),
+    ({"kind": "dump_stacks", "request": 1, "ranks": [{"rank": 0, "pid": 3}], "timeout": 5},
+     "RankTarget message has no field 'rank_dir'"),
+    ({"kind": "dump_stacks", "request": 1, "ranks": {}, "timeout": 5}, "'ranks' must be a list"),
+    ({"kind": "ask_hang", "request": "1", "ranks": [], "timeout": 5}, "request must be int"),
+    ({"kind": "ask_hang", "request": 1, "ranks": [], "timeout": 0}, "timeout must be > 0"),
+    ({"kind": "debug_open", "session": 1, "rank": 0}, "no field 'socket'"),
+    ({"kind": "debug_input", "session": 1, "data": "not base64!"}, "not base64"),
+    ({"kind": "debug_input", "session": 1}, "expected base64 text"),
+    ({"kind": "debug_close", "session": None}, "session must be int"),
 ])
 def test_malformed_commands_are_protocol_errors(message, complaint):
     with pytest.raises(ProtocolError, match=complaint):

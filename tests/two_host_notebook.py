@@ -17,6 +17,10 @@ Scenarios:
 * ``link_down``: as ``kill_node``, but the other host's link goes down (no FIN,
   no RST: ``ip link set ... down`` on host B's end of the veth pair); once the
   local node re-formed alone, the link comes back up.
+* ``controls``: a world of 2 whose ranks stop at ``breakpoint()``; the remote
+  rank is debugged from here (``p``, ``c``), the local one continued; once
+  both tick, the remote rank's stacks are dumped and it is killed with
+  SIGTERM: every control reaches it through its node's channel.
 """
 
 from __future__ import annotations
@@ -73,6 +77,14 @@ def tick() -> None:
         time.sleep(0.2)
 
 
+def pause_then_tick() -> None:
+    marker = 40 + int(os.environ["RANK"])
+    breakpoint()
+    for i in range(100_000):
+        print(f"marker {marker} tick {i}", flush=True)
+        time.sleep(0.2)
+
+
 def emit(kind: str, payload: dict) -> None:
     print(f"{kind} {json.dumps(payload)}", flush=True)
 
@@ -103,6 +115,9 @@ def main(scenario: str, backend: str, listen_addr: str, *link: str) -> None:
             mark = os.path.join(tempfile.mkdtemp(), "saw-two")
             job = enb.launch(grow_then_shrink, mark, nproc=1, min_nodes=1, max_nodes=2,
                              max_restarts=0, **options)
+        elif scenario == "controls":
+            job = enb.launch(pause_then_tick, nproc=1, min_nodes=2, max_nodes=2, max_restarts=0,
+                             **options)
         else:
             job = enb.launch(tick, nproc=1, min_nodes=2, max_nodes=2, **options)
         emit("JOIN", {"backend": job.backend, "endpoint": job.endpoint, "run_id": job.run_id})
@@ -148,6 +163,8 @@ def drive(job: enb.Job, scenario: str, link: tuple[str, ...] = ()) -> dict:
         facts["took"] = job.snapshot().finished_at - struck
         facts["lost"] = [e.node for e in job.events if e.kind == "node_lost"]
         facts["local"] = local
+    elif scenario == "controls":
+        facts.update(controls(job, ranks[0]))
     else:
         job.wait_until(lambda: "tick 3" in job.logs(rank=ranks[0]), timeout=120,
                        what="the remote rank ticking")
@@ -156,6 +173,25 @@ def drive(job: enb.Job, scenario: str, link: tuple[str, ...] = ()) -> dict:
         job.stop()
         facts["took"] = time.time() - struck
     return facts
+
+
+def controls(job: enb.Job, remote: int) -> dict:
+    """Debug the remote rank (p, c), continue the local one, dump the remote one's stacks
+    once it ticks, then kill it with SIGTERM."""
+    job.wait_until(lambda: [w.state for w in job.workers] == ["paused", "paused"], timeout=120,
+                   what="both ranks paused")
+    commands = iter(["p marker", "c"])
+    written: list[str] = []
+    job.debug(remote, read=lambda prompt: next(commands), write=written.append)
+    local = 1 - remote
+    job.debug_session(local).send("c")
+    job.wait_until(lambda: "tick 1" in job.logs(rank=remote), timeout=60,
+                   what="the remote rank ticking")
+    stacks = job.stacks(timeout=10)[remote]
+    job.kill(remote, "SIGTERM")
+    job.wait(timeout=60)
+    return {"debug": written, "stacks": stacks,
+            "failures": [[f.rank, f.signal, f.node] for f in job.failures.values()]}
 
 
 if __name__ == "__main__":

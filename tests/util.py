@@ -1,17 +1,18 @@
-"""Test helpers: wait for a condition (never sleep and hope), find a job's processes."""
+"""Test helpers: wait for a condition (never sleep and hope), find a job's processes, join one."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 
 import psutil
 
 import elastic_nb as enb
 from elastic_nb.kernel.waiting import poll_until as wait_until
 
-__all__ = ["alive", "is_loopback", "job_processes", "job_tree", "leftover_processes", "running_workers",
-           "wait_until"]
+__all__ = ["alive", "is_loopback", "job_processes", "job_tree", "join_command", "leftover_processes",
+           "running_workers", "wait_until"]
 
 
 def alive(pid: int) -> bool:
@@ -96,3 +97,10 @@ def running_workers(job: enb.Job, count: int, attempt: int | None = None,
 
     where = "" if attempt is None else f" in attempt {attempt}"
     return job.wait_until(ready, timeout=timeout, what=f"{count} running workers{where}")
+
+
+def join_command(job: enb.Job, nproc: int, *extra: str) -> list[str]:
+    """``python -m elastic_nb join`` for ``job``, from this machine, as role ``remote``."""
+    return [sys.executable, "-m", "elastic_nb", "join", "--backend", job.backend,
+            "--endpoint", job.endpoint, "--run-id", job.run_id, "--nproc", str(nproc),
+            "--local-addr", "127.0.0.1", "--role", "remote", *extra]

@@ -1,8 +1,11 @@
 """The notebook's end of a rank's debugger: one pdb session over the rank's socket.
 
-``DebugSession`` connects to the Unix socket a paused rank serves
-(``rank_debugger``), sends one pdb command at a time and returns what pdb
-printed up to its next prompt. ``Job.debug(rank)`` drives one from a cell
+``DebugSession`` talks to the Unix socket a paused rank serves
+(``rank_debugger``): directly for a rank of this machine (``connect``), or
+through a relay for a rank of a joined node (``debug_relay``: the session
+gets one end of a socketpair, the same bytes either way). It sends one pdb
+command at a time and returns what pdb printed up to its next prompt.
+``Job.debug(rank)`` drives one from a cell
 or a terminal, each command read with ``input()`` (a Jupyter kernel asks the
 frontend); the dashboard's debug tab sends commands from a text box, off the
 kernel's thread.
@@ -27,32 +30,41 @@ class DebuggerBusy(RuntimeError):
 class DebugSession:
     """One client of a paused rank's pdb.
 
-    ``output`` is what pdb printed on connecting (where the rank stopped);
-    ``send(command)`` returns the command's output; ``ended`` turns true
-    when the rank went on (``c``), was quit (``q``), or ended (stopped,
-    restarted, killed): ``end_message`` says which.
+    Built on a connected socket (a relay's end), or by ``connect`` to a
+    local rank's. ``output`` is what pdb printed on connecting (where the
+    rank stopped); ``send(command)`` returns the command's output; ``ended``
+    turns true when the rank went on (``c``), was quit (``q``), or ended
+    (stopped, restarted, killed): ``end_message`` says which.
     """
 
-    def __init__(self, rank: int, path: str, reason: str = "breakpoint",
-                 timeout: float = 10) -> None:
+    def __init__(self, rank: int, sock: socket.socket, reason: str = "breakpoint") -> None:
+        """A session on ``sock``, already connected to the rank's debugger (or to a relay)."""
         self.rank = rank
         self.reason = reason
         self._lock = threading.Lock()
         self._buffer = b""
         self._last_command = ""
         self.ended = False
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(path)
-        except OSError as exc:
-            self._sock.close()
-            raise ConnectionError(f"rank {rank}'s debugger at {path} did not answer ({exc}); "
-                                  "it may have just resumed or ended") from None
-        self._sock.settimeout(None)
+        self._sock = sock
         self.output = self._read()
         if self.ended:  # refused (a second client), or the rank went as we came
+            sock.close()
             raise DebuggerBusy(self.output.strip() or f"rank {rank}'s debugger closed at once")
+
+    @classmethod
+    def connect(cls, rank: int, path: str, reason: str = "breakpoint",
+                timeout: float = 10) -> DebugSession:
+        """A session on the debugger socket at ``path``, on this machine."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise ConnectionError(f"rank {rank}'s debugger at {path} did not answer ({exc}); "
+                                  "it may have just resumed or ended") from None
+        sock.settimeout(None)
+        return cls(rank, sock, reason)
 
     def send(self, command: str) -> str:
         """Send one pdb command; its output (blocking until pdb prompts again or the rank goes)."""

@@ -1,10 +1,14 @@
 """Asking the ranks where they are, and noticing when nothing progresses.
 
-``ask`` signals every running rank's answering thread (``worker.hang_answer``:
-the rank's private files, no new port) and reads each ``hang.json``; a rank
-whose process is stopped cannot answer and is said to be stopped, one that
-is gone, gone; one on a node this machine cannot reach says so. The answers
-become a ``model.hangs.HangReport``.
+``report`` asks every node with running ranks at once through its handle
+(``NodeHandle.ask_hang``): a local node's ranks are asked here, a joined
+node's by its host, through its channel. Either way ``wire.rank_probe``
+signals each rank's answering thread (``worker.hang_answer``: the rank's
+private files, no new port) and reads its ``hang.json``; a rank whose
+process is stopped cannot answer and is said to be stopped, one that is
+gone, gone; a node that does not answer in time, or whose channel closes
+first, leaves its ranks silent. The answers of all nodes are analyzed once,
+into a ``model.hangs.HangReport``.
 
 ``HangWatch`` is one job's watch: while it runs, when no rank printed a line
 for ``hang_after`` seconds it asks the ranks; if no collective completed
@@ -15,77 +19,23 @@ called once per stall (the Job records a ``stalled`` event), and
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import psutil
-
-from elastic_nb.kernel.supervisor import send_signal
-from elastic_nb.model.hangs import HangReport, RankAnswer, analyze
-from elastic_nb.wire.rank_files import HANG_FILE, HANG_SIGNAL
+from elastic_nb.kernel.asking import ask_nodes, gather
+from elastic_nb.kernel.core import JobCore
+from elastic_nb.model.hangs import HangReport, analyze
 
 
-@dataclass(frozen=True)
-class HangTarget:
-    """A running rank on this machine whose answer is wanted."""
-
-    rank: int
-    pid: int
-    rank_dir: str
-
-
-def ask(targets: dict[int, HangTarget | str], timeout: float, attempt: int = 0) -> HangReport:
-    """Every target's answer (``str``: why a rank cannot be asked from here), analyzed."""
-    answers: list[RankAnswer] = []
-    waiting: dict[int, tuple[HangTarget, str, float]] = {}
-    for rank, target in targets.items():
-        if isinstance(target, str):
-            answers.append(RankAnswer(rank, "remote", note=target))
-            continue
-        status = _status(target.pid)
-        if status is None:
-            answers.append(RankAnswer(rank, "gone", note=f"pid {target.pid} exited"))
-        elif status == psutil.STATUS_STOPPED:
-            answers.append(RankAnswer(rank, "stopped", note=f"pid {target.pid}, SIGSTOP"))
-        else:
-            path = os.path.join(target.rank_dir, HANG_FILE)
-            waiting[rank] = (target, path, _mtime(path))
-            send_signal(target.pid, HANG_SIGNAL)
-    deadline = time.monotonic() + timeout
-    while waiting and time.monotonic() < deadline:
-        for rank, (_, path, before) in list(waiting.items()):
-            if _mtime(path) != before:
-                try:
-                    with open(path) as source:
-                        answer = json.load(source)
-                except (OSError, ValueError):
-                    continue  # being replaced: read it next time round
-                answers.append(RankAnswer(rank, "answered", answer))
-                del waiting[rank]
-        time.sleep(0.02)
-    for rank, (target, _, _) in waiting.items():
-        answers.append(RankAnswer(rank, "silent", note=f"pid {target.pid} did not answer within "
-                                                      f"{timeout:g} s"))
-    return analyze(sorted(answers, key=lambda a: a.rank), time.time(), attempt)
-
-
-def _status(pid: int) -> str | None:
-    try:
-        status = psutil.Process(pid).status()
-    except psutil.Error:
-        return None
-    return None if status == psutil.STATUS_ZOMBIE else status
-
-
-def _mtime(path: str) -> int:
-    try:
-        return os.stat(path).st_mtime_ns
-    except FileNotFoundError:
-        return 0
+def report(core: JobCore, timeout: float) -> HangReport:
+    """Every running rank's answer (or why there is none), analyzed."""
+    with core.lock:
+        workers = core.state.workers.values()
+        attempt = max((w.attempt for w in workers), default=0)
+        asked = ask_nodes(workers, lambda node, targets: core.nodes[node].ask_hang(targets, timeout))
+    answers = gather(asked, timeout)
+    return analyze(list(answers.values()), time.time(), attempt)
 
 
 class HangWatch:

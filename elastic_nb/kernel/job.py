@@ -259,32 +259,26 @@ class Job(JobView):
                     self._core.nodes[index].send(Restart(reason="user"))
 
     def stacks(self, timeout: float = 5) -> dict[int, str]:
-        """The live Python stack of every thread of every running rank.
+        """The live Python stack of every thread of every running rank, on any node.
 
-        Each worker dumps its stacks (faulthandler) when signalled; a rank that
-        does not answer within ``timeout``, or that its node cannot reach from
-        here, maps to a line saying so.
+        Each worker dumps its stacks (faulthandler) when signalled, by this
+        kernel or by its own node's host; a rank that does not answer within
+        ``timeout``, or whose node does not, maps to a line saying so.
         """
-        with self._lock:
-            targets = {rank: self._core.nodes[w.node].stack_target(w)
-                       for rank, w in sorted(self._state.workers.items()) if w.state.alive}
-        return stacks.dump(targets, timeout)
+        return stacks.dump(self._core, timeout)
 
     def hang_report(self, timeout: float = 5) -> HangReport:
         """Which rank is missing from which collective, and where it is instead (blocking, at
         most ``timeout`` s): every running rank's flight recorder and stack, analyzed.
         ``print(report)`` for the answer and the detail; ``report.suspects``, ``report.ranks``."""
-        with self._lock:
-            targets = {rank: self._core.nodes[w.node].hang_target(w)
-                       for rank, w in sorted(self._state.workers.items()) if w.state.alive}
-            attempt = max((w.attempt for w in self._state.workers.values()), default=0)
-        return hang_map.ask(targets, timeout, attempt)
+        return hang_map.report(self._core, timeout)
 
     def debug_session(self, rank: int) -> DebugSession:
         """Connect to the debugger of a paused rank (``breakpoint()``, or post-mortem).
 
-        Raises ValueError when the rank is not paused or its node's debugger
-        cannot be reached from here, ``DebuggerBusy`` when another client has it.
+        A joined node's rank is reached through its node's channel. Raises
+        ValueError when the rank is not paused, ConnectionError when its
+        debugger does not answer, ``DebuggerBusy`` when another client has it.
         """
         with self._lock:
             worker = self._state.workers.get(rank)

@@ -2,44 +2,51 @@
 
 ``NodeHandle`` is the small contract every kind of node fills in, as dask's
 ``Cluster`` subclasses do: its channel, and how to signal one of its
-workers, kill it, give up on it, route its log lines, open a rank's
-debugger or dump its stacks, and what to say when it is gone. The Job and
-its pump call these and never ask which kind a node is.
+workers, kill it, give up on it, route its log lines, ask its ranks for
+their stacks or hang answers, open a rank's debugger, and what to say when
+it is gone. The Job and its pump call these and never ask which kind a node
+is.
 
 * ``LocalNode``: a node host on this machine (``supervisor.AgentProcess``,
   warm from ``host_pool`` or started for it). Its configuration may be held
   until every host launched with it is up (``LaunchGate``); its files are
-  read here; killing it kills its process group.
+  read here (``wire.rank_probe``), and its ranks' debuggers reached here;
+  killing it kills its process group.
 * ``JoinedNode``: a node host on another machine that joined through the
-  join server; everything goes through its channel, and its lines arrive as
-  ``Log`` reports.
+  join server; everything goes through its channel: its lines arrive as
+  ``Log`` reports, its host asks its ranks when the Job asks it
+  (``DumpStacks``, ``AskHang``: ``kernel.asking``) and relays a pdb session
+  to a paused rank (``kernel.debug_relay``).
 * ``kernel.scheduled.ScheduledNode``: a joined node the notebook started
   itself (Slurm, ssh), queued without a channel until it joins.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
+import threading
 from abc import ABC, abstractmethod
 
 import psutil
 
 from elastic_nb.kernel import host_pool
+from elastic_nb.kernel.asking import Asked, Requests
 from elastic_nb.kernel.debug_client import DebugSession
-from elastic_nb.kernel.hang_map import HangTarget
+from elastic_nb.kernel.debug_relay import DebugRelay
 from elastic_nb.kernel.log_book import JobLogs
-from elastic_nb.kernel.stacks import StackTarget
 from elastic_nb.kernel.supervisor import AgentProcess, agent_environment, send_signal, signal_group
 from elastic_nb.model.plan import JobPlan
-from elastic_nb.model.state import WorkerInfo
 from elastic_nb.rendezvous import network
+from elastic_nb.wire import rank_probe
 from elastic_nb.wire.channel import Channel
-from elastic_nb.wire.commands import Command, Configure, Freeze, Kill, Signal
+from elastic_nb.wire.commands import AskHang, Command, Configure, DebugOpen, DumpStacks, Freeze, Kill, Signal
 from elastic_nb.wire.config import AgentConfig
 from elastic_nb.wire.logfiles import LogSource
-from elastic_nb.wire.reports import Log, NodeDone, Paused
+from elastic_nb.wire.rank_files import RankAnswer, RankTarget
+from elastic_nb.wire.reports import DebugEnded, DebugOutput, HangAnswers, Log, NodeDone, Paused, Report, Stacks
 
 
 class NodeHandle(ABC):
@@ -49,10 +56,13 @@ class NodeHandle(ABC):
     lost); ``abandon`` it when it does not stop in time; ``follow`` the log
     sources of a new attempt and take ``lines`` it sends; ``finished`` (its
     host's last report), ``gone`` (its channel closed) and ``exited`` (its
-    process ended unseen); ``debug_session`` and ``stack_target`` for a
-    rank; ``close`` its channel. ``booting`` and ``send_config`` serve the
-    launch gate; ``drop_on_protocol_error`` says whether a node that breaks
-    the protocol is dropped (the job goes on) or fails the job.
+    process ended unseen); ``ask_stacks`` and ``ask_hang`` of some of its
+    running ranks (an ``Asked`` to wait on: never blocking the caller),
+    ``answered`` (a report that answers one of those, or carries a relayed
+    debug session), ``debug_session`` of a paused rank; ``close`` its
+    channel. ``booting`` and ``send_config`` serve the launch gate;
+    ``drop_on_protocol_error`` says whether a node that breaks the protocol
+    is dropped (the job goes on) or fails the job.
     """
 
     drop_on_protocol_error = False
@@ -135,15 +145,20 @@ class NodeHandle(ABC):
         return False
 
     @abstractmethod
-    def debug_session(self, rank: int, pause: Paused) -> DebugSession: ...
+    def debug_session(self, rank: int, pause: Paused) -> DebugSession:
+        """A pdb session on the paused rank (blocking until its debugger answers)."""
 
     @abstractmethod
-    def stack_target(self, worker: WorkerInfo) -> StackTarget | str:
-        """Where a running rank dumps its stacks, or a line saying why it cannot here."""
+    def ask_stacks(self, targets: list[RankTarget], timeout: float) -> Asked[str]:
+        """Every thread's stack of these running ranks, each within ``timeout`` (or why not)."""
 
     @abstractmethod
-    def hang_target(self, worker: WorkerInfo) -> HangTarget | str:
-        """Where a running rank answers the hang map, or a line saying why it cannot here."""
+    def ask_hang(self, targets: list[RankTarget], timeout: float) -> Asked[RankAnswer]:
+        """These running ranks' answers to the hang map, each within ``timeout`` (or why not)."""
+
+    def answered(self, report: Report) -> None:
+        """A reply to what it was asked (only a host that asks its own ranks sends any)."""
+        return None
 
     def close(self) -> None:
         if self.channel is not None:
@@ -240,13 +255,18 @@ class LocalNode(NodeHandle):
         return not self.agent.alive()
 
     def debug_session(self, rank: int, pause: Paused) -> DebugSession:
-        return DebugSession(rank, pause.socket, pause.reason)
+        return DebugSession.connect(rank, pause.socket, pause.reason)
 
-    def stack_target(self, worker: WorkerInfo) -> StackTarget | str:
-        return StackTarget(worker.rank, worker.pid, worker.rank_dir)
+    def ask_stacks(self, targets: list[RankTarget], timeout: float) -> Asked[str]:
+        return Asked.in_background([t.rank for t in targets], lambda rank, why: f"rank {rank}: {why}",
+                                   lambda: rank_probe.dump_stacks(targets, timeout),
+                                   f"elastic_nb-stacks-{self.index}")
 
-    def hang_target(self, worker: WorkerInfo) -> HangTarget | str:
-        return HangTarget(worker.rank, worker.pid, worker.rank_dir)
+    def ask_hang(self, targets: list[RankTarget], timeout: float) -> Asked[RankAnswer]:
+        return Asked.in_background([t.rank for t in targets],
+                                   lambda rank, why: RankAnswer(rank, "silent", note=why),
+                                   lambda: rank_probe.ask_hang(targets, timeout),
+                                   f"elastic_nb-hang-{self.index}")
 
     def close(self) -> None:
         if not self._released:
@@ -261,6 +281,11 @@ class JoinedNode(NodeHandle):
     def __init__(self, index: int, channel: Channel | None, host: str) -> None:
         super().__init__(index, channel)
         self.host = host
+        self._requests = Requests()
+        self._lock = threading.Lock()
+        self._sessions = itertools.count(1)
+        self._relays: dict[int, DebugRelay] = {}
+        self._closed: str | None = None  # its channel closed: why a new session cannot open
 
     def signal(self, pid: int, signum: signal.Signals) -> None:
         self.send(Signal(pid=pid, signal=signum.name))
@@ -286,18 +311,62 @@ class JoinedNode(NodeHandle):
         logs.received(self.index, report, now)
 
     def gone(self, returncode: int | None) -> tuple[int | None, str]:
+        """Its channel closed: what it was asked gets no answer, its relayed sessions end."""
+        why = f"the channel of node {self.index} ({self.host}) closed"
+        self._requests.close("its channel closed before it answered")
+        with self._lock:
+            self._closed = why
+            relays, self._relays = list(self._relays.values()), {}
+        for relay in relays:
+            relay.ended(why)
         return returncode, f"on {self.host}"
 
+    def ask_stacks(self, targets: list[RankTarget], timeout: float) -> Asked[str]:
+        number, asked = self._requests.add(
+            [t.rank for t in targets],
+            lambda rank, why: f"rank {rank} runs on node {self.index}, joined from {self.host}: {why}")
+        if not self.send(DumpStacks(request=number, ranks=tuple(targets), timeout=timeout)):
+            asked.fail("its channel closed before it was asked")
+        return asked
+
+    def ask_hang(self, targets: list[RankTarget], timeout: float) -> Asked[RankAnswer]:
+        number, asked = self._requests.add(
+            [t.rank for t in targets],
+            lambda rank, why: RankAnswer(rank, "silent", note=f"node {self.index} on {self.host}: {why}"))
+        if not self.send(AskHang(request=number, ranks=tuple(targets), timeout=timeout)):
+            asked.fail("its channel closed before it was asked")
+        return asked
+
+    def answered(self, report: Report) -> None:
+        """Its host's answer to a request, or a relayed session's output or end (from the pump:
+        each is handed over, nothing waits here)."""
+        if isinstance(report, Stacks):
+            self._requests.answered(report.request, report.stacks)
+        elif isinstance(report, HangAnswers):
+            self._requests.answered(report.request, {a.rank: a for a in report.answers})
+        elif isinstance(report, DebugOutput):
+            with self._lock:
+                relay = self._relays.get(report.session)
+            if relay is not None:  # else a session already over
+                relay.output(report.data)
+        elif isinstance(report, DebugEnded):
+            with self._lock:
+                relay = self._relays.pop(report.session, None)
+            if relay is not None:
+                relay.ended(report.error)
+
     def debug_session(self, rank: int, pause: Paused) -> DebugSession:
-        raise ValueError(f"rank {rank} runs on {self.host}: its debugger listens there, "
-                         f"at {pause.socket}")
-
-    def stack_target(self, worker: WorkerInfo) -> StackTarget | str:
-        return (f"rank {worker.rank} runs on node {self.index}, joined from {self.host}: dump "
-                f"its stacks there (py-spy dump --pid {worker.pid})")
-
-    def hang_target(self, worker: WorkerInfo) -> HangTarget | str:
-        return f"on {self.host}, joined: its flight recorder is read there"
+        """Its host connects to the rank's debugger there and relays it through the channel."""
+        with self._lock:
+            relay = DebugRelay(next(self._sessions), self.send)
+            closed = self._closed
+            if closed is None:
+                self._relays[relay.number] = relay
+        if closed is not None:
+            relay.ended(closed)
+        elif not self.send(DebugOpen(session=relay.number, rank=rank, socket=pause.socket)):
+            relay.ended(f"the channel of node {self.index} ({self.host}) closed")
+        return relay.session(rank, pause.reason)
 
 
 class LaunchGate:

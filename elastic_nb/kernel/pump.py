@@ -4,7 +4,9 @@ It waits on all channels at once (a selector), parses what arrives
 (``wire.reports``), and dispatches each report by its kind (``HANDLERS``):
 most go to the state rules (``model.rules``) under the job's lock, a host's
 readiness to the launch gate, a host's last report and a channel's end to
-``JobCore.node_gone``, log lines and new log sources to the node's handle.
+``JobCore.node_gone``, log lines and new log sources to the node's handle,
+and so do a joined node's answers (stacks, hang answers) and its relayed
+debug sessions' output: the handle hands them on without waiting.
 Between reads it tails local log files and keeps the nodes' liveness: it
 sends each node a heartbeat a few times per ``liveness_timeout``, and a node
 it heard from once and then not for ``liveness_timeout`` seconds is lost
@@ -216,6 +218,11 @@ class Pump:
             waiting = rules.abandoned_in_exit_barrier(core.state, index)
         core.stop_in_background(waiting)
 
+    def _answered(self, index: int, report: Report) -> None:
+        """An answer to a request, or a relayed debug session's output or end: the waiting
+        request or the session's relay takes it (queued: nothing here waits on them)."""
+        self._core.nodes[index].answered(report)
+
     def _lines(self, index: int, report: Log) -> None:
         self._core.nodes[index].lines(report, self._core.logs, time.time())  # our clock
 
@@ -249,5 +256,9 @@ HANDLERS: dict[ReportKind, Callable[[Pump, int, Any], None]] = {
     ReportKind.NODE_DONE: Pump._node_done,
     ReportKind.HEARTBEAT: lambda pump, index, report: None,  # heard: that is all it says
     ReportKind.LEAVING: lambda pump, index, report: pump._core.node_leaving(index, report.reason),
+    ReportKind.STACKS: Pump._answered,
+    ReportKind.HANG_ANSWERS: Pump._answered,
+    ReportKind.DEBUG_OUTPUT: Pump._answered,
+    ReportKind.DEBUG_ENDED: Pump._answered,
 }
 """How the pump acts on each report kind (every kind of ``wire.reports``)."""

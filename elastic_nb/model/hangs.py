@@ -1,8 +1,9 @@
 """The hang map: which rank is missing from which collective, and where it is instead.
 
 Pure functions over what the ranks answered (``RankAnswer``: their flight
-recorders, process groups and stacks, or why there is no answer) give a
-``HangReport``. For each process group, each member's last collective
+recorders, process groups and stacks, or why there is no answer; a record
+of ``wire.rank_files``, since a joined node's host sends its ranks' answers
+to the Job) give a ``HangReport``. For each process group, each member's last collective
 entered and completed (sequence numbers per group, torch's flight
 recorder's); the collective the waiting ranks are in; the suspects:
 
@@ -32,18 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elastic_nb.model.collapse import rank_ranges
+from elastic_nb.wire.rank_files import RankAnswer
 
 _FRAMEWORK = (os.sep + "torch" + os.sep, os.sep + "elastic_nb" + os.sep, "<frozen ", "threading.py")
-
-
-@dataclass(frozen=True)
-class RankAnswer:
-    """What one rank said (``answer``, its ``hang.json``), or why it said nothing."""
-
-    rank: int
-    status: str  # answered, stopped, gone, silent (no answer in time), remote (not reachable)
-    answer: dict[str, Any] | None = None
-    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ a socketpair as FD. Each ``Configure`` command on it is one job's
 ``AgentConfig``; the host runs a ``ReportingAgent`` for it and answers
 ``NodeDone`` when that job's node is over, then waits for the next job (the
 kernel's host pool decides how long it stays warm). One thread reads the
-commands (``wire.commands``) throughout and acts at once. When the Job's end
+commands (``wire.commands``) throughout and acts at once; what waits (asking
+its ranks for their stacks or hang answers, ``wire.rank_probe``, and the
+pdb sessions it relays, ``debug_relay``) runs on threads of its own and
+answers with a report. When the Job's end
 closes (the kernel died), a local host kills its whole process group,
 workers and forkserver included. A node that joined from another machine
 runs one job (``NodeHost.run``) and exits; it may ``leave`` on its own.
@@ -36,16 +39,20 @@ from elastic_nb.node.agent import (
     quiet_failure_logs,
     rendezvous_parameters,
 )
+from elastic_nb.node.debug_relay import DebugRelays
 from elastic_nb.node.forwarder import LogForwarder
 from elastic_nb.node.link import JobLink
 from elastic_nb.node.logs_spec import NodeLogsSpecs
 from elastic_nb.node.straggler import Stragglers
 from elastic_nb.rendezvous import register_backends
+from elastic_nb.wire import rank_probe
 from elastic_nb.wire import reports as protocol
 from elastic_nb.wire.channel import Channel
 from elastic_nb.wire.commands import (
+    AskHang,
     CommandKind,
     Configure,
+    DumpStacks,
     Freeze,
     Heartbeat,
     Kill,
@@ -56,6 +63,7 @@ from elastic_nb.wire.commands import (
     parse_command,
 )
 from elastic_nb.wire.config import AgentConfig, JobContext
+from elastic_nb.wire.rank_files import RankAnswer, RankTarget
 from elastic_nb.wire.records import ProtocolError
 from elastic_nb.worker import trampoline
 
@@ -75,8 +83,10 @@ class NodeHost:
     (its scheduler's warning).
 
     One thread reads the channel throughout: configurations queue for the
-    main thread; commands act at once. When the Job's end closes (the kernel
-    died), a local host kills its whole process group, workers included.
+    main thread; commands act at once, and what waits (``_dump_stacks`` and
+    ``_ask_hang`` of its ranks, the pdb sessions it relays) answers from a
+    thread of its own. When the Job's end closes (the kernel died), a local
+    host kills its whole process group, workers included.
     """
 
     def __init__(self, channel: Channel, local: bool) -> None:
@@ -86,6 +96,7 @@ class NodeHost:
         peer = channel.socket.getpeername() if not local else ("", "")
         self._job_address = f"{peer[0]}:{peer[1]}"
         self._stragglers = Stragglers()
+        self._debug = DebugRelays(self._link.send)
         # the host's own path beneath each job's: not the PYTHONPATH the first job started it with
         started_with = set(os.environ.get("PYTHONPATH", "").split(os.pathsep))
         self._own_path = [p for p in sys.path if p not in started_with]
@@ -302,6 +313,36 @@ class NodeHost:
         for pid in self._worker_pids():
             os.kill(pid, signal.SIGSTOP if command.frozen else signal.SIGCONT)
 
+    def _dump_stacks(self, command: DumpStacks) -> None:
+        """The Job asks for stacks of ranks here: dumped as the kernel dumps its own."""
+        ours, others = self._own(command.ranks)
+
+        def answer() -> None:
+            stacks = {t.rank: f"rank {t.rank} (pid {t.pid}) is not a worker of this node now"
+                      for t in others}
+            stacks.update(rank_probe.dump_stacks(ours, command.timeout))
+            self._link.send(protocol.Stacks(request=command.request, stacks=stacks))
+
+        threading.Thread(target=answer, name="elastic_nb-stacks", daemon=True).start()
+
+    def _ask_hang(self, command: AskHang) -> None:
+        """The Job asks ranks here for their hang answers: asked as the kernel asks its own."""
+        ours, others = self._own(command.ranks)
+
+        def answer() -> None:
+            answers = {t.rank: RankAnswer(t.rank, "gone", note=f"pid {t.pid} is not a worker of "
+                                                                "this node now") for t in others}
+            answers.update(rank_probe.ask_hang(ours, command.timeout))
+            self._link.send(protocol.HangAnswers(request=command.request,
+                                                 answers=tuple(answers.values())))
+
+        threading.Thread(target=answer, name="elastic_nb-hang", daemon=True).start()
+
+    def _own(self, targets: tuple[RankTarget, ...]) -> tuple[list[RankTarget], list[RankTarget]]:
+        """The targets that are this node's workers, and the others (never signalled)."""
+        pids = self._worker_pids()
+        return [t for t in targets if t.pid in pids], [t for t in targets if t.pid not in pids]
+
     def _worker_pids(self) -> set[int]:
         with self._lock:
             agent = self._agent
@@ -316,6 +357,11 @@ class NodeHost:
         CommandKind.HEARTBEAT: _heartbeat,
         CommandKind.SLOW: _slow,
         CommandKind.FREEZE: _freeze,
+        CommandKind.DUMP_STACKS: _dump_stacks,
+        CommandKind.ASK_HANG: _ask_hang,
+        CommandKind.DEBUG_OPEN: lambda host, command: host._debug.open(command),
+        CommandKind.DEBUG_INPUT: lambda host, command: host._debug.input(command),
+        CommandKind.DEBUG_CLOSE: lambda host, command: host._debug.close(command),
     }
     """How the host acts on each command (every kind of ``wire.commands``)."""
 

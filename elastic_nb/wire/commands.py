@@ -3,6 +3,12 @@
 ``COMMANDS`` is the dispatch table the host reads with (``parse_command``):
 an unknown kind, a missing or mistyped field, a restart reason or signal
 name that does not exist, all raise ``ProtocolError`` before the host acts.
+Besides running and faulting the node, the Job asks a joined node's host for
+what only its machine can read: its ranks' stacks (``DumpStacks``) and hang
+answers (``AskHang``), each answered by a report with the same ``request``
+number, and relays a pdb session to a paused rank's debugger
+(``DebugOpen``, ``DebugInput``, ``DebugClose``; the host answers with
+``DebugOutput`` and ``DebugEnded``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,17 @@ from typing import Any, ClassVar
 
 from elastic_nb.model.strenum import StrEnum
 from elastic_nb.wire.config import AgentConfig
-from elastic_nb.wire.records import FlatRecord, Message, ProtocolError, kind_of
+from elastic_nb.wire.rank_files import RankTarget
+from elastic_nb.wire.records import (
+    FlatRecord,
+    Message,
+    ProtocolError,
+    checked_fields,
+    decode_bytes,
+    encode_bytes,
+    kind_of,
+    records,
+)
 
 
 class CommandKind(StrEnum):
@@ -27,6 +43,11 @@ class CommandKind(StrEnum):
     HEARTBEAT = "heartbeat"  # the Job is alive (a joined node that stops hearing it leaves)
     SLOW = "slow"  # run one worker at a fraction of its speed (a straggler), 1.0 ends it
     FREEZE = "freeze"  # stop (or continue) the node's workers and its heartbeats: it goes silent
+    DUMP_STACKS = "dump_stacks"  # dump these workers' stacks here; answer with Stacks
+    ASK_HANG = "ask_hang"  # ask these workers for their flight recorders; answer with HangAnswers
+    DEBUG_OPEN = "debug_open"  # relay a pdb session to a paused rank's debugger socket
+    DEBUG_INPUT = "debug_input"  # what the client typed into a relayed session
+    DEBUG_CLOSE = "debug_close"  # the client left a relayed session (the rank resumes)
 
 
 RESTART_REASONS = ("user", "membership")
@@ -110,9 +131,71 @@ class Freeze(FlatRecord, Message):
     frozen: bool
 
 
-Command = Configure | Restart | Signal | Kill | Stop | Heartbeat | Slow | Freeze
+@dataclass(frozen=True)
+class _RankRequest(Message):
+    """Request ``request`` about the node's workers ``ranks``: each answered within
+    ``timeout`` seconds, or said to have given no answer."""
+
+    request: int
+    ranks: tuple[RankTarget, ...]
+    timeout: float
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise ProtocolError(f"a request's timeout must be > 0, not {self.timeout!r}")
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Any:
+        return cls(**checked_fields(cls, message, "ranks"),
+                   ranks=records(RankTarget, message, "ranks"))
+
+
+@dataclass(frozen=True)
+class DumpStacks(_RankRequest):
+    kind: ClassVar[CommandKind] = CommandKind.DUMP_STACKS
+
+
+@dataclass(frozen=True)
+class AskHang(_RankRequest):
+    kind: ClassVar[CommandKind] = CommandKind.ASK_HANG
+
+
+@dataclass(frozen=True)
+class DebugOpen(FlatRecord, Message):
+    """Open relayed pdb session ``session`` on rank ``rank``'s debugger at ``socket`` (the
+    path its ``Paused`` report gave, on the node's machine)."""
+
+    kind: ClassVar[CommandKind] = CommandKind.DEBUG_OPEN
+    session: int
+    rank: int
+    socket: str
+
+
+@dataclass(frozen=True)
+class DebugInput(Message):
+    kind: ClassVar[CommandKind] = CommandKind.DEBUG_INPUT
+    session: int
+    data: bytes
+
+    def body(self) -> dict[str, Any]:
+        return {"session": self.session, "data": encode_bytes(self.data)}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> DebugInput:
+        return cls(**checked_fields(cls, message, "data"), data=decode_bytes(message.get("data")))
+
+
+@dataclass(frozen=True)
+class DebugClose(FlatRecord, Message):
+    kind: ClassVar[CommandKind] = CommandKind.DEBUG_CLOSE
+    session: int
+
+
+Command = (Configure | Restart | Signal | Kill | Stop | Heartbeat | Slow | Freeze | DumpStacks
+           | AskHang | DebugOpen | DebugInput | DebugClose)
 COMMANDS: dict[CommandKind, Any] = {
-    cls.kind: cls for cls in (Configure, Restart, Signal, Kill, Stop, Heartbeat, Slow, Freeze)}
+    cls.kind: cls for cls in (Configure, Restart, Signal, Kill, Stop, Heartbeat, Slow, Freeze,
+                              DumpStacks, AskHang, DebugOpen, DebugInput, DebugClose)}
 """The dispatch table: each command kind and the record it parses into."""
 
 

@@ -5,8 +5,14 @@ stdout/stderr and error file, and these: ``stacks.txt`` (every thread's
 stack, appended on ``STACK_DUMP_SIGNAL``), the debugger's socket and, while
 the rank waits in its debugger, ``paused.json``: a ``PauseNotice`` that the
 node's agent reads back and reports to the Job; ``hang.json``, a rank's
-answer to ``HANG_SIGNAL`` (its flight recorder's entries and its stacks). ``TORCH_VARS_KEY`` names the
-variables torch set for a rank, so the worker can rebuild its environment.
+answer to ``HANG_SIGNAL`` (its flight recorder's entries and its stacks).
+A ``RankTarget`` names a running rank by its pid and directory, for
+whoever signals it and reads those files (``rank_probe``); a
+``RankAnswer`` is what that reader makes of a rank's ``hang.json`` (or why
+there is none), a record because a node host sends it to the Job, whose
+hang map analyzes it (``model.hangs``). ``TORCH_VARS_KEY``
+names the variables torch set for a rank, so the worker can rebuild its
+environment.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import os
 import signal
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from elastic_nb.wire.records import FlatRecord, ProtocolError
 
@@ -27,6 +34,32 @@ SOCKET_NAME = "debug.sock"
 NOTICE_NAME = "paused.json"
 PROMPT = "(Pdb) "  # the debugger's socket speaks pdb's own text; each answer ends with this
 TORCH_VARS_KEY = "ELASTIC_NB_TORCH_VARS"
+ANSWER_STATUSES = ("answered", "stopped", "gone", "silent")
+
+
+@dataclass(frozen=True)
+class RankTarget(FlatRecord):
+    """A running rank to ask: its process and its directory, on its node's machine."""
+
+    rank: int
+    pid: int
+    rank_dir: str
+
+
+@dataclass(frozen=True)
+class RankAnswer(FlatRecord):
+    """What one rank said (``answer``, its ``hang.json``), or why it said nothing: a plain
+    record (``asdict`` out, ``from_message`` back, checked)."""
+
+    rank: int
+    status: str  # answered, stopped, gone, silent (no answer in time, or none from its node)
+    answer: dict[str, Any] | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in ANSWER_STATUSES:
+            raise ProtocolError(f"a rank's answer status must be one of {ANSWER_STATUSES}, "
+                                f"not {self.status!r}")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,10 @@ Each ``ReportKind`` has one record here, and ``REPORTS`` is the dispatch
 table: ``parse_report`` turns a message into its record, or raises
 ``ProtocolError`` for an unknown kind or a missing or mistyped field. The
 kernel's pump dispatches on the record's kind (``kernel.pump``); the state
-rules take the records as they are (``model.rules``).
+rules take the records as they are (``model.rules``). A joined node's host
+also answers the Job's requests (``Stacks``, ``HangAnswers``: the
+``request`` number of the command they answer) and carries its relayed pdb
+sessions (``DebugOutput``, ``DebugEnded``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from elastic_nb.model.strenum import StrEnum
+from elastic_nb.wire.rank_files import RankAnswer
 from elastic_nb.wire.records import (
     FlatRecord,
     Message,
@@ -42,6 +46,10 @@ class ReportKind(StrEnum):
     NODE_DONE = "node_done"  # the host finished its node of the job (it may serve the next job)
     HEARTBEAT = "heartbeat"  # the host is alive (a few a second while it runs a node)
     LEAVING = "leaving"  # its scheduler warned of the end (time limit, preemption): it leaves
+    STACKS = "stacks"  # the stacks of the workers a DumpStacks named, by rank
+    HANG_ANSWERS = "hang_answers"  # the answers of the workers an AskHang named
+    DEBUG_OUTPUT = "debug_output"  # what a relayed pdb session printed
+    DEBUG_ENDED = "debug_ended"  # a relayed pdb session is over (or never opened: why)
 
 
 # ----------------------------------------------------------------- reports
@@ -239,12 +247,71 @@ class Leaving(FlatRecord, Message):
     reason: str
 
 
+@dataclass(frozen=True)
+class Stacks(Message):
+    kind: ClassVar[ReportKind] = ReportKind.STACKS
+    request: int
+    stacks: dict[int, str]  # by global rank: every thread's stack, or why there is none
+
+    def body(self) -> dict[str, Any]:
+        return {"request": self.request, "stacks": {str(r): t for r, t in self.stacks.items()}}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Stacks:
+        stacks = message.get("stacks")
+        if not isinstance(stacks, dict) or not all(isinstance(t, str) for t in stacks.values()):
+            raise ProtocolError("field 'stacks' must be an object of strings")
+        try:
+            by_rank = {int(rank): text for rank, text in stacks.items()}
+        except ValueError as exc:
+            raise ProtocolError(f"bad stacks: {exc}") from None
+        return cls(**checked_fields(cls, message, "stacks"), stacks=by_rank)
+
+
+@dataclass(frozen=True)
+class HangAnswers(Message):
+    kind: ClassVar[ReportKind] = ReportKind.HANG_ANSWERS
+    request: int
+    answers: tuple[RankAnswer, ...]
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> HangAnswers:
+        return cls(**checked_fields(cls, message, "answers"),
+                   answers=records(RankAnswer, message, "answers"))
+
+
+@dataclass(frozen=True)
+class DebugOutput(Message):
+    kind: ClassVar[ReportKind] = ReportKind.DEBUG_OUTPUT
+    session: int
+    data: bytes  # as the rank's debugger wrote it (a chunk may end inside a character)
+
+    def body(self) -> dict[str, Any]:
+        return {"session": self.session, "data": encode_bytes(self.data)}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> DebugOutput:
+        return cls(**checked_fields(cls, message, "data"), data=decode_bytes(message.get("data")))
+
+
+@dataclass(frozen=True)
+class DebugEnded(FlatRecord, Message):
+    """The rank's debugger closed the session (it went on, ended, or refused a second
+    client), or ``error``: the host could not connect to it."""
+
+    kind: ClassVar[ReportKind] = ReportKind.DEBUG_ENDED
+    session: int
+    error: str | None
+
+
 Report = (Rendezvous | Started | WorkerFailed | Restarting | Succeeded | Failed | AgentError | Log
-          | Paused | Resumed | HostReady | NodeDone | Heartbeat | Leaving)
+          | Paused | Resumed | HostReady | NodeDone | Heartbeat | Leaving | Stacks | HangAnswers
+          | DebugOutput | DebugEnded)
 REPORTS: dict[ReportKind, Any] = {
     cls.kind: cls
     for cls in (Rendezvous, Started, WorkerFailed, Restarting, Succeeded, Failed, AgentError, Log,
-                Paused, Resumed, HostReady, NodeDone, Heartbeat, Leaving)
+                Paused, Resumed, HostReady, NodeDone, Heartbeat, Leaving, Stacks, HangAnswers,
+                DebugOutput, DebugEnded)
 }
 """The dispatch table: each report kind and the record it parses into."""
 
