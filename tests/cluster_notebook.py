@@ -109,6 +109,11 @@ def run(scenario: str, ssh_config: str) -> dict:
         facts["results"] = job.result(timeout=180)
         facts["took"] = time.time() - started
         facts["remote_logs"] = job.logs(rank=ranks_of(job, 1)[0])
+    elif scenario == "slurm_in_allocation":  # run under salloc: the node is a step of it
+        job = enb.launch(where, nodes=[enb.Node(1), enb.Node(1, on=enb.Slurm(in_allocation=True))],
+                         **OPTIONS)
+        facts["results"] = job.result(timeout=180)
+        facts["allocation"] = os.environ["SLURM_JOB_ID"]
     elif scenario == "local_results":
         job = enb.launch(where, nodes=[enb.Node(1), enb.Node(1)], **OPTIONS)
         facts["results"] = job.result(timeout=180)
@@ -132,6 +137,13 @@ def run(scenario: str, ssh_config: str) -> dict:
             subprocess.run(["scancel", "--signal=USR1", "--batch", submission(job, 1)], check=True)
         facts["results"] = job.result(timeout=180)
         facts["restart_count"] = job.restart_count
+    elif scenario == "slurm_time_limit":  # a real time limit: Slurm's own warning, unprompted
+        limited = enb.Slurm(time="1", signal="USR1@55")  # one minute; warned 55 s before its end
+        job = enb.launch(steps_until, 1, 5, nodes=[enb.Node(1, on=enb.Slurm()),
+                                                   enb.Node(1, on=limited)],
+                         min_nodes=1, max_nodes=2, max_restarts=0, **OPTIONS)
+        facts["results"] = job.result(timeout=180)
+        facts["took"] = time.time() - started
     elif scenario == "slurm_pending":
         job = enb.launch(where, nodes=[enb.Node(1, on=enb.Slurm()) for _ in range(3)],
                          min_nodes=2, max_nodes=3, rdzv_configs={"last_call_timeout": 2},

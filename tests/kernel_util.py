@@ -3,14 +3,18 @@ and read their outputs."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import psutil
-from jupyter_client.manager import start_new_kernel
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager, start_new_kernel
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +37,41 @@ def execute_with_stdin(nb: nbformat.NotebookNode, cwd: Path, answers: list[str],
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     manager, client = start_new_kernel(kernel_name="python3", cwd=str(cwd), env=env)
+    return run_cells(manager, client, nb, answers, timeout)
+
+
+def execute_under(prefix: list[str], nb: nbformat.NotebookNode, cwd: Path, answers: list[str],
+                  env: dict[str, str], timeout: float = 240) -> list[str]:
+    """As ``execute_with_stdin``, in a kernel started under ``prefix`` (``nsenter --net=...``:
+    in another network namespace). Its channels are Unix sockets (``ipc``), which cross
+    network namespaces, where the default TCP ones on loopback would not."""
+    specs = cwd / "kernels"
+    spec = specs / "enb-under"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [*prefix, sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "under a prefix", "language": "python"}))
+    manager = KernelManager(kernel_name="enb-under", transport="ipc", ip=str(cwd / "kernel-ipc"),
+                            connection_file=str(cwd / "kernel.json"),
+                            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(specs)]))
+    env = {**os.environ, **env,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])}
+    manager.start_kernel(cwd=str(cwd), env=env)
+    client = manager.client()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=120)
+    except BaseException:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+        raise
+    return run_cells(manager, client, nb, answers, timeout)
+
+
+def run_cells(manager: KernelManager, client: Any, nb: nbformat.NotebookNode, answers: list[str],
+              timeout: float) -> list[str]:
+    """Every code cell in turn in a started kernel, answering each ``input()`` from
+    ``answers``; the prompts asked. Raises on an error cell; shuts the kernel down."""
     pending, prompts = list(answers), []
     try:
         for cell in nb.cells:

@@ -25,9 +25,10 @@ DRIVER = Path(__file__).with_name("cluster_notebook.py")
 ATTACKER = "enb-mallory"
 
 
-def notebook(cluster, scenario: str, **env: str) -> dict:
-    """Run one scenario on the login node; what the Job saw (its RESULT line)."""
-    done = subprocess.run(cluster.login.command(sys.executable, str(DRIVER), scenario,
+def notebook(cluster, scenario: str, *under: str, **env: str) -> dict:
+    """Run one scenario on the login node (``under`` a command such as salloc); what the Job
+    saw (its RESULT line)."""
+    done = subprocess.run(cluster.login.command(*under, sys.executable, str(DRIVER), scenario,
                                                 str(cluster.ssh_config)),
                           capture_output=True, text=True, timeout=400,
                           env={**os.environ, **cluster.slurm_env, **env})
@@ -52,6 +53,13 @@ def test_two_slurm_nodes_run_on_the_compute_nodes_and_return_every_result(cluste
         joined = [d for kind, at, d in facts["events"] if kind == "scheduler" and at == node
                   and d["state"] == "joined"]
         assert joined and joined[0]["on"] in ("c1", "c2")
+
+
+def test_inside_an_allocation_a_slurm_node_is_one_srun_step_of_it(cluster):
+    facts = notebook(cluster, "slurm_in_allocation", "salloc", "--nodes=1", "--")
+    assert {r["host"] for r in facts["results"].values()} == {socket.gethostname(), "c1"}
+    assert [d["submission"] for kind, _, d in facts["events"] if kind == "submitted"] == [
+        f"srun step of Slurm job {facts['allocation']}"]
 
 
 def test_a_slurm_node_added_while_running_joins_at_the_next_round(cluster):
@@ -80,6 +88,17 @@ def test_slurms_warning_signal_makes_a_node_leave_gracefully_without_spending_bu
     assert restarts == ["membership"]
     ended = [d for kind, at, d in facts["events"] if kind == "scheduler" and at == 1][-1]
     assert ended["state"] == "COMPLETED", "a node that left exits 0"
+
+
+@pytest.mark.slow
+def test_a_real_time_limits_warning_makes_its_node_leave_before_slurm_ends_it(cluster):
+    """Slurm's own warning (``--signal=B:USR1@55`` on a one-minute job; slurmctld sends it
+    from its 30 s loop, so within about 40 s): the node leaves, the other goes on alone."""
+    facts = notebook(cluster, "slurm_time_limit")
+    assert facts["results"] == {"0": {"world_size": 1, "restart_count": 0}}
+    assert facts["nodes"] == {"0": "succeeded", "1": "left"}
+    # "left", not "lost": it went on the warning, before the time limit ended its Slurm job
+    assert [at for kind, at, _ in facts["events"] if kind == "preempting"] == [1]
 
 
 def test_a_node_that_stays_pending_shows_so_while_the_job_runs_on_min_nodes(cluster):
@@ -158,3 +177,64 @@ def test_a_descriptor_another_user_wrote_into_the_store_is_run_by_no_node(cluste
     assert facts["nodes"]["1"] == "lost" and facts["still"] == "running"
     code, stderr = facts["by_hand"]
     assert code == 2 and "refused to run job" in stderr and "someone else wrote it" in stderr
+
+
+DEBUG_CELLS = [
+    '''import os, time
+import elastic_nb as enb
+from elastic_nb.ui.dashboard import Dashboard
+
+def debug_me():
+    secret = 41 + 1
+    if os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
+        breakpoint()  # debugged from a cell
+        breakpoint()  # debugged from the dashboard
+        while True:  # then killed with a signal
+            time.sleep(0.1)
+    return secret
+
+job = enb.launch(debug_me, nodes=[enb.Node(1, on=enb.Slurm())], listen_addr="192.0.2.1",
+                 max_restarts=1, start_method="forkserver")
+job.wait_until(lambda: job.snapshot().workers and job.snapshot().workers[0].paused_at,
+               timeout=120, what="the rank on the Slurm node paused")
+print("PAUSED on", job.snapshot().workers[0].host)''',
+    "job.debug(0)",
+    '''dashboard = Dashboard(job)
+job.wait_until(lambda: not dashboard.debug_button(0).disabled, timeout=60,
+               what="the second breakpoint")
+dashboard.debug_button(0).click()
+job.wait_until(lambda: "while True" in dashboard.debug_area.value, timeout=60,
+               what="pdb's first words in the dashboard (the line after the breakpoint)")
+dashboard.debug_command.value = "p secret * 2"
+dashboard.debug_send_button.click()
+job.wait_until(lambda: "\\n84\\n" in dashboard.debug_area.value, timeout=60, what="the answer")
+dashboard.debug_command.value = "c"
+dashboard.debug_send_button.click()
+job.wait_until(lambda: "rank 0 continues" in dashboard.debug_area.value, timeout=60,
+               what="the session's end")
+print("DASHBOARD answered 84")''',
+    '''job.wait_until(lambda: "debug_me" in job.stacks()[0], timeout=60, what="the spinning frame")
+print("STACKS", job.stacks()[0].count("debug_me"))
+job.kill(0, "SIGTERM")
+print("RESULT", job.result(timeout=120))
+print("FAILED BY", [e.detail.get("signal") for e in job.events if e.kind == "worker_failed"])''',
+]
+
+
+def test_a_rank_on_a_slurm_node_is_debugged_from_a_cell_and_from_the_dashboard(cluster, tmp_path):
+    """A real kernel on the login node (its channels over Unix sockets): pdb in the rank on the
+    compute node from ``job.debug`` (``p`` of a local, ``c``), then from the dashboard's debug
+    console, its stacks, and a kill with a signal, all through the node's channel."""
+    import nbformat
+    from kernel_util import code_cell, execute_under
+
+    nb = nbformat.v4.new_notebook(cells=[code_cell(source) for source in DEBUG_CELLS])
+    prompts = execute_under(cluster.login.command(), nb, tmp_path, ["p secret", "c"],
+                            env=cluster.slurm_env, timeout=240)
+    out = {i: "".join(o.get("text", "") for o in cell.outputs) for i, cell in enumerate(nb.cells)}
+    assert "PAUSED on c" in out[0], out[0]
+    assert prompts == ["(Pdb) ", "(Pdb) "]
+    assert "42" in out[1] and "rank 0 continues" in out[1], out[1]
+    assert "DASHBOARD answered 84" in out[2]
+    assert "STACKS" in out[3] and "RESULT {0: 42}" in out[3], out[3]
+    assert "FAILED BY ['SIGTERM']" in out[3], out[3]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -65,6 +66,17 @@ class Launch(ABC):
     @abstractmethod
     def output(self) -> str:
         """Where its messages are (what to read when it ended unexpectedly)."""
+
+
+def end_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Terminate a launcher's local process (srun, ssh) and reap it; SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class Launcher(ABC):

@@ -16,7 +16,7 @@ import re
 import subprocess
 import time
 
-from elastic_nb.kernel.launchers.api import Launch, Launcher, NodeCommand
+from elastic_nb.kernel.launchers.api import Launch, Launcher, NodeCommand, end_process
 from elastic_nb.model.errors import LaunchError
 from elastic_nb.model.placement import Slurm
 from elastic_nb.model.scheduling import SchedulerStatus
@@ -154,13 +154,7 @@ class SrunStep(Launch):
         self._process.terminate()  # srun passes it to the step's task
 
     def cancel(self, remote_pid: int) -> None:
-        if self._process.poll() is None:
-            self._process.terminate()
-        try:
-            self._process.wait(GONE_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        end_process(self._process, GONE_TIMEOUT)
 
     def output(self) -> str:
         return self._output

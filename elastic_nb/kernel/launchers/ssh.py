@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import subprocess
 
-from elastic_nb.kernel.launchers.api import Launch, Launcher, NodeCommand
+from elastic_nb.kernel.launchers.api import Launch, Launcher, NodeCommand, end_process
 from elastic_nb.model.errors import LaunchError
 from elastic_nb.model.placement import SSH
 from elastic_nb.model.scheduling import SchedulerStatus
@@ -89,12 +89,7 @@ class SSHProcess(Launch):
             pass
         if remote_pid:
             self._kill_remote(remote_pid)
-        self._process.terminate()
-        try:
-            self._process.wait(GONE_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        end_process(self._process, GONE_TIMEOUT)
 
     def _kill_remote(self, pid: int) -> None:
         try:
