@@ -152,6 +152,11 @@ def run(scenario: str, ssh_config: str) -> dict:
                        what="two ranks running while the third node queues")
         facts["while_running"] = {n.index: [str(n.status), n.scheduler] for n in job.snapshot().nodes}
         facts["results"] = job.result(timeout=180)
+        # no stop(): the job's end alone cancels the node still queued
+        deadline = time.monotonic() + 30
+        while slurm_jobs() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        facts["queue_after_result"] = slurm_jobs()
     elif scenario in ("slurm_stop", "ssh_stop"):
         on = enb.Slurm() if scenario == "slurm_stop" else ssh
         job = enb.launch(tick, nodes=[enb.Node(1, on=on), enb.Node(1, on=on)], **OPTIONS)

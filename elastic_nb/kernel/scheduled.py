@@ -111,15 +111,18 @@ class SchedulerWatch:
             return [n for n in self._core.nodes.values() if isinstance(n, ScheduledNode)]
 
     def _watch(self) -> None:
-        while not self._stop.wait(POLL_INTERVAL):
+        while True:
+            stopped = self._stop.wait(POLL_INTERVAL)
+            with self._core.lock:
+                done = self._core.state.done
+            if done:  # whatever is left of the job's launches goes with it
+                self.cancel_all()
+                return
+            if stopped:
+                return
             for node in self._scheduled():
                 if not node.ended:
                     self._look(node)
-            with self._core.lock:
-                done = self._core.state.done
-            if done:
-                self.cancel_all()
-                return
 
     def _look(self, node: ScheduledNode) -> None:
         status = node.launch.poll()
