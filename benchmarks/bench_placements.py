@@ -8,8 +8,8 @@ repeat runs, alternating so machine noise hits all alike, one gloo
 all-reduce of a world of 2 (one rank per node) from a notebook side in the
 cluster's login namespace (tests/cluster_notebook.py):
 
-  torchrun  two ``torchrun --nnodes 2`` agents on this machine, c10d rendezvous, the whole
-            commands (the baseline)
+  torchrun  ``torchrun --standalone --nproc-per-node 2`` on the login host, the whole command
+            (the baseline: one agent, as torchrun runs a world of 2 on one machine)
   local     ``launch(where, nodes=[Node(1), Node(1)])`` on this machine
   slurm     ``nodes=[Node(1, on=Slurm()), Node(1, on=Slurm())]``: sbatch, Slurm's
             scheduling, a node host importing torch on each compute node
@@ -56,17 +56,17 @@ def time_enb(cluster: Cluster, scenario: str) -> float:
     return float(json.loads(line[len("RESULT "):])["took"])
 
 
-def time_torchrun(cluster: Cluster, script: str, port: int) -> float:
-    argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
-            "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"192.0.2.1:{port}",
-            "--rdzv-id", f"bench{port}", script]
+def time_torchrun(cluster: Cluster, script: str) -> float:
+    """``torchrun --standalone --nproc-per-node 2`` on the login host, the whole command; its
+    interface named for gloo, as elastic_nb derives it from the address."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            "2", script]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": cluster.login.interface}
     start = time.perf_counter()
-    agents = [subprocess.Popen(cluster.login.command(*argv),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-              for _ in range(2)]
-    for agent in agents:
-        if agent.wait(timeout=300) != 0:
-            raise RuntimeError("torchrun failed")
+    done = subprocess.run(cluster.login.command(*argv), capture_output=True, text=True, env=env,
+                          timeout=120)
+    if done.returncode:
+        raise RuntimeError(f"torchrun failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
@@ -79,7 +79,7 @@ def main() -> None:
         script.write(ALLREDUCE)
         script.flush()
         for repeat in range(args.repeats):
-            times["torchrun"].append(time_torchrun(cluster, script.name, 29500 + repeat))
+            times["torchrun"].append(time_torchrun(cluster, script.name))
             for name, scenario in SCENARIOS.items():
                 times[name].append(time_enb(cluster, scenario))
             print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s"
