@@ -71,8 +71,9 @@ class Job(JobView):
     Observing:
         ``add_listener(fn)`` / ``remove_listener(fn)`` for events, ``log_book``
         for lines; ``show()`` displays the dashboard.
-    Joining from elsewhere:
-        ``join_address``, ``join_command()``.
+    Nodes elsewhere:
+        ``add_node(Node(n, on=Slurm(...) or SSH(...)))``, ``places()`` (where a node can
+        start); ``join_address``, ``join_command()``, ``key_file`` for joining by hand.
     """
 
     def __init__(self, plan: JobPlan) -> None:
