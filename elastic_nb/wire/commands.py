@@ -21,12 +21,11 @@ from elastic_nb.model.strenum import StrEnum
 from elastic_nb.wire.config import AgentConfig
 from elastic_nb.wire.rank_files import RankTarget
 from elastic_nb.wire.records import (
+    DataRecord,
     FlatRecord,
     Message,
     ProtocolError,
     checked_fields,
-    decode_bytes,
-    encode_bytes,
     kind_of,
     records,
 )
@@ -172,17 +171,10 @@ class DebugOpen(FlatRecord, Message):
 
 
 @dataclass(frozen=True)
-class DebugInput(Message):
+class DebugInput(DataRecord):
     kind: ClassVar[CommandKind] = CommandKind.DEBUG_INPUT
     session: int
     data: bytes
-
-    def body(self) -> dict[str, Any]:
-        return {"session": self.session, "data": encode_bytes(self.data)}
-
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> DebugInput:
-        return cls(**checked_fields(cls, message, "data"), data=decode_bytes(message.get("data")))
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,24 @@ class Message:
         return {"kind": str(self.kind), **self.body()}
 
 
+class DataRecord(Message):
+    """A record of plain fields and one ``data: bytes`` (base64 on the wire): a debug
+    session's bytes, each way."""
+
+    data: bytes
+
+    def body(self) -> dict[str, Any]:
+        return {**asdict(self), "data": encode_bytes(self.data)}  # type: ignore[call-overload]
+
+    @classmethod
+    def from_message(cls: type[_D], message: dict[str, Any]) -> _D:
+        values = {**checked_fields(cls, message, "data"), "data": decode_bytes(message.get("data"))}
+        return cls(**values)
+
+
+_D = TypeVar("_D", bound="DataRecord")
+
+
 def kind_of(message: Any, kinds: Any, what: str) -> Any:
     """The ``kinds`` member that ``message`` names; ProtocolError if none."""
     if not isinstance(message, dict):

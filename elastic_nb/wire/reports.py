@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from elastic_nb.model.strenum import StrEnum
 from elastic_nb.wire.rank_files import RankAnswer
 from elastic_nb.wire.records import (
+    DataRecord,
     FlatRecord,
     Message,
     ProtocolError,
@@ -281,17 +282,10 @@ class HangAnswers(Message):
 
 
 @dataclass(frozen=True)
-class DebugOutput(Message):
+class DebugOutput(DataRecord):
     kind: ClassVar[ReportKind] = ReportKind.DEBUG_OUTPUT
     session: int
     data: bytes  # as the rank's debugger wrote it (a chunk may end inside a character)
-
-    def body(self) -> dict[str, Any]:
-        return {"session": self.session, "data": encode_bytes(self.data)}
-
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> DebugOutput:
-        return cls(**checked_fields(cls, message, "data"), data=decode_bytes(message.get("data")))
 
 
 @dataclass(frozen=True)
