@@ -52,27 +52,34 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             parser.error(f"--rdzv-conf takes KEY=VALUE, not {bad[0]!r}")
         try:
+            key, private_configs = _private_inputs(args)
+            configs = {**private_configs, **dict(item.split("=", 1) for item in args.rdzv_conf)}
             return join_job(args.backend, args.endpoint, args.run_id, args.nproc, args.role,
-                            args.local_addr, args.log_dir,
-                            dict(item.split("=", 1) for item in args.rdzv_conf), args.timeout,
-                            _job_key(args), args.job_address, args.ticket, args.leave_on)
+                            args.local_addr, args.log_dir, configs, args.timeout,
+                            key, args.job_address, args.ticket, args.leave_on)
         except (JoinError, ValueError, OSError) as exc:
             print(f"elastic_nb join: {exc}", file=sys.stderr)
             return 2
     return 0
 
 
-def _job_key(args: argparse.Namespace) -> str | None:
-    """The job's key: from ``--key-file``, standard input, or the environment a scheduler
-    passed (taken out of it: the workers do not inherit it)."""
+def _private_inputs(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
+    """The job's key and its rendezvous configs, as the notebook passed them privately: from
+    ``--key-file``, standard input (the key, then the configs as JSON), or the environment
+    a scheduler passed (taken out of it: the workers do not inherit them)."""
     from elastic_nb.wire import auth
 
     from_env = os.environ.pop(auth.KEY_ENV, None)
+    configs_env = os.environ.pop(auth.RDZV_CONF_ENV, "")
     if args.key_file:
-        return auth.read_key_file(args.key_file)
+        return auth.read_key_file(args.key_file), {}
     if args.key_stdin:
-        return auth.read_key_line(sys.stdin.readline(), "standard input")
-    return auth.read_key_line(from_env, f"${auth.KEY_ENV}") if from_env else None
+        key = auth.read_key_line(sys.stdin.readline(), "standard input")
+        return key, auth.read_rdzv_configs(sys.stdin.readline(), "standard input")
+    if not from_env:
+        return None, {}
+    return (auth.read_key_line(from_env, f"${auth.KEY_ENV}"),
+            auth.read_rdzv_configs(configs_env, f"${auth.RDZV_CONF_ENV}"))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ EVERY_REPORT = [
     protocol.Log(rank=0, stream="stdout", attempt=0, lines=("a", "b")),
     protocol.NodeDone(exitcode=0, reusable=True),
     protocol.HostReady(pid=12),
+    protocol.StateForged(where="the c10d store at 127.0.0.1:29400"),
     protocol.Paused(rank=1, reason="breakpoint", file="/tmp/ipykernel_1/2.py", line=4,
                     function="train", source="x += 1", cell=7, exception=None,
                     socket="/logs/1/debug.sock", observed_at=3.5),

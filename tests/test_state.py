@@ -453,13 +453,33 @@ def test_results_come_from_one_world_the_newest_that_returned():
     re-formed alone in round 1: its results replace node 0's, and a late report of round 0
     adds none."""
     state = job(1, 1)
+    started(state, 0, 0, round=0)
+    started(state, 1, 1, round=0)
     rules.apply(state, 0, protocol.Succeeded(0, {0: b"world-2 rank 0"}, round=0), T0 + 2)
     assert state.results == {0: b"world-2 rank 0"}
+    started(state, 1, 0, attempt=1, world_size=1, round=1, now=T0 + 4)
     rules.apply(state, 1, protocol.Succeeded(0, {0: b"world-1 rank 0"}, round=1), T0 + 5)
     assert state.results == {0: b"world-1 rank 0"} and state.results_round == 1
-    rules.apply(state, 0, protocol.Succeeded(0, {1: b"late, round 0"}, round=0), T0 + 6)
+    rules.apply(state, 0, protocol.Succeeded(0, {0: b"late, round 0"}, round=0), T0 + 6)
     assert state.results == {0: b"world-1 rank 0"}
     assert state.status == JobStatus.SUCCEEDED
+
+
+def test_a_node_returns_only_the_ranks_it_holds_in_that_round():
+    """An admitted node that claims another node's ranks (a forged Succeeded) replaces
+    nothing: the claim is refused on the timeline and the holder's results stand."""
+    state = job(1, 1, local=False)
+    started(state, 0, 0, round=3)
+    started(state, 1, 1, round=3)
+    rules.apply(state, 0, protocol.Succeeded(0, {0: b"rank 0"}, round=3), T0 + 2)
+    events = rules.apply(state, 1, protocol.Succeeded(0, {0: b"forged", 1: b"rank 1"}, round=3),
+                         T0 + 3)
+    assert state.results == {0: b"rank 0", 1: b"rank 1"}
+    refused = [e for e in events if e.kind == EventKind.REPORT_REFUSED]
+    assert len(refused) == 1 and refused[0].node == 1 and refused[0].detail["ranks"] == [0]
+    higher = rules.apply(state, 1, protocol.Succeeded(0, {0: b"forged", 1: b"x"}, round=9), T0 + 4)
+    assert state.results == {0: b"rank 0", 1: b"rank 1"} and state.results_round == 3
+    assert [e.detail["ranks"] for e in higher if e.kind == EventKind.REPORT_REFUSED] == [[0, 1]]
 
 
 def test_freeze_thaw_and_slow_are_events_on_running_ranks_only():

@@ -10,7 +10,16 @@ import pytest
 from elastic_nb.wire import auth, commands
 from elastic_nb.wire.commands import CommandKind, parse_command
 from elastic_nb.wire.config import AgentConfig
-from elastic_nb.wire.join import JoinAccepted, JoinDescriptor, JoinRejected, JoinRequest, parse_reply, parse_request
+from elastic_nb.wire.join import (
+    JoinAccepted,
+    JoinChallenge,
+    JoinDescriptor,
+    JoinRejected,
+    JoinRequest,
+    parse_challenge,
+    parse_reply,
+    parse_request,
+)
 from elastic_nb.wire.options import JobOptions
 from elastic_nb.wire.rank_files import PauseNotice, RankTarget
 from elastic_nb.wire.records import ProtocolError, encode_bytes
@@ -98,8 +107,14 @@ def test_the_join_descriptor_and_handshake_round_trip_and_are_checked():
         JoinDescriptor.from_json("{")
     request = JoinRequest(token="t", nproc=2, role="trainer", host="b")
     assert parse_request(wire(request)) == request
-    with pytest.raises(ProtocolError, match="nproc must be an int >= 1"):
-        parse_request({**wire(request), "nproc": 0})
+    for absurd in ({"nproc": 0}, {"nproc": 10**9}, {"host": "h\u00e9"}, {"role": "r" * 10_000},
+                   {"mac": "\u2603" * 64}, {"token": "t\n"}):
+        with pytest.raises(ProtocolError, match="nproc must be an int between|printable ASCII"):
+            parse_request({**wire(request), **absurd})
+    challenge = JoinChallenge(nonce="abc")
+    assert parse_challenge(wire(challenge)) == challenge
+    with pytest.raises(ProtocolError, match="expected the job's challenge"):
+        parse_challenge(wire(request))
     with pytest.raises(ProtocolError, match="expected a join request"):
         parse_request(wire(JoinAccepted(node=1)))
     assert parse_reply(wire(JoinAccepted(node=1))) == JoinAccepted(node=1)
@@ -117,6 +132,73 @@ def test_a_descriptor_someone_else_wrote_or_changed_is_refused_by_a_node_with_th
     for text in (forged, changed, unsigned):
         with pytest.raises(ProtocolError, match="not signed with this job's key.*nothing of it"):
             JoinDescriptor.from_json(text, key)
+
+
+def test_the_descriptor_never_carries_the_rendezvous_configs_and_the_answer_does():
+    options = JobOptions(**{**OPTIONS.to_message(), "rdzv_configs": {"user": "root",
+                                                                      "password": "s3cret"}})
+    text = JoinDescriptor(b"payload", "127.0.0.1:4000", "t0k3n", options).to_json(auth.new_key())
+    assert "s3cret" not in text and JoinDescriptor.from_json(text).options.rdzv_configs == {}
+    accepted = JoinAccepted(node=1, rdzv_configs={"password": "s3cret"})
+    assert parse_reply(wire(accepted)).rdzv_configs == {"password": "s3cret"}
+    assert "s3cret" not in repr(accepted)
+
+
+def test_a_peer_value_of_any_kind_compares_without_raising():
+    assert auth.equal("abc", "abc")
+    for given in ("ab\u00e9", "\udcff", None, 7, b"abc", ""):
+        assert not auth.equal("abc", given)
+
+
+def test_sealed_frames_refuse_a_change_a_replay_a_reorder_and_a_reflection():
+    key = auth.session_key(auth.new_key(), "job-nonce", "node-nonce")
+    node = auth.FrameSeal(key, sends="node")
+    first, second = node.seal(b'{"a":1}'), node.seal(b'{"a":2}')
+    job = auth.FrameSeal(key, sends="job")
+    assert job.open(first) == b'{"a":1}' and job.open(second) == b'{"a":2}'
+
+    def opener():
+        return auth.FrameSeal(key, sends="job")
+
+    replayed = opener()
+    replayed.open(first)
+    other_key = auth.session_key(auth.new_key(), "job-nonce", "node-nonce")
+    for where, frame in ((replayed, first), (opener(), first[:-1] + b"3"), (opener(), second),
+                         (opener(), opener().seal(b'{"a":1}')),
+                         (auth.FrameSeal(other_key, sends="job"), first)):
+        with pytest.raises(ProtocolError, match="not sealed with this session's key"):
+            where.open(frame)
+
+
+def test_the_key_file_goes_only_into_a_private_directory_never_through_a_link(tmp_path):
+    key = auth.new_key()
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(ValueError, match="chmod 700"):
+        auth.write_key_file(str(shared / "job.key"), key)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    target = tmp_path / "elsewhere"
+    (private / "job.key").symlink_to(target)
+    with pytest.raises(FileExistsError):
+        auth.write_key_file(str(private / "job.key"), key)
+    assert not target.exists()
+    link = tmp_path / "link"
+    link.symlink_to(private)
+    with pytest.raises(ValueError, match="a link"):
+        auth.write_key_file(str(link / "other.key"), key)
+
+
+def test_no_key_in_a_repr():
+    from elastic_nb.kernel.launchers import NodeCommand
+
+    key = auth.new_key()
+    command = NodeCommand(0, "run", ("--nproc", "1"), key, "/tmp/x", {"password": "s3cret"})
+    config = AgentConfig(**{**CONFIG.__dict__, "key": key})
+    for text in (repr(command), repr(config)):
+        assert key not in text and "s3cret" not in text
+    assert "s3cret" in command.private_input().decode() and key in command.private_env().values()
 
 
 def test_a_sealed_message_checks_every_field_and_a_key_file_must_be_private(tmp_path):

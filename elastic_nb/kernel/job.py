@@ -100,6 +100,7 @@ class Job(JobView):
                 "run_id": self.run_id, "backend": self.backend, "endpoint": self.endpoint,
                 "nodes": len(self._plan.nodes), "world_size": self.planned_world_size}))
             try:  # nodes elsewhere first: a refusal (sbatch) leaves nothing running here
+                auth.write_key_file(self.key_file, self._core.key)
                 self._starter.submit_all({i: p for i, p in plans.items() if p.on is not None})
             except BaseException:
                 self._desk.close()
@@ -109,7 +110,6 @@ class Job(JobView):
                 if node_plan.on is None:
                     self._starter.start(index, node_plan)
             self._core.gate.open_if_ready()
-        auth.write_key_file(self.key_file, self._core.key)
         _live_jobs.add(self)
         self._pump.start()
         self._watch.start()

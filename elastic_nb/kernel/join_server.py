@@ -2,14 +2,19 @@
 
 The Job publishes a join descriptor (the packed call, the options, this
 server's address and a token) in the rendezvous store; ``python -m elastic_nb
-join`` reads it, connects here and sends one ``join`` message (signed
-with the job's key by a node the job started, which brings its ticket:
-the index reserved for it, see ``kernel.scheduled``). Each
-handshake runs on a thread of its own under a deadline, so a peer that
-connects and says nothing, trickles bytes or sends garbage costs a thread
-for a few seconds, never the Job's pump. An accepted node's channel is handed
-to the Job (``admit``), which reads it from then on. ``JoinDesk`` is one
-job's: it publishes the descriptor and admits each node as a ``JoinedNode``.
+join`` reads it and connects here; the server opens with a challenge (a
+nonce new to this connection) and the node sends one ``join`` message,
+signed with the job's key over that challenge (by a node the job started,
+which brings its ticket: the index reserved for it, see
+``kernel.scheduled``; or one joined with ``--key-file``). A keyless
+request, with the store's token alone, is admitted only under
+``trust_store=True``. Each handshake runs on a thread of its own under a
+deadline and a bound on how many run at once, so a peer that connects and
+says nothing, trickles bytes or sends garbage costs a thread for a few
+seconds, never the Job's pump nor the port. An accepted node's channel is
+sealed (every frame signed with the session's key) and handed to the Job
+(``admit``), which reads it from then on. ``JoinDesk`` is one job's: it
+publishes the descriptor and admits each node as a ``JoinedNode``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from elastic_nb.kernel.core import JobCore
@@ -31,31 +37,52 @@ from elastic_nb.model.state import EventKind, NodeStatus
 from elastic_nb.rendezvous import discovery
 from elastic_nb.wire import auth
 from elastic_nb.wire.channel import Channel
-from elastic_nb.wire.join import JoinAccepted, JoinDescriptor, JoinRejected, JoinRequest, parse_request
+from elastic_nb.wire.join import (
+    JoinAccepted,
+    JoinChallenge,
+    JoinDescriptor,
+    JoinRejected,
+    JoinRequest,
+    parse_request,
+)
 from elastic_nb.wire.records import ProtocolError
 
 HANDSHAKE_TIMEOUT = 10.0
 MAX_HANDSHAKE_BYTES = 64 << 10
+MAX_HANDSHAKES = 32  # at once: a peer that opens connections by the thousand costs 32 threads
 
 
 class JoinRefused(Exception):
     """The Job will not take this node; the message says why (sent to the node)."""
 
 
-Admit = Callable[[JoinRequest, Channel, bool], JoinAccepted]
+Admitted = tuple[JoinAccepted, Callable[[], None]]
+Admit = Callable[[JoinRequest, Channel, bool], Admitted]
 """Called with a join request whose token or signature matched (``signed``: it was signed
-with the job's key): the answer (the node's index), or JoinRefused."""
+with the job's key): the answer (the node's index) and what to do once it is sent (the
+Job starts reading the channel); or JoinRefused."""
 
 
 class JoinServer:
-    """Accepts nodes that join from other machines, on ``listen_addr`` only."""
+    """Accepts nodes that join from other machines, on ``listen_addr`` only.
+
+    At most ``MAX_HANDSHAKES`` handshakes run at once (a connection beyond
+    them is closed at once), and no one connection can end the accept loop.
+    Without ``trust_store`` only a node that signs with the job's key is
+    admitted; with it, a node that shows the store's token is too. A node that
+    signed gets the job's ``rdzv_configs`` in the answer (they may hold secrets).
+    """
 
     def __init__(self, listen_addr: str, admit: Admit, name: str, key: str,
+                 trust_store: bool = False, rdzv_configs: dict[str, Any] | None = None,
                  handshake_timeout: float | None = None) -> None:
         self.token = secrets.token_hex(16)
         self._key = key
+        self._trust_store = trust_store
+        self._rdzv_configs = dict(rdzv_configs or {})
         self._admit = admit
         self._timeout = HANDSHAKE_TIMEOUT if handshake_timeout is None else handshake_timeout
+        self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self._listener = socket.create_server((listen_addr, 0))
         host, port = self._listener.getsockname()[:2]
         if host in ("0.0.0.0", "::"):
@@ -83,26 +110,52 @@ class JoinServer:
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
             while not self._closed.is_set():
-                if not selector.select(0.2):
-                    continue
                 try:
+                    if not selector.select(0.2):
+                        continue
                     connection, _ = self._listener.accept()
                 except OSError:
                     continue
-                threading.Thread(target=self._handshake, args=(connection,),
-                                 name="elastic_nb-handshake", daemon=True).start()
+                self._begin(connection)
+
+    def _begin(self, connection: socket.socket) -> None:
+        """A handshake on a thread of its own, if fewer than MAX_HANDSHAKES run; else refused."""
+        if not self._handshakes.acquire(blocking=False):
+            connection.close()
+            return
+        try:
+            threading.Thread(target=self._handshake, args=(connection,),
+                             name="elastic_nb-handshake", daemon=True).start()
+        except RuntimeError:  # no thread to be had now: this connection is refused, not the port
+            self._handshakes.release()
+            connection.close()
 
     def _handshake(self, connection: socket.socket) -> None:
-        """Read one join request before the deadline; admit the node or refuse it."""
         try:
-            message = read_request(connection, time.monotonic() + self._timeout)
+            self._answer(connection)
+        except Exception:  # whatever one peer did ends its connection only
+            connection.close()
+        finally:
+            self._handshakes.release()
+
+    def _answer(self, connection: socket.socket) -> None:
+        """Challenge, then read one join request before the deadline; admit the node or refuse
+        it. A node admitted on a signed request gets a sealed channel."""
+        challenge = auth.new_nonce()
+        deadline = time.monotonic() + self._timeout
+        try:
+            connection.settimeout(self._timeout)
+            connection.sendall(json.dumps(JoinChallenge(nonce=challenge).to_message()).encode()
+                               + b"\n")
+            message = read_request(connection, deadline)
         except (OSError, ProtocolError):
             connection.close()
             return
         channel = Channel(connection)
         signed = bool(message.get("mac"))
         try:
-            accepted = self._check(message, channel, signed)
+            request = self._check(message, signed, challenge)
+            accepted, begin = self._admit(request, channel, signed)
         except JoinRefused as refused:
             try:
                 channel.send(JoinRejected(reason=str(refused)), self._key if signed else None)
@@ -110,24 +163,39 @@ class JoinServer:
                 pass
             channel.close()
             return
+        if signed:
+            accepted = replace(accepted, rdzv_configs=self._rdzv_configs)
         try:
             channel.send(accepted, self._key if signed else None)
         except OSError:
-            channel.close()
+            channel.shutdown()  # the Job reads the end of it as the node gone
+        if signed:
+            channel.seal_frames(auth.FrameSeal(auth.session_key(self._key, challenge, request.nonce),
+                                               sends="job"))
+        connection.settimeout(None)
+        begin()
 
-    def _check(self, message: dict[str, Any], channel: Channel, signed: bool) -> JoinAccepted:
+    def _check(self, message: dict[str, Any], signed: bool, challenge: str) -> JoinRequest:
         try:
             if signed:
                 message = auth.unseal(self._key, message, "the join request")
             request = parse_request(message)
         except ProtocolError as exc:
             raise JoinRefused(str(exc)) from None
-        if not signed and not secrets.compare_digest(request.token, self.token):
+        if signed and not auth.equal(challenge, request.challenge):
+            raise JoinRefused("the join request does not answer this connection's challenge "
+                              "(a request replayed from another connection)")
+        if not signed and not self._trust_store:
+            raise JoinRefused(
+                "this job admits only nodes that hold its key: join with --key-file (the "
+                "notebook's job.join_command() prints the command and job.key_file names the "
+                "file), or launch the job with trust_store=True to admit nodes that show the "
+                "store's token (then whoever reaches the store can run code in the job)")
+        if not signed and not auth.equal(self.token, request.token):
             raise JoinRefused("wrong join token (read it from the rendezvous store of this run)")
         if not signed and request.ticket >= 0:
             raise JoinRefused("a node started by the job must sign its request with the job's key")
-        channel.socket.settimeout(None)
-        return self._admit(request, channel, signed)
+        return request
 
 
 def read_request(connection: socket.socket, deadline: float) -> dict[str, Any]:
@@ -164,8 +232,9 @@ class JoinDesk:
     def __init__(self, core: JobCore, watch: Callable[[NodeHandle], None]) -> None:
         self._core = core
         self._watch = watch
+        options = core.plan.options
         self._server = JoinServer(core.plan.listen_addr, self._admit, f"elastic_nb-{core.run_id}",
-                                  core.key)
+                                  core.key, options.trust_store, options.rdzv_configs)
 
     @property
     def address(self) -> str:
@@ -194,8 +263,9 @@ class JoinDesk:
                 core.apply([core.state.record(time.time(), EventKind.JOIN_UNAVAILABLE,
                                               detail={"error": f"{type(exc).__name__}: {exc}"})])
 
-    def _admit(self, request: JoinRequest, channel: Channel, signed: bool) -> JoinAccepted:
-        """A node passed the handshake's checks: a node started for its ticket, or a new one."""
+    def _admit(self, request: JoinRequest, channel: Channel, signed: bool) -> Admitted:
+        """A node passed the handshake's checks: a node started for its ticket, or a new one;
+        the Job reads its channel once the answer is sent."""
         if request.ticket >= 0:
             return self._admit_ticket(request, channel)
         core = self._core
@@ -207,10 +277,9 @@ class JoinDesk:
             core.apply(controls.node_added(core.state, index, request.nproc, request.role,
                                         local=False, host=request.host, now=time.time()))
             core.nodes[index] = node = JoinedNode(index, channel, request.host)
-        self._watch(node)
-        return JoinAccepted(node=index, nonce=request.nonce)
+        return JoinAccepted(node=index, nonce=request.nonce), lambda: self._watch(node)
 
-    def _admit_ticket(self, request: JoinRequest, channel: Channel) -> JoinAccepted:
+    def _admit_ticket(self, request: JoinRequest, channel: Channel) -> Admitted:
         """The node the job started as node ``ticket`` arrives (signed): it takes its place, or,
         if it refused what it found in the store, the job records why."""
         core, index = self._core, request.ticket
@@ -230,5 +299,5 @@ class JoinDesk:
             node.attach(channel, request.host, request.pid)
             core.apply(scheduling.scheduled_node_joined(core.state, index, request.host,
                                                         time.time()))
-        self._watch(node)
-        return JoinAccepted(node=index, nonce=request.nonce, payload=node.payload)
+        return (JoinAccepted(node=index, nonce=request.nonce, payload=node.payload),
+                lambda: self._watch(node))

@@ -48,6 +48,7 @@ def launch(
     collective_timeout: float | None = None,
     flight_recorder: bool = True,
     hang_after: float = 60.0,
+    trust_store: bool = False,
     **kwargs: Any,
 ) -> Job:
     """Start ``fn(*args, **kwargs)`` on every rank of a new elastic job; return its Job at once.
@@ -77,6 +78,11 @@ def launch(
     Every rank records its collectives (``flight_recorder``): ``job.hang_report()``
     says which rank is missing from which collective; when nothing progresses
     for ``hang_after`` seconds the timeline says so (``stalled``).
+
+    Only nodes that hold the job's key join it, and the rendezvous state its
+    agents write is signed with that key. ``trust_store=True`` admits plain
+    ``torchrun`` nodes and joins with the store's token alone: whoever can
+    reach the store can then run code in the job (README, "Security").
     """
     given = launch_options.collect(locals())
     if keep_warm is None:

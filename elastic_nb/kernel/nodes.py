@@ -179,9 +179,10 @@ class LocalNode(NodeHandle):
 
     @classmethod
     def start(cls, plan: JobPlan, index: int, nproc: int, role: str, payload: bytes,
-              endpoint: str, above_pid: int) -> LocalNode:
+              endpoint: str, above_pid: int, key: str) -> LocalNode:
         """A host for node ``index``: an idle warm one with a pid above ``above_pid`` (torch
-        ranks one machine's nodes by agent pid), or a new one."""
+        ranks one machine's nodes by agent pid), or a new one. ``key``: the job's, with
+        which the host signs and checks the rendezvous state (on its private channel)."""
         node_dir = os.path.join(plan.log_dir, f"node_{index}")
         address = network.advertised_address(plan.listen_addr)
         sockets = network.socket_env(address, plan.env, os.environ)
@@ -194,7 +195,8 @@ class LocalNode(NodeHandle):
         config = AgentConfig(
             node=index, role=role, nproc=nproc, payload=payload, run_id=plan.run_id,
             backend=plan.backend, endpoint=endpoint, options=plan.options, log_dir=node_dir,
-            local_addr=address, env=env, sys_path=[p for p in sys.path if p], cwd=os.getcwd())
+            local_addr=address, env=env, sys_path=[p for p in sys.path if p], cwd=os.getcwd(),
+            key=key)
         return cls(index, agent, config, warm)
 
     @property

@@ -24,6 +24,7 @@ from elastic_nb.model.errors import LaunchError
 from elastic_nb.model.placement import Placement
 from elastic_nb.model.plan import JobPlan, Node, NodePlan
 from elastic_nb.rendezvous import network
+from elastic_nb.wire import auth
 from elastic_nb.wire.options import OPTIONS, JobOptions, check_unknown
 
 
@@ -162,13 +163,18 @@ def _check_listen_addr(listen_addr: str) -> None:
 
 
 def _make_log_dir(log_dir: str | None, run_id: str) -> str:
+    """The job's own directory (logs, its key file): new, or empty, and only this user's."""
     if log_dir is None:
         return tempfile.mkdtemp(prefix=f"elastic_nb-{run_id}-")
     path = os.path.join(os.path.abspath(log_dir), run_id)
     if os.path.exists(path) and os.listdir(path):
         raise LaunchError(f"log directory {path} already holds a job's logs; "
                           "choose another run_id or log_dir")
-    os.makedirs(path, exist_ok=True)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        auth.check_private_dir(path)
+    except ValueError as exc:
+        raise LaunchError(f"log_dir: {exc}") from None
     return path
 
 

@@ -260,5 +260,6 @@ HANDLERS: dict[ReportKind, Callable[[Pump, int, Any], None]] = {
     ReportKind.HANG_ANSWERS: Pump._answered,
     ReportKind.DEBUG_OUTPUT: Pump._answered,
     ReportKind.DEBUG_ENDED: Pump._answered,
+    ReportKind.STATE_FORGED: Pump._apply,
 }
 """How the pump acts on each report kind (every kind of ``wire.reports``)."""

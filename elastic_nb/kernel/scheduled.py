@@ -55,10 +55,9 @@ class ScheduledNode(JoinedNode):
                 "--nproc", str(node_plan.nproc), "--role", node_plan.role,
                 "--job-address", job_address, "--ticket", str(index),
                 "--timeout", str(int(plan.options.rdzv_timeout))]
-        for key, value in plan.options.rdzv_configs.items():
-            args += ["--rdzv-conf", f"{key}={value}"]
         command = NodeCommand(index, plan.run_id, tuple(args), core.key,
-                              os.path.join(plan.log_dir, f"node_{index}"))
+                              os.path.join(plan.log_dir, f"node_{index}"),
+                              {k: str(v) for k, v in plan.options.rdzv_configs.items()})
         return cls(index, node_plan, launcher_for(on).start(command))
 
     def attach(self, channel: Channel, host: str, pid: int) -> None:

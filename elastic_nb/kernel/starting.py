@@ -53,7 +53,7 @@ class NodeStarter:
         # after this job's hosts: nodes keep their order in torch's ranks (by agent pid)
         above = max((n.host_pid or 0 for n in core.state.nodes.values()), default=0)
         local = LocalNode.start(core.plan, index, node_plan.nproc, node_plan.role,
-                                node_plan.payload, core.endpoint, above)
+                                node_plan.payload, core.endpoint, above, core.key)
         rules.host_assigned(core.state, index, local.pid, local.warm)
         core.nodes[index] = local
         self._pump.watch(local)

@@ -163,6 +163,8 @@ def summary_text(snap: JobSnapshot) -> str:
     warm = [n.index for n in snap.nodes if n.warm]
     if warm:
         head += f" warm hosts: node{'s' if len(warm) > 1 else ''} {', '.join(map(str, warm))}"
+    if snap.trust_store:
+        head += f"\n  {TRUST_STORE_WARNING}"
     rows = [f"  node {n.index} on {n.where}: {n.status}" + (f", {n.scheduler}" if n.scheduler else "")
             for n in snap.nodes if not n.local and n.where != "this machine"]
     rows += [f"  rank {w.rank:>3} node {w.node} {w.role:<10} pid {w.pid:<8} {w.state}"
@@ -187,6 +189,10 @@ def megabytes_text(rss: int | None) -> str:
     return "-" if rss is None else f"{rss / 2**20:.0f} MB"
 
 
+TRUST_STORE_WARNING = ("trust_store: nodes join without the job's key and the rendezvous state "
+                       "is unsigned; whoever can reach the store can run code in this job")
+
+
 def header_html(snap: JobSnapshot) -> str:
     nodes = ", ".join(f"{n.index}: {n.status}" + (" (warm host)" if n.warm else "")
                       + (f" ({n.scheduler})" if n.status == "queued" and n.scheduler else "")
@@ -201,7 +207,10 @@ def header_html(snap: JobSnapshot) -> str:
         f"border-radius:3px'>{html.escape(snap.status)}</span> &nbsp; "
         f"elapsed {snap.elapsed:.1f}s &nbsp; attempt {snap.attempt} &nbsp; "
         f"restarts {snap.restart_count}/{snap.max_restarts} &nbsp; world {snap.world_size}"
-        f"<br><span style='color:#555'>nodes {html.escape(nodes)}</span></div>"
+        f"<br><span style='color:#555'>nodes {html.escape(nodes)}</span>"
+        + (f"<br><span class='enb-trust-store' style='color:#a04000'>"
+           f"{html.escape(TRUST_STORE_WARNING)}</span>" if snap.trust_store else "")
+        + "</div>"
         + (f"<div class='enb-stalled' style='background:#f9e79f;padding:3px 6px;margin-top:3px;"
            f"font-family:monospace'><b>stalled</b>: {html.escape(snap.stall)} "
            f"<i>(the hang map tab has the detail)</i></div>" if snap.stall else ""))

@@ -195,14 +195,26 @@ def _on_restarting(state: JobState, node: NodeState, msg: protocol.Restarting, n
 def _on_succeeded(state: JobState, node: NodeState, msg: protocol.Succeeded, now: float) -> None:
     """A node's results count only if they are of the newest world that returned any: a
     node that re-formed alone after its peers finished replaces their results, and a late
-    report of an older world adds none. Results never mix worlds."""
+    report of an older world adds none. Results never mix worlds. A node returns only the
+    ranks it holds in that world: values for any other rank are refused (a peer that
+    claims another node's ranks replaces nothing)."""
     node.status = NodeStatus.SUCCEEDED
+    held = {r for r, w in state.workers.items()
+            if w.node == node.index and (msg.round is None or w.round == msg.round)}
+    foreign = sorted(set(msg.return_values) - held)
+    if foreign:
+        state.record(now, EventKind.REPORT_REFUSED, node=node.index, detail={
+            "ranks": foreign, "reason": f"results for ranks node {node.index} does not hold "
+                                        f"in round {msg.round}"})
+    values = {r: v for r, v in msg.return_values.items() if r in held}
+    if not values and foreign:
+        return
     if msg.round is not None and state.results_round is not None and msg.round != state.results_round:
         if msg.round < state.results_round:
             return  # an older world's: the newer world's results stand
         state.results.clear()
     state.results_round = msg.round if msg.round is not None else state.results_round
-    state.results.update(msg.return_values)
+    state.results.update(values)
     for worker in workers_of(state, node.index):
         worker.state = WorkerStatus.SUCCEEDED
 
@@ -281,6 +293,9 @@ _RULES: dict[protocol.ReportKind, Any] = {
     protocol.ReportKind.AGENT_ERROR: _on_agent_error,
     protocol.ReportKind.PAUSED: _on_paused,
     protocol.ReportKind.RESUMED: _on_resumed,
+    protocol.ReportKind.STATE_FORGED: lambda state, node, msg, now: state.record(
+        now, EventKind.STATE_FORGED, node=node.index,
+        detail={"reason": f"rendezvous state not signed with this job's key, from {msg.where}"}),
 }
 
 

@@ -90,6 +90,7 @@ class JobSnapshot:
     error: str | None
     idle_hosts: int = 0  # this kernel's warm hosts waiting for a launch, as the snapshot was taken
     stall: str | None = None  # the hang map's answer while the job makes no progress
+    trust_store: bool = False  # keyless nodes admitted: whoever reaches the store runs code
 
     @property
     def done(self) -> bool:
@@ -146,4 +147,4 @@ def build(plan: JobPlan, endpoint: str, state: JobState, last_output: dict[int, 
         workers=tuple(workers), events=tuple(state.events),
         failures=ordered_failures(state.failures.values()),
         failure_history=tuple(state.failure_history), error=state.error, idle_hosts=idle_hosts,
-        stall=state.stall)
+        stall=state.stall, trust_store=plan.options.trust_store)

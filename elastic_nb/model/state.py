@@ -119,6 +119,8 @@ class EventKind(StrEnum):
     SCHEDULER = "scheduler"  # its scheduler's state changed (queued, starting on c2, ended)
     PREEMPTING = "preempting"  # its scheduler warned of the end: it leaves, no budget spent
     JOIN_REFUSED = "join_refused"  # a node that would not run what it was given, and why
+    STATE_FORGED = "state_forged"  # someone else wrote the rendezvous state: refused, unread
+    REPORT_REFUSED = "report_refused"  # results for ranks the reporting node does not hold
     SUCCEEDED = "succeeded"  # the job's final event, one of these three
     FAILED = "failed"
     STOPPED = "stopped"

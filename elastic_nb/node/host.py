@@ -45,6 +45,7 @@ from elastic_nb.node.link import JobLink
 from elastic_nb.node.logs_spec import NodeLogsSpecs
 from elastic_nb.node.straggler import Stragglers
 from elastic_nb.rendezvous import register_backends
+from elastic_nb.rendezvous.signed import signed_handler
 from elastic_nb.wire import rank_probe
 from elastic_nb.wire import reports as protocol
 from elastic_nb.wire.channel import Channel
@@ -156,7 +157,7 @@ class NodeHost:
         prepare_process(config)
         try:
             register_backends()
-            handler = rdzv_registry.get_rendezvous_handler(rendezvous_parameters(config))
+            handler = self._rendezvous_handler(config)
         except Exception as exc:
             self._link.send(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
             return 1
@@ -198,6 +199,15 @@ class NodeHost:
                 for rank, f in sorted(result.failures.items()))))
             return 1
         return 0  # the agent reported its results before the exit barrier
+
+    def _rendezvous_handler(self, config: AgentConfig) -> Any:
+        """torch's handler for the job's backend; with the job's key and unless the job trusts
+        its store, one whose state is signed (``rendezvous.signed``): a forgery is reported."""
+        params = rendezvous_parameters(config)
+        if config.key is None or config.options.trust_store:
+            return rdzv_registry.get_rendezvous_handler(params)
+        return signed_handler(params, config.key,
+                              lambda where: self._link.send(protocol.StateForged(where=where)))
 
     def _make_agent(self, config: AgentConfig, handler: Any) -> ReportingAgent:
         options = config.options

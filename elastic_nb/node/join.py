@@ -27,7 +27,14 @@ from elastic_nb.rendezvous import discovery, network, register_backends
 from elastic_nb.wire import auth
 from elastic_nb.wire.channel import Channel
 from elastic_nb.wire.config import AgentConfig
-from elastic_nb.wire.join import JoinAccepted, JoinDescriptor, JoinRejected, JoinRequest, parse_reply
+from elastic_nb.wire.join import (
+    JoinAccepted,
+    JoinDescriptor,
+    JoinRejected,
+    JoinRequest,
+    parse_challenge,
+    parse_reply,
+)
 from elastic_nb.wire.records import ProtocolError
 
 
@@ -67,15 +74,15 @@ def join(backend: str, endpoint: str, run_id: str, nproc: int, role: str = "defa
         host=socket.gethostname(), ticket=ticket, nonce=auth.new_nonce() if key else "",
         refused=refused, pid=os.getpid()))
     assert descriptor is not None  # a refusal ends in _introduce
-    shared = descriptor.options
-    # this machine's client settings (TLS, auth) win
-    options = replace(shared, rdzv_configs={**shared.rdzv_configs, **rdzv_configs})
+    # the job's rendezvous configs come in its signed answer (the store has none); this
+    # machine's client settings (TLS, auth) win
+    options = replace(descriptor.options, rdzv_configs={**reply.rdzv_configs, **rdzv_configs})
     config = AgentConfig(
         node=reply.node, role=role, nproc=nproc,
         payload=reply.payload or descriptor.payload, run_id=run_id, backend=backend,
         endpoint=endpoint, options=options,
         log_dir=log_dir or tempfile.mkdtemp(prefix=f"elastic_nb-{run_id}-"),
-        local_addr=local_addr, tee=True)
+        local_addr=local_addr, tee=True, key=key)
     print(f"joined job {run_id} as node {config.node} ({nproc} x {role}); logs in {config.log_dir}",
           flush=True)
     host = NodeHost(channel, local=False)
@@ -107,7 +114,8 @@ def _find(backend: str, endpoint: str, run_id: str, rdzv_configs: dict[str, str]
 
 def _introduce(address: str, run_id: str, timeout: float, key: str | None,
                request: JoinRequest) -> tuple[Channel, JoinAccepted]:
-    """Connect to the Job and ask to join; its (checked) answer."""
+    """Connect to the Job and ask to join, answering its challenge; its (checked) answer.
+    With the key, the channel is sealed from then on."""
     host, port = address.rsplit(":", 1)
     try:
         connection = socket.create_connection((host, int(port)), timeout=timeout)
@@ -115,8 +123,14 @@ def _introduce(address: str, run_id: str, timeout: float, key: str | None,
         raise JoinError(f"job {run_id} accepts nodes at {host}:{port}, which is not reachable "
                         f"from here ({exc}); launch it with listen_addr set to an address "
                         "this machine can reach") from exc
-    connection.settimeout(None)
     channel = Channel(connection)
+    try:
+        challenge = parse_challenge(channel.receive()).nonce
+    except (OSError, ProtocolError) as exc:
+        channel.close()
+        raise JoinError(f"job {run_id} at {address} did not open the handshake ({exc})") from None
+    connection.settimeout(None)
+    request = replace(request, challenge=challenge)
     channel.send(request, key)
     message = channel.receive()
     if request.refused:
@@ -136,4 +150,7 @@ def _introduce(address: str, run_id: str, timeout: float, key: str | None,
         raise JoinError(f"job {run_id} refused this node: {reason}")
     if key is not None and not signed:
         raise JoinError(f"job {run_id}'s answer is not signed with this job's key")
+    if key is not None:
+        channel.seal_frames(auth.FrameSeal(auth.session_key(key, challenge, request.nonce),
+                                           sends="node"))
     return channel, reply

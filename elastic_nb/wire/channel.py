@@ -6,6 +6,11 @@ machine talks over TCP. Each message is a record of ``reports``,
 long. The channel frames and unframes; the receiving end parses the objects
 with the table of the direction it reads (``parse_report``,
 ``parse_command``), so an unknown kind is refused at the edge.
+
+A joined node's channel is sealed once its handshake is done (``seal_frames``
+with a ``wire.auth.FrameSeal``): every frame then carries a MAC over its
+sequence number, and one that fails its check raises ``ProtocolError``, on
+which the reader closes the channel.
 """
 
 from __future__ import annotations
@@ -35,17 +40,25 @@ class Channel:
         self._send_lock = threading.Lock()
         self._buffer = b""
         self._closed = False
+        self._seal: auth.FrameSeal | None = None
 
     @property
     def socket(self) -> socket.socket:
         return self._sock
 
+    def seal_frames(self, seal: auth.FrameSeal) -> None:
+        """From now on every frame sent and received is sealed with the session's key."""
+        self._seal = seal
+
     def send(self, record: Message, key: str | None = None) -> None:
-        """Send one record; with the job's ``key``, sealed (``wire.auth``: the handshake)."""
+        """Send one record; with the job's ``key``, signed as a handshake message (not framed
+        by the session, which starts after it); otherwise sealed if the channel is."""
         message = record.to_message() if key is None else auth.seal(key, record.to_message())
-        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        data = json.dumps(message, separators=(",", ":")).encode()
         with self._send_lock:
-            self._sock.sendall(data)
+            if self._seal is not None and key is None:
+                data = self._seal.seal(data)
+            self._sock.sendall(data + b"\n")
 
     def receive(self) -> dict[str, Any] | None:
         """Block for the next whole message; None once the peer has gone."""
@@ -81,6 +94,8 @@ class Channel:
     def _decode(self, line: bytes) -> dict[str, Any]:
         if len(line) > self._max_frame:
             raise ProtocolError(f"a message longer than {self._max_frame} bytes")
+        if self._seal is not None:
+            line = self._seal.open(line)
         try:
             message = json.loads(line)
         except ValueError as exc:

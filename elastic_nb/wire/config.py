@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from elastic_nb.wire.options import BACKENDS, JobOptions
@@ -44,6 +44,9 @@ class AgentConfig:
     env: dict[str, str] | None = None
     sys_path: list[str] | None = None
     cwd: str | None = None
+    # the job's key: the host signs and checks the rendezvous state with it (None: the node
+    # joined without it, under trust_store). Never printed, never given to a worker.
+    key: str | None = field(default=None, repr=False)
 
     def to_message(self) -> dict[str, Any]:
         return {**asdict(self), "payload": encode_bytes(self.payload)}

@@ -239,6 +239,10 @@ OPTIONS: tuple[Option, ...] = (
            "completed, no line printed) after which the timeline says the job stalled and "
            "why; 0 turns the watch off", seconds(positive=False), shared=True,
            flag="--hang-after", flag_type=float),
+    Option("trust_store", False, "admit nodes without the job's key (plain torchrun, a join "
+           "with the store's token) and leave the rendezvous state unsigned: whoever can reach "
+           "the store can then run code in the job", boolean, shared=True, flag="--trust-store",
+           flag_type=None),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
 BY_NAME = {o.name: o for o in OPTIONS}
@@ -288,6 +292,7 @@ class JobOptions:
     collective_timeout: float | None = None
     flight_recorder: bool = True
     hang_after: float = DEFAULT_HANG_AFTER
+    trust_store: bool = False  # keyless nodes admitted, rendezvous state unsigned
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)

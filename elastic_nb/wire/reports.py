@@ -51,6 +51,7 @@ class ReportKind(StrEnum):
     HANG_ANSWERS = "hang_answers"  # the answers of the workers an AskHang named
     DEBUG_OUTPUT = "debug_output"  # what a relayed pdb session printed
     DEBUG_ENDED = "debug_ended"  # a relayed pdb session is over (or never opened: why)
+    STATE_FORGED = "state_forged"  # the rendezvous store held a state the job did not sign
 
 
 # ----------------------------------------------------------------- reports
@@ -298,14 +299,23 @@ class DebugEnded(FlatRecord, Message):
     error: str | None
 
 
+@dataclass(frozen=True)
+class StateForged(FlatRecord, Message):
+    """The agent read a rendezvous state not signed with the job's key (``rendezvous.signed``):
+    it ran none of it; ``where`` names the store."""
+
+    kind: ClassVar[ReportKind] = ReportKind.STATE_FORGED
+    where: str
+
+
 Report = (Rendezvous | Started | WorkerFailed | Restarting | Succeeded | Failed | AgentError | Log
           | Paused | Resumed | HostReady | NodeDone | Heartbeat | Leaving | Stacks | HangAnswers
-          | DebugOutput | DebugEnded)
+          | DebugOutput | DebugEnded | StateForged)
 REPORTS: dict[ReportKind, Any] = {
     cls.kind: cls
     for cls in (Rendezvous, Started, WorkerFailed, Restarting, Succeeded, Failed, AgentError, Log,
                 Paused, Resumed, HostReady, NodeDone, Heartbeat, Leaving, Stacks, HangAnswers,
-                DebugOutput, DebugEnded)
+                DebugOutput, DebugEnded, StateForged)
 }
 """The dispatch table: each report kind and the record it parses into."""
 

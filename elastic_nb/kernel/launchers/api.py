@@ -11,26 +11,37 @@ launchers and dask's clusters, the caller never asks which kind it has.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from elastic_nb.model.scheduling import SchedulerStatus
+from elastic_nb.wire import auth
 
 
 @dataclass(frozen=True)
 class NodeCommand:
-    """One node to start elsewhere: the join command's arguments, and the secret to pass
-    privately (never on a command line: ``ps`` shows those to every user)."""
+    """One node to start elsewhere: the join command's arguments, and the secrets to pass
+    privately (never on a command line: ``ps`` shows those to every user; never in a repr):
+    the job's key and its rendezvous configs (an etcd password), as ``private_env`` (the
+    environment of a Slurm job) or ``private_input`` (ssh's standard input)."""
 
     index: int
     run_id: str
     join_args: tuple[str, ...]  # after ``python -m elastic_nb join``
-    key: str
-    node_dir: str  # this machine's directory for the launcher's own files (scripts, output)
+    key: str = field(repr=False)
+    node_dir: str = ""  # this machine's directory for the launcher's own files (scripts, output)
+    rdzv_configs: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def private_env(self) -> dict[str, str]:
+        return {auth.KEY_ENV: self.key, auth.RDZV_CONF_ENV: json.dumps(self.rdzv_configs)}
+
+    def private_input(self) -> bytes:
+        return f"{self.key}\n{json.dumps(self.rdzv_configs)}\n".encode()
 
     def argv(self, python: str | None, *secret_from: str) -> list[str]:
         return [python or sys.executable, "-m", "elastic_nb", "join", *self.join_args,

@@ -20,7 +20,6 @@ from elastic_nb.kernel.launchers.api import Launch, Launcher, NodeCommand, end_p
 from elastic_nb.model.errors import LaunchError
 from elastic_nb.model.placement import Slurm
 from elastic_nb.model.scheduling import SchedulerStatus
-from elastic_nb.wire.auth import KEY_ENV
 
 COMMAND_TIMEOUT = 30.0
 GONE_TIMEOUT = 20.0  # how long a cancel waits for the job to leave the queue
@@ -85,7 +84,7 @@ class SbatchJob(Launch):
                             ("account", placement.account)):
             if value:
                 argv.append(f"--{flag}={value}")
-        result = _slurm(*argv, *placement.extra, script, env={**os.environ, KEY_ENV: command.key})
+        result = _slurm(*argv, *placement.extra, script, env={**os.environ, **command.private_env()})
         job_id = result.stdout.strip().split(";", 1)[0]
         if result.returncode != 0 or not job_id.isdigit():
             raise LaunchError(f"sbatch refused node {command.index}: "
@@ -139,7 +138,7 @@ class SrunStep(Launch):
             try:
                 process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, start_new_session=True,
-                                           env={**os.environ, KEY_ENV: command.key})
+                                           env={**os.environ, **command.private_env()})
             except FileNotFoundError:
                 raise LaunchError("srun is not installed here") from None
         return cls(process, allocation, output)

@@ -53,7 +53,7 @@ class SSHProcess(Launch):
                                   "OpenSSH client") from None
         assert process.stdin is not None
         try:
-            process.stdin.write((command.key + "\n").encode())
+            process.stdin.write(command.private_input())
             process.stdin.close()
         except OSError:
             pass  # ssh already gave up: poll says why
