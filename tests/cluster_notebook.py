@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-import forge_descriptor
+import attack
 
 import elastic_nb as enb
 
@@ -185,12 +185,13 @@ def run(scenario: str, ssh_config: str) -> dict:
         attack_dir = os.environ["ENB_ATTACK_DIR"]
         marker = os.path.join(attack_dir, "pwned")
         with open(os.path.join(attack_dir, "descriptor.json"), "w") as out:
-            out.write(forge_descriptor.forged(job.endpoint, marker))
-        attack = subprocess.run(
+            out.write(attack.forged(job.endpoint, marker))
+        forging = subprocess.run(
             ["runuser", "-u", os.environ["ENB_ATTACKER"], "--", "/usr/bin/python3",
-             forge_descriptor.__file__, job.endpoint, job.run_id, out.name],
+             attack.__file__, "store-set", job.endpoint, f"/elastic_nb/{job.run_id}/job",
+             out.name],
             capture_output=True, text=True, timeout=60)
-        facts["attack"] = [attack.returncode, attack.stdout + attack.stderr]
+        facts["attack"] = [forging.returncode, forging.stdout + forging.stderr]
         facts["store_holds_forged"] = b"ran code the job did not send" in published(job).payload
         if not facts["store_holds_forged"]:
             job.stop()
@@ -205,6 +206,33 @@ def run(scenario: str, ssh_config: str) -> dict:
         facts["by_hand"] = [by_hand.returncode, by_hand.stderr[-2000:]]
         facts["pwned"] = os.path.exists(marker)
         facts["still"] = str(job.state)
+    elif scenario == "secrets_private":  # the key and an etcd-like password, while nodes run
+        secret = "s3cret-" + os.urandom(8).hex()
+        job = enb.launch(tick, nodes=[enb.Node(1), enb.Node(1, on=enb.Slurm()), enb.Node(1, on=ssh)],
+                         rdzv_configs={"password": secret}, **OPTIONS)
+        job.wait_until(lambda: len(job.snapshot().workers) == 3 and all(
+            "tick 2" in job.logs(rank=w.rank) for w in job.snapshot().workers),
+            timeout=120, what="every rank ticking")
+        with open(job.key_file) as source:
+            key = source.read().strip()
+        shown = []
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as source:
+                    line = source.read()
+            except OSError:
+                continue
+            if key.encode() in line or secret.encode() in line:
+                shown.append(line.replace(b"\0", b" ").decode(errors="replace"))
+        facts["on_command_lines"] = shown
+        from elastic_nb.rendezvous import discovery
+
+        store = discovery.open_store(job.backend, job.endpoint, job.run_id, {}, 60)
+        held = store.get(f"elastic_nb/{job.run_id}/job")
+        facts["in_store"] = [word for word, value in (("key", key), ("secret", secret))
+                             if value.encode() in held]
+        facts["in_repr"] = [word for word, value in (("key", key), ("secret", secret))
+                            if value in repr(job) + repr(job.snapshot())]
     elif scenario == "sbatch_refused":
         try:
             enb.launch(where, nodes=[enb.Node(1, on=enb.Slurm(partition="nosuch"))], **OPTIONS)

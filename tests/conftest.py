@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import shutil
 import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from cluster import Cluster
@@ -12,6 +18,8 @@ from etcd_fixtures import *  # noqa: F403 - session etcd servers: etcd_v2_server
 from util import job_processes, leftover_processes, wait_until
 
 import elastic_nb as enb
+
+ATTACKER = "enb-mallory"
 
 
 @pytest.fixture(autouse=True)
@@ -106,3 +114,36 @@ def cluster_left_clean(request):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         pytest.fail(f"left on the cluster: jobs {jobs}, processes {strays}")
+
+
+@dataclass(frozen=True)
+class Attacker:
+    """A second local Unix user, and a directory it may read and write."""
+
+    user: str
+    dir: str
+    script: str = str(Path(__file__).with_name("attack.py"))
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        """``tests/attack.py`` as this user, with the system's Python (it cannot read ours)."""
+        return subprocess.run(["runuser", "-u", self.user, "--", "/usr/bin/python3", self.script,
+                               *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def attacker():
+    """A second local Unix user, made for the test, and a directory it may read and write (not
+    under pytest's, which only root may enter)."""
+    made = False
+    try:
+        pwd.getpwnam(ATTACKER)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", ATTACKER],
+                       check=True)
+        made = True
+    shared = tempfile.mkdtemp(prefix="enb-attack-")
+    os.chmod(shared, 0o1777)
+    yield Attacker(ATTACKER, shared)
+    shutil.rmtree(shared, ignore_errors=True)
+    if made:
+        subprocess.run(["userdel", ATTACKER], check=False)

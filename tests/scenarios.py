@@ -424,3 +424,21 @@ def hang_at(kind: str, step: int = 5, victim: int = 2) -> int:
         else:
             dist.all_reduce(t)
     return me
+
+
+def collective_until(release: str) -> int:
+    """Every rank in a broadcast every 0.1 s until rank 0 sees the file ``release``: a job that
+    runs until the test lets it finish. Returns rank * 10."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    print(f"rank {rank()} in world {dist.get_world_size()}", flush=True)
+    while True:
+        done = torch.tensor([float(rank() == 0 and os.path.exists(release))])
+        dist.broadcast(done, 0)
+        if done.item():
+            break
+        time.sleep(0.1)
+    dist.destroy_process_group()
+    return rank() * 10

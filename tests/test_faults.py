@@ -178,7 +178,8 @@ def test_a_lost_torchrun_peer_is_noticed_by_its_heartbeat(tmp_path, rdzv, fault)
     script = tmp_path / "peer.py"
     script.write_text(TORCHRUN_PEER)
     job = enb.launch(scenarios.compute_once_grown, str(tmp_path / "grown"), nproc=1, min_nodes=1,
-                     max_nodes=2, max_restarts=0, **{**rdzv, "start_method": "forkserver"})
+                     max_nodes=2, max_restarts=0, trust_store=True,  # a plain torchrun node
+                     **{**rdzv, "start_method": "forkserver"})
     conf = "keep_alive_interval=1,keep_alive_max_attempt=3"
     if job.backend == "c10d":
         conf += ",is_host=false"  # the Job hosts the store

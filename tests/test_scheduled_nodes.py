@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 DRIVER = Path(__file__).with_name("cluster_notebook.py")
-ATTACKER = "enb-mallory"
 
 
 def notebook(cluster, scenario: str, *under: str, **env: str) -> dict:
@@ -149,27 +145,17 @@ def test_an_unreachable_ssh_host_fails_the_node_with_an_error_that_names_the_fix
     assert "check that `ssh root@192.0.2.99 true` works" in facts["error"]
 
 
-@pytest.fixture
-def attacker():
-    """A second local Unix user, made for the test, and a directory it may read and write (not
-    under pytest's, which only root may enter)."""
-    made = False
-    try:
-        pwd.getpwnam(ATTACKER)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", ATTACKER],
-                       check=True)
-        made = True
-    shared = tempfile.mkdtemp(prefix="enb-attack-")
-    os.chmod(shared, 0o1777)
-    yield shared
-    shutil.rmtree(shared, ignore_errors=True)
-    if made:
-        subprocess.run(["userdel", ATTACKER], check=False)
+def test_no_secret_on_a_command_line_in_the_store_or_in_a_repr(cluster):
+    """The job's key and a rendezvous password while a Slurm node and an SSH node run: in no
+    process's command line (``ps`` shows them to every user), not in the store."""
+    facts = notebook(cluster, "secrets_private")
+    assert facts["on_command_lines"] == [] and facts["in_store"] == [] and facts["in_repr"] == []
+    assert facts["state"] == "stopped"
 
 
 def test_a_descriptor_another_user_wrote_into_the_store_is_run_by_no_node(cluster, attacker):
-    facts = notebook(cluster, "forged_descriptor", ENB_ATTACKER=ATTACKER, ENB_ATTACK_DIR=attacker)
+    facts = notebook(cluster, "forged_descriptor", ENB_ATTACKER=attacker.user,
+                     ENB_ATTACK_DIR=attacker.dir)
     assert facts["attack"][0] == 0 and facts["store_holds_forged"], facts["attack"]
     assert not facts["pwned"], "a node ran the other user's payload"
     refused = [d["reason"] for kind, at, d in facts["events"] if kind == "join_refused" and at == 1]

@@ -56,7 +56,7 @@ def run_scenario(hosts: TwoHosts, scenario: str, backend: str, log_dir: Path):
             hosts.b.command(sys.executable, "-m", "elastic_nb", "join", "--backend", join["backend"],
                             "--endpoint", join["endpoint"], "--run-id", join["run_id"],
                             "--nproc", "1", "--local-addr", hosts.b.address,
-                            "--log-dir", str(log_dir)),
+                            "--log-dir", str(log_dir), "--key-file", join["key_file"]),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         exited_at: list[float] = []
         threading.Thread(target=lambda: exited_at.append((joiner.wait(), time.time())[1]),

@@ -120,7 +120,8 @@ def main(scenario: str, backend: str, listen_addr: str, *link: str) -> None:
                              **options)
         else:
             job = enb.launch(tick, nproc=1, min_nodes=2, max_nodes=2, **options)
-        emit("JOIN", {"backend": job.backend, "endpoint": job.endpoint, "run_id": job.run_id})
+        emit("JOIN", {"backend": job.backend, "endpoint": job.endpoint, "run_id": job.run_id,
+                      "key_file": job.key_file})
         try:
             facts = drive(job, scenario, link)
         finally:

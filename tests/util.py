@@ -100,7 +100,8 @@ def running_workers(job: enb.Job, count: int, attempt: int | None = None,
 
 
 def join_command(job: enb.Job, nproc: int, *extra: str) -> list[str]:
-    """``python -m elastic_nb join`` for ``job``, from this machine, as role ``remote``."""
+    """``python -m elastic_nb join`` for ``job``, from this machine, as role ``remote``, with the
+    job's key file (a job admits only nodes that hold its key, unless it trusts its store)."""
     return [sys.executable, "-m", "elastic_nb", "join", "--backend", job.backend,
             "--endpoint", job.endpoint, "--run-id", job.run_id, "--nproc", str(nproc),
-            "--local-addr", "127.0.0.1", "--role", "remote", *extra]
+            "--local-addr", "127.0.0.1", "--role", "remote", "--key-file", job.key_file, *extra]

@@ -140,9 +140,9 @@ def _introduce(address: str, run_id: str, timeout: float, key: str | None,
     try:
         if key is not None and message is not None and signed:
             message = auth.unseal(key, message, f"job {run_id}'s answer")
-            if message.get("nonce") != request.nonce:
-                raise ProtocolError(f"job {run_id}'s answer is not to this request")
         reply = parse_reply(message) if message is not None else None
+        if key is not None and isinstance(reply, JoinAccepted) and reply.nonce != request.nonce:
+            raise ProtocolError(f"job {run_id}'s answer is not to this request")
     except ProtocolError as exc:
         raise JoinError(f"job {run_id} answered with something else: {exc}") from None
     if reply is None or isinstance(reply, JoinRejected):
