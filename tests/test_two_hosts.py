@@ -56,7 +56,8 @@ def run_scenario(hosts: TwoHosts, scenario: str, backend: str, log_dir: Path):
             hosts.b.command(sys.executable, "-m", "elastic_nb", "join", "--backend", join["backend"],
                             "--endpoint", join["endpoint"], "--run-id", join["run_id"],
                             "--nproc", "1", "--local-addr", hosts.b.address,
-                            "--log-dir", str(log_dir), "--key-file", join["key_file"]),
+                            "--log-dir", str(log_dir),
+                            *(["--key-file", join["key_file"]] if join["key_file"] else [])),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         exited_at: list[float] = []
         threading.Thread(target=lambda: exited_at.append((joiner.wait(), time.time())[1]),
@@ -139,12 +140,16 @@ def test_stop_reaches_the_node_on_another_host(hosts, backend, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.backends("c10d", "etcd3")
+@pytest.mark.parametrize("joined", ["key_file", "keyless"])
 def test_a_partition_is_a_lost_node_on_one_side_and_a_departure_on_the_other(hosts, backend,
-                                                                               tmp_path):
+                                                                               joined, tmp_path):
     """The link to host B goes down mid-collective (no FIN, no RST): A declares B's node lost
     after liveness_timeout and re-forms alone; B hears nothing from the Job, says so, stops
-    its workers and exits non-zero. The link comes back after A re-formed: nothing changes."""
-    facts, (code, _, err, exited_at) = run_scenario(hosts, "link_down", backend, tmp_path)
+    its workers and exits non-zero while its link is still down (it never waits on the
+    store it cannot reach), with the job's key or with the store's token alone
+    (``trust_store=True``). The link comes back afterwards: nothing changes."""
+    scenario = "link_down" if joined == "key_file" else "link_down_keyless"
+    facts, (code, _, err, exited_at) = run_scenario(hosts, scenario, backend, tmp_path)
     remote = 1 - facts["local"]
     assert facts["state"] == "succeeded" and facts["nodes"][str(remote)] == "lost"
     # lost by its silence, or by its channel's end once the link is back (B has left by then)
@@ -154,8 +159,9 @@ def test_a_partition_is_a_lost_node_on_one_side_and_a_departure_on_the_other(hos
     assert membership and all(reason == "membership" for _, _, reason in membership)
     assert code != 0 and "lost contact with the job at 192.0.2.1:" in err
     assert facts["reformed_after"] < 15 and exited_at - facts["cut_at"] < 15
-    print(f"TWO-HOSTS {backend:<6} link down -> A re-formed in {facts['reformed_after']:.2f} s, "
-          f"B left in {exited_at - facts['cut_at']:.2f} s")
+    assert exited_at < facts["link_up_at"], "B left only once its link was back"
+    print(f"TWO-HOSTS {backend:<6} link down ({joined}) -> A re-formed in "
+          f"{facts['reformed_after']:.2f} s, B left in {exited_at - facts['cut_at']:.2f} s")
 
 
 @pytest.mark.slow

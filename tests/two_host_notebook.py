@@ -101,10 +101,15 @@ def set_link(namespace: str, interface: str, state: str) -> None:
     subprocess.run(["ip", "-n", namespace, "link", "set", interface, state], check=True)
 
 
+FAR_SIDE_BOUND = 15.0  # seconds from a cut to the far side's exit (README, fault matrix)
+
+
 def main(scenario: str, backend: str, listen_addr: str, *link: str) -> None:
     server = None
+    keyless = scenario.endswith("_keyless")  # the far side joins with the store's token alone
+    scenario = scenario.removesuffix("_keyless")
     options: dict = {"backend": backend, "listen_addr": listen_addr, "start_method": "forkserver",
-                     "rdzv_timeout": 90}
+                     "rdzv_timeout": 90, "trust_store": keyless}
     if backend == "etcd3":  # an etcd on this host that the other one reaches
         server = enb.EtcdServer(host=listen_addr).start()
         options["endpoint"] = server.endpoint
@@ -121,7 +126,7 @@ def main(scenario: str, backend: str, listen_addr: str, *link: str) -> None:
         else:
             job = enb.launch(tick, nproc=1, min_nodes=2, max_nodes=2, **options)
         emit("JOIN", {"backend": job.backend, "endpoint": job.endpoint, "run_id": job.run_id,
-                      "key_file": job.key_file})
+                      "key_file": None if keyless else job.key_file})
         try:
             facts = drive(job, scenario, link)
         finally:
@@ -159,8 +164,11 @@ def drive(job: enb.Job, scenario: str, link: tuple[str, ...] = ()) -> dict:
         job.wait_until(lambda: any(e.kind == "membership_changed" and e.detail["nodes"] == 1
                                    for e in job.events), timeout=60, what="a world of 1 on this host")
         facts["reformed_after"] = time.time() - struck
-        set_link(*link, "up")  # the far side comes back after the survivors re-formed
         facts["results"] = job.result(timeout=120)
+        # the far side must leave with its link still down, its store unreachable
+        time.sleep(max(0.0, struck + FAR_SIDE_BOUND - time.time()))
+        facts["link_up_at"] = time.time()
+        set_link(*link, "up")
         facts["took"] = job.snapshot().finished_at - struck
         facts["lost"] = [e.node for e in job.events if e.kind == "node_lost"]
         facts["local"] = local

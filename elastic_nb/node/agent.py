@@ -81,6 +81,12 @@ class ReportingAgent(LocalElasticAgent):
         self._requested_restart: str | None = None  # a reason, set by the command thread
         self._round: RoundSeen | None = None  # the last round, for the heartbeat rule
         self._pauses: dict[int, int] = {}  # rank -> its debugger notice's mtime, while paused
+        self.succeeded = False  # every worker of this node returned (Succeeded was sent)
+
+    @property
+    def shutdown_grace(self) -> float:
+        """Seconds a worker has after SIGTERM before SIGKILL."""
+        return float(self._stop_grace)
 
     def request_restart(self, reason: str) -> None:
         """Restart the group at the next monitor tick: ``user``, or ``membership`` (a peer was lost)."""
@@ -148,6 +154,7 @@ class ReportingAgent(LocalElasticAgent):
             self._restart_workers(worker_group)
             return result
         if result.state == WorkerState.SUCCEEDED:
+            self.succeeded = True
             # Report before torch's exit barrier: a peer lost while this node waits there must
             # not hold the results back (the Job ends the wait once the job has succeeded).
             self._channel.send(protocol.Succeeded(

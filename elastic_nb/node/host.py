@@ -41,6 +41,7 @@ from elastic_nb.node.agent import (
 )
 from elastic_nb.node.debug_relay import DebugRelays
 from elastic_nb.node.forwarder import LogForwarder
+from elastic_nb.node.leaving import leave_now
 from elastic_nb.node.link import JobLink
 from elastic_nb.node.logs_spec import NodeLogsSpecs
 from elastic_nb.node.straggler import Stragglers
@@ -277,16 +278,26 @@ class NodeHost:
 
     def _lost_contact(self, silent: float) -> None:
         """A joined node heard nothing from the Job for its liveness timeout: it leaves."""
-        print(f"elastic_nb: lost contact with the job at {self._job_address} after {silent:.1f} s; "
-              "stopping this node's workers", file=sys.stderr, flush=True)
-        self._stop()
+        self._leave_lost(f"lost contact with the job at {self._job_address} after {silent:.1f} s")
 
     def _lost_the_job(self) -> None:
-        """The Job's end closed (the kernel died or let go of this node)."""
+        """The Job's end closed (the kernel died, let go of this node, or fenced it)."""
         if self._local:  # nothing of a local host may outlive the kernel
             os.killpg(os.getpgid(0), signal.SIGKILL)
-        self._configs.put(None)
-        self._stop()
+        self._leave_lost(f"the job at {self._job_address} closed this node's channel")
+
+    def _leave_lost(self, why: str) -> None:
+        """A joined node without its Job leaves now, never through the rendezvous store (it may
+        be cut off too): its workers stopped (SIGTERM, SIGKILL after shutdown_timeout), then
+        this process, non-zero unless its ranks had all returned (``node.leaving``)."""
+        with self._lock:
+            agent = self._agent
+        if agent is None:  # no run in progress: none starts now, and one that ended exits
+            self._stop()
+            return
+        print(f"elastic_nb: {why}; stopping this node's workers and leaving", file=sys.stderr,
+              flush=True)
+        leave_now(agent.shutdown_grace, 0 if agent.succeeded or self._left else 1)
 
     def _configure(self, command: Configure) -> None:
         with self._lock:
