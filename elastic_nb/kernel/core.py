@@ -24,6 +24,7 @@ from elastic_nb.model.state import Event, EventKind, JobState, NodeStatus
 from elastic_nb.wire import auth
 from elastic_nb.wire.commands import Restart, Stop
 from elastic_nb.wire.records import ProtocolError
+from elastic_nb.wire.reports import WorkerFailed
 
 EXIT_BARRIER_GRACE = 3.0  # after success, how long agents may take to pass torch's exit barrier
 
@@ -122,6 +123,15 @@ class JobCore:
                 self.state, None if report is None else report.answer,
                 [] if report is None else report.suspects,
                 0 if report is None else report.attempt, time.time()))
+
+    def worker_failed(self, index: int, report: WorkerFailed) -> None:
+        """Node ``index``'s ranks failed; held failures that now follow torch's policy are
+        released (``model.losses``: a node of their world failed on its own)."""
+        with self.lock:
+            self.apply(rules.apply(self.state, index, report, time.time()))
+            released = rules.release_held(self.state, index, report)
+        for node in released:
+            self.nodes[node].send(Restart(reason="failure"))
 
     def restart_survivors(self, lost: int) -> None:
         """Node ``lost`` is gone: the others re-form the world now (a membership restart)."""

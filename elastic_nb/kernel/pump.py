@@ -244,7 +244,7 @@ class Pump:
 HANDLERS: dict[ReportKind, Callable[[Pump, int, Any], None]] = {
     ReportKind.RENDEZVOUS: Pump._apply,
     ReportKind.STARTED: Pump._new_attempt,
-    ReportKind.WORKER_FAILED: Pump._apply,
+    ReportKind.WORKER_FAILED: lambda pump, index, report: pump._core.worker_failed(index, report),
     ReportKind.RESTARTING: Pump._restarting,
     ReportKind.SUCCEEDED: Pump._apply,
     ReportKind.FAILED: Pump._apply,

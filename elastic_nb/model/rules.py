@@ -16,6 +16,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
+from elastic_nb.model import losses
 from elastic_nb.model.errors import RankFailure, ordered_failures
 from elastic_nb.model.state import (
     FINAL_EVENTS,
@@ -157,16 +158,45 @@ def _on_worker_failed(state: JobState, node: NodeState, msg: protocol.WorkerFail
             failure = replace(failure, time=min(failure.time, float(int(worker.killed_at))),
                               by_user=True)
         failures.append(failure)
+    if msg.held:
+        state.holding[node.index] = state.world
+    elif losses.failed_on_its_own(msg.held, [f.signal for f in failures],
+                                  [f.by_user for f in failures]):
+        state.own_failure_worlds.add(state.world)
     for failure in ordered_failures(failures):
         state.failure_history.append(failure)
         worker = state.workers.get(failure.rank)
         if worker is not None:
             worker.state = WorkerStatus.FAILED
+        detail = {"message": failure.message, "exitcode": failure.exitcode,
+                  "signal": failure.signal, "restart_count": failure.restart_count,
+                  "remaining_restarts": msg.remaining_restarts}
+        if msg.held:
+            detail["held"] = "a broken connection to a peer: waiting to see if a node was lost"
         state.record(_observed(node, msg.observed_at, now), EventKind.WORKER_FAILED,
-                     node=node.index, rank=failure.rank, detail={
-            "message": failure.message, "exitcode": failure.exitcode, "signal": failure.signal,
-            "restart_count": failure.restart_count,
-            "remaining_restarts": msg.remaining_restarts}, failures=(failure,))
+                     node=node.index, rank=failure.rank, detail=detail, failures=(failure,))
+
+
+def release_held(state: JobState, index: int, report: protocol.WorkerFailed) -> list[int]:
+    """After node ``index``'s failure report: the nodes whose held failure now follows torch's
+    restart policy (a node of their world failed on its own; ``model.losses``), no longer
+    holding."""
+    world = state.world
+    if world not in state.own_failure_worlds:
+        return []
+    released = [index] if report.held else losses.releases(state.holding, world, index)
+    for node in released:
+        state.holding.pop(node, None)
+    return released
+
+
+def _last_loss(state: JobState) -> str | None:
+    """The newest loss of a node, as the timeline says it (for a failure that followed it)."""
+    for event in reversed(state.events):
+        if event.kind in (EventKind.NODE_LOST, EventKind.NODE_KILLED, EventKind.PREEMPTING) or (
+                event.kind == EventKind.NODE_EXITED and event.detail.get("status") in _LOST_STATUSES):
+            return f"node {event.node} {event.kind.replace('node_', '').replace('_', ' ')}"
+    return None
 
 
 def stalled(state: JobState, answer: str | None, suspects: list[int], attempt: int,
@@ -186,9 +216,15 @@ def _on_restarting(state: JobState, node: NodeState, msg: protocol.Restarting, n
     state.stall = None  # a new attempt: a stall of the old one is over
     for worker in workers_of(state, node.index, WorkerStatus.RUNNING, WorkerStatus.PAUSED):
         worker.state = WorkerStatus.RESTARTING
-    state.record(_observed(node, msg.observed_at, now), EventKind.RESTARTING, node=node.index, detail={
-        "reason": msg.reason, "remaining_restarts": msg.remaining_restarts,
-        "max_restarts": msg.max_restarts})
+    detail: dict[str, Any] = {"reason": msg.reason, "remaining_restarts": msg.remaining_restarts,
+                              "max_restarts": msg.max_restarts}
+    if node.index in state.holding:
+        del state.holding[node.index]
+        loss = _last_loss(state) if msg.reason == "membership" else None
+        if loss is not None:
+            detail["followed_from"] = f"{loss}: the failure of node {node.index}'s ranks followed from it"
+    state.record(_observed(node, msg.observed_at, now), EventKind.RESTARTING, node=node.index,
+                 detail=detail)
     _set_status(state, JobStatus.RESTARTING)
 
 

@@ -232,6 +232,10 @@ class JobState:
     world: int | None = None  # the rendezvous round of the world ``workers`` lists
     results_round: int | None = None  # the round of the world ``results`` came from
     stall: str | None = None  # the hang map's answer while the job makes no progress
+    # held failures (``model.losses``): node -> the world it held in; worlds where a node
+    # failed on its own (which releases the holders)
+    holding: dict[int, int | None] = field(default_factory=dict)
+    own_failure_worlds: set[int | None] = field(default_factory=set)
 
     @property
     def done(self) -> bool:

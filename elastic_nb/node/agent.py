@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import traceback
 from typing import Any
@@ -29,6 +30,7 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 
 from elastic_nb.compat import torch_compat
 from elastic_nb.model.heartbeat import RoundSeen, peers_lost, silent_peers
+from elastic_nb.model.losses import may_follow_a_peer_loss
 from elastic_nb.node.forwarder import LogForwarder
 from elastic_nb.node.link import JobLink
 from elastic_nb.node.logs_spec import NodeLogsSpecs
@@ -69,7 +71,7 @@ class ReportingAgent(LocalElasticAgent):
 
     def __init__(self, spec: WorkerSpec, logs_specs: NodeLogsSpecs, channel: JobLink,
                  node: int, forwarder: LogForwarder | None = None, shutdown_timeout: int = 30,
-                 **kwargs: Any) -> None:
+                 hold_window: float = 5.0, **kwargs: Any) -> None:
         super().__init__(spec, logs_specs, shutdown_timeout=shutdown_timeout, **kwargs)
         self._stop_grace = shutdown_timeout
         self._channel = channel
@@ -82,6 +84,8 @@ class ReportingAgent(LocalElasticAgent):
         self._round: RoundSeen | None = None  # the last round, for the heartbeat rule
         self._pauses: dict[int, int] = {}  # rank -> its debugger notice's mtime, while paused
         self.succeeded = False  # every worker of this node returned (Succeeded was sent)
+        self._hold_window = hold_window  # how long a held failure waits for the Job's verdict
+        self._released = threading.Event()  # the Job's verdict: a held failure is the node's
 
     @property
     def shutdown_grace(self) -> float:
@@ -89,8 +93,12 @@ class ReportingAgent(LocalElasticAgent):
         return float(self._stop_grace)
 
     def request_restart(self, reason: str) -> None:
-        """Restart the group at the next monitor tick: ``user``, or ``membership`` (a peer was lost)."""
-        self._requested_restart = reason
+        """Restart the group at the next monitor tick: ``user``, or ``membership`` (a peer was
+        lost); ``failure`` releases a held failure to torch's restart policy."""
+        if reason == "failure":
+            self._released.set()
+        else:
+            self._requested_restart = reason
 
     def worker_pids(self) -> set[int]:
         pcontext = torch_compat.process_context(self)
@@ -163,14 +171,33 @@ class ReportingAgent(LocalElasticAgent):
         if result.state in _FAILED_STATES and not self._failure_reported:
             self._failure_reported = True
             failures = {**self._other_failures(worker_group, result), **result.failures}
+            reports = tuple(failure_report(rank, f, self.restart_count)
+                            for rank, f in sorted(failures.items()))
+            held = (self._round is not None and self._round.nodes > 1
+                    and may_follow_a_peer_loss(r.message for r in reports))
+            self._released.clear()
             self._channel.send(protocol.WorkerFailed(
                 restart_count=self.restart_count,
                 remaining_restarts=torch_compat.remaining_restarts(self),
-                observed_at=time.time(),
-                failures=tuple(failure_report(rank, f, self.restart_count)
-                               for rank, f in sorted(failures.items())),
-            ))
+                observed_at=time.time(), failures=reports, held=held))
+            verdict = self._await_verdict() if held else None
+            if verdict is not None:  # a peer was lost (or the user restarts): no budget spent
+                self._restart_reason = verdict
+                self._restart_workers(worker_group)
+                return RunResult(state=WorkerState.HEALTHY)
         return result
+
+    def _await_verdict(self) -> str | None:
+        """Hold a failure that may follow from a lost peer (``model.losses``): the restart the
+        Job asks for within the window (``membership`` when a node was lost), or None when it
+        released the failure or said nothing (torch's restart policy applies)."""
+        deadline = time.monotonic() + self._hold_window
+        while not self._released.is_set() and time.monotonic() < deadline:
+            requested, self._requested_restart = self._requested_restart, None
+            if requested is not None:
+                return requested
+            self._released.wait(0.05)
+        return None
 
     def _other_failures(self, worker_group: WorkerGroup,
                         result: RunResult) -> dict[int, ProcessFailure]:

@@ -32,6 +32,7 @@ from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.rendezvous import registry as rdzv_registry
 
 from elastic_nb.compat import torch_compat
+from elastic_nb.model import losses
 from elastic_nb.node.agent import (
     ReportingAgent,
     failure_report,
@@ -234,6 +235,7 @@ class NodeHost:
             exit_barrier_timeout=options.exit_barrier_timeout,
             log_line_prefix_template=options.log_line_prefix_template if config.tee else None,
             shutdown_timeout=options.shutdown_timeout,
+            hold_window=losses.hold_window(options.liveness_timeout),
         )
 
     def _stop(self, run_id: str | None = None) -> None:

@@ -49,7 +49,7 @@ class CommandKind(StrEnum):
     DEBUG_CLOSE = "debug_close"  # the client left a relayed session (the rank resumes)
 
 
-RESTART_REASONS = ("user", "membership")
+RESTART_REASONS = ("user", "membership", "failure")  # failure: a held failure is released
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,9 @@ class WorkerFailed(Message):
     remaining_restarts: int
     observed_at: float  # the agent's clock, as its monitor saw the failure
     failures: tuple[FailureReport, ...]
+    # every rank failed on a broken connection to a peer: the agent waits for the Job's
+    # verdict before it spends a restart (``model.losses``)
+    held: bool = False
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> WorkerFailed:
