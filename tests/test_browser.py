@@ -1,9 +1,9 @@
 """The dashboard in a real browser: JupyterLab on 127.0.0.1, headless Debian Chromium, Playwright.
 
 Opens a copy of the quickstart notebook, runs all cells, checks that the live
-dashboard shows every rank, clicks "kill rank 1" like a user and waits for the
+dashboard shows every rank, clicks rank 1's "kill" like a user and waits for the
 tile to show the restart. Then a notebook whose rank 0 stops at breakpoint():
-"debug rank 0" on its tile, a pdb command typed into the dashboard's console,
+rank 0's "debug" on its tile, a pdb command typed into the dashboard's console,
 pdb's answer read back. Screenshots are saved under test-artifacts/.
 
 Chromium comes from Debian (``scripts/install-browser``); Playwright's own
@@ -151,7 +151,7 @@ def drive_quickstart(page, url: str, token: str, shot: Path) -> None:
 
     logs = playground.locator(".enb-logs")
     expect(logs).to_contain_text("[default1]:step 3 ", timeout=120_000)
-    kill = playground.get_by_role("button", name="kill rank 1")
+    kill = playground.get_by_title("kill rank 1", exact=False)
     expect(kill).to_be_enabled(timeout=30_000)
     kill.click()
     restarted = playground.locator(
@@ -213,7 +213,7 @@ def test_a_pdb_command_typed_into_the_dashboard_console_is_answered(chromium, ju
                 board = page.locator(".enb-dashboard")
                 expect(board.locator(".enb-tile.enb-paused")).to_have_count(1, timeout=180_000)
                 expect(board.locator(".enb-paused-at")).to_contain_text("paused at cell 1, line 8")
-                debug = board.get_by_role("button", name="debug rank 0")
+                debug = board.get_by_title("debug rank 0", exact=False)
                 expect(debug).to_be_enabled(timeout=30_000)
                 debug.click()
                 console = board.locator(".enb-debug")
@@ -279,6 +279,52 @@ def test_the_64_rank_dashboard_fits_one_screen_above_its_logs(chromium, jupyterl
                 expect(board.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
             except Exception:
                 page.screenshot(path=str(ARTIFACTS / "browser-64-failure.png"))
+                raise
+        finally:
+            browser.close()
+
+
+EIGHT_NOTEBOOK = {
+    "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+               "source": "import elastic_nb as enb\n\n"
+                         "def wait(seconds):\n"
+                         "    import time\n"
+                         "    time.sleep(seconds)\n\n"
+                         "job = enb.launch(wait, 120, nproc=8)\n"
+                         "job"}],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+def test_eight_tiles_show_whole_button_labels_in_jupyterlab(chromium, jupyterlab):
+    """At 8 ranks in JupyterLab's default width every tile's buttons read whole ("kill",
+    "freeze", "slow", "debug"), none cut to "kill ra…"; each says what it does on hover."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, token, root = jupyterlab
+    (root / "eight.ipynb").write_text(json.dumps(EIGHT_NOTEBOOK))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            try:
+                run_all_cells(page, url, token, "eight.ipynb")
+                board = page.locator(".enb-dashboard")
+                expect(board.locator(".enb-tile.enb-running")).to_have_count(8, timeout=240_000)
+                buttons = board.locator(".enb-tile-button")
+                expect(buttons).to_have_count(32)
+                page.screenshot(path=str(ARTIFACTS / "browser-8-tiles.png"))
+                cut = buttons.evaluate_all(
+                    "els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
+                    ".map(e => e.title + ': ' + e.textContent)")
+                assert cut == [], f"labels cut: {cut}"
+                board.get_by_role("button", name="stop").click()
+                expect(board.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "browser-8-failure.png"))
                 raise
         finally:
             browser.close()

@@ -164,3 +164,22 @@ def test_sixteen_ranks(kind, victim, first_sentence):
         job.stop()
     assert report.answer.startswith(first_sentence), report.answer
     assert report.suspects == [victim] and took < 2.0
+
+
+def test_every_stack_view_names_a_notebook_frame_as_its_cell():
+    """The hang map's sentence said ``cell 1, line 8`` while its grouped stacks said
+    ``3376146183.py:9``: one name for a frame everywhere (``model.frames``)."""
+    from elastic_nb.model import frames, hangs
+
+    cell_file = "/tmp/ipykernel_42/3376146183.py"
+    part = hangs.RankPart(0, "answered", None)
+    part.stack = ((cell_file, 9, "train", "dist.all_reduce(t)", 1),
+                  ("/work/train.py", 3, "main", "train()", None))
+    [(ranks, lines)] = hangs.grouped_stacks([part])
+    assert ranks == [0] and lines == ["cell 1, line 9 in train: dist.all_reduce(t)",
+                                      "train.py:3 in main: train()"]
+    dump = (f'Thread 0x1 (most recent call first):\n  File "{cell_file}", line 9 in train\n'
+            '  File "/work/train.py", line 3 in main\n')
+    assert frames.name_cells(dump, {cell_file: 1}) == (
+        'Thread 0x1 (most recent call first):\n  cell 1, line 9 in train\n'
+        '  File "/work/train.py", line 3 in main\n')

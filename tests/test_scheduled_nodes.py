@@ -67,10 +67,17 @@ def test_a_slurm_node_added_while_running_joins_at_the_next_round(cluster):
 
 
 def test_a_slurm_job_cancelled_from_a_shell_is_a_lost_node_and_the_survivor_reforms(cluster):
+    """scancel mid-collective, max_restarts=0: the same lost machine as kill_node, so the
+    survivor re-forms without spending budget, whoever noticed first; the timeline names the
+    cancel."""
     facts = notebook(cluster, "slurm_scancel")
-    assert facts["results"] == {"0": {"world_size": 1, "restart_count": 1}}
+    assert facts["results"] == {"0": {"world_size": 1, "restart_count": 0}}
     assert facts["nodes"] == {"0": "succeeded", "1": "lost"}
     assert [d["left"] for kind, _, d in facts["events"] if kind == "membership_changed"] == [[1]]
+    restarts = [d for kind, at, d in facts["events"] if kind == "restarting" and at == 0]
+    assert restarts and all(d["reason"] == "membership" for d in restarts)
+    ended = [d["state"] for kind, at, d in facts["events"] if kind == "scheduler" and at == 1]
+    assert ended and ended[-1] == "CANCELLED", ended
 
 
 def test_slurms_warning_signal_makes_a_node_leave_gracefully_without_spending_budget(cluster):

@@ -8,13 +8,16 @@ directory; ``wire.rank_probe`` signals a rank and reads what it appended.
 node's by its host, through its channel) and waits for all answers up to
 the timeout (``kernel.asking``). A rank still starting, or one that does
 not dump in time, gets a line saying so; so does each rank of a node that
-does not answer in time or whose channel closes first.
+does not answer in time or whose channel closes first. Notebook frames read
+``cell N, line M`` (``model.frames``).
 """
 
 from __future__ import annotations
 
+from elastic_nb.compat.ipython_compat import cell_numbers
 from elastic_nb.kernel.asking import ask_nodes, gather
 from elastic_nb.kernel.core import JobCore
+from elastic_nb.model.frames import name_cells
 
 
 def dump(core: JobCore, timeout: float) -> dict[int, str]:
@@ -22,4 +25,5 @@ def dump(core: JobCore, timeout: float) -> dict[int, str]:
     with core.lock:
         asked = ask_nodes(core.state.workers.values(),
                           lambda node, targets: core.nodes[node].ask_stacks(targets, timeout))
-    return gather(asked, timeout)
+    cells = cell_numbers()
+    return {rank: name_cells(text, cells) for rank, text in gather(asked, timeout).items()}

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elastic_nb.model.collapse import rank_ranges
+from elastic_nb.model.frames import frame_name
 from elastic_nb.wire.rank_files import RankAnswer
 
 _FRAMEWORK = (os.sep + "torch" + os.sep, os.sep + "elastic_nb" + os.sep, "<frozen ", "threading.py")
@@ -69,7 +70,8 @@ class RankPart:
     entered: dict[str, Collective] = field(default_factory=dict)  # group -> last entered
     completed: dict[str, int] = field(default_factory=dict)  # group -> last completed seq
     where: str | None = None  # "cell 5, line 12: `time.sleep(600)`"
-    stack: tuple[tuple[str, int, str, str], ...] = ()  # the main thread's frames, outermost first
+    # the main thread's frames, outermost first: file, line, function, source, notebook cell
+    stack: tuple[tuple[str, int, str, str, int | None], ...] = ()
 
 
 @dataclass
@@ -165,7 +167,7 @@ def grouped_stacks(parts: Iterable[RankPart]) -> list[tuple[list[int], list[str]
     for part in sorted(parts, key=lambda p: p.rank):
         if part.stack:
             groups.setdefault(part.stack, []).append(part.rank)
-    return [(ranks, [f"{os.path.basename(f)}:{line} in {fn}: {src}" for f, line, fn, src in stack])
+    return [(ranks, [f"{frame_name(f, line, cell)} in {fn}: {src}" for f, line, fn, src, cell in stack])
             for stack, ranks in groups.items()]
 
 
@@ -173,10 +175,10 @@ def where(frames: list[list[Any]]) -> str | None:
     """The innermost frame in the user's code: a notebook cell if any, else a file of theirs."""
     for _, line, _, source, cell in reversed(frames):
         if cell is not None:
-            return f"cell {cell}, line {line}: `{source}`"
+            return f"{frame_name('', line, cell)}: `{source}`"
     for filename, line, function, source, _ in reversed(frames):
         if not any(part in filename for part in _FRAMEWORK):
-            return f"{os.path.basename(filename)}:{line} in {function}: `{source}`"
+            return f"{frame_name(filename, line, None)} in {function}: `{source}`"
     return None
 
 
@@ -185,7 +187,7 @@ def _rank_part(answer: RankAnswer) -> RankPart:
     body = answer.answer or {}
     frames = body.get("stacks", {}).get("main", [])
     part.where = where(frames)
-    part.stack = tuple((f, line, fn, src) for f, line, fn, src, _ in frames
+    part.stack = tuple((f, line, fn, src, cell) for f, line, fn, src, cell in frames
                        if not any(p in f for p in _FRAMEWORK[2:]))
     recorder = body.get("flight_recorder") or {}
     names: dict[str, str] = {}

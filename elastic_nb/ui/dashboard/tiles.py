@@ -44,8 +44,10 @@ class TileWidgets:
     slow: widgets.Button
 
     def __post_init__(self) -> None:
-        self.box = widgets.VBox([self.body, widgets.HBox([self.kill, self.freeze, self.slow]),
-                                 self.debug])
+        # short words, wrapped rather than cut: whole labels at 8 ranks in JupyterLab's width
+        buttons = widgets.HBox([self.kill, self.freeze, self.slow, self.debug],
+                               layout=widgets.Layout(flex_flow="row wrap"))
+        self.box = widgets.VBox([self.body, buttons])
 
 
 class TileBoard:
@@ -121,17 +123,24 @@ class TileBoard:
         return changed | _update(tile, chosen)
 
     def _new_tile(self, rank: int) -> TileWidgets:
-        def button(label: str, action: Callable[[int], None], style: str) -> widgets.Button:
-            made = widgets.Button(description=label, button_style=style,
-                                  layout=widgets.Layout(width="auto"))
+        def button(label: str, tooltip: str, action: Callable[[int], None],
+                   style: str) -> widgets.Button:
+            made = widgets.Button(description=label, tooltip=tooltip, button_style=style,
+                                  layout=widgets.Layout(width="auto", min_width="fit-content",
+                                                        flex="0 0 auto", padding="0 8px"))
             made.on_click(lambda _: action(rank))
+            made.add_class("enb-tile-button")
             return made
 
         actions = self._actions
-        return TileWidgets(widgets.HTML(), button(f"kill rank {rank}", actions.kill, "danger"),
-                           button(f"debug rank {rank}", actions.debug, "info"),
-                           button("freeze", actions.freeze, "primary"),
-                           button("slow", actions.slow, ""))
+        return TileWidgets(
+            widgets.HTML(),
+            button("kill", f"kill rank {rank} with the signal chosen below", actions.kill, "danger"),
+            button("debug", f"debug rank {rank} (paused in its debugger)", actions.debug, "info"),
+            button("freeze", f"freeze or thaw rank {rank} (SIGSTOP / SIGCONT)", actions.freeze,
+                   "primary"),
+            button("slow", f"make rank {rank} a straggler, or back to full speed", actions.slow,
+                   ""))
 
     def _new_cell(self, rank: int) -> widgets.Button:
         cell = widgets.Button(description=str(rank), layout=widgets.Layout(
@@ -148,7 +157,7 @@ def _update(tile: TileWidgets, t: Tile) -> bool:
     changed |= set_if_changed(tile.debug, "disabled", t.state != TileState.PAUSED)
     changed |= set_if_changed(tile.freeze, "description", "thaw" if t.state == TileState.FROZEN else "freeze")
     changed |= set_if_changed(tile.freeze, "disabled", not killable)
-    changed |= set_if_changed(tile.slow, "description", "full speed" if t.slowed is not None else "slow")
+    changed |= set_if_changed(tile.slow, "description", "full" if t.slowed is not None else "slow")
     changed |= set_if_changed(tile.slow, "disabled", not killable)
     return changed
 
