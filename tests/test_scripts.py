@@ -256,10 +256,11 @@ def test_a_torchrun_line_becomes_launch_arguments():
     assert [(n.nproc, n.role) for n in options.pop("nodes")] == [(2, "trainer")]
     assert options == {"module": True, "min_nodes": 1, "max_nodes": 3, "max_restarts": 2,
                        "rdzv_timeout": 30.0, "rdzv_configs": {"last_call_timeout": "2"}}
-    dashes = torchrun.parse("--nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint localhost:0 "
-                            "--tee 3 train.py")
-    assert dashes is not None and dashes.options()["nodes"][0].nproc == 2
-    assert "endpoint" not in dashes.options(), "a c10d store on this machine: the embedded one"
+    titan = torchrun.parse("--nproc_per_node=2 --rdzv_backend c10d --rdzv_endpoint=localhost:0 "
+                           "--local-ranks-filter 1 --role rank --tee 3 -m torchtitan.train")
+    assert titan is not None and titan.log_rank == 1
+    assert [(n.nproc, n.role) for n in titan.options()["nodes"]] == [(2, "rank")]
+    assert "endpoint" not in titan.options(), "a c10d store on this machine: the embedded one"
 
 
 def test_torchrun_environment_variables_count_as_flags(monkeypatch):
@@ -274,7 +275,8 @@ def test_torchrun_environment_variables_count_as_flags(monkeypatch):
 @pytest.mark.parametrize("line, message", [
     ("--foo 1 train.py", "unrecognized arguments: --foo"),
     ("--no-python train.py", "--no-python is not supported: elastic_nb runs Python scripts"),
-    ("--local-ranks-filter 0 train.py", "--local-ranks-filter is not supported: the dashboard"),
+    ("--local-ranks-filter 0,1 train.py", "the dashboard's log pane shows one rank, or all"),
+    ("--nnodes 2 --local-ranks-filter 0 train.py", "give one rank of a one-node job"),
     ("--node-rank 1 train.py", "--node-rank 1: elastic_nb starts and numbers every node"),
     ("--standalone --rdzv-endpoint 10.0.0.1:29400 train.py", "give one of them"),
     ("--nnodes 3:1 train.py", "need 1 <= MIN <= MAX"),
@@ -293,6 +295,14 @@ def test_torchrun_in_a_real_kernel(script, tmp_path):
                    "train.py --dump out")
         kernel.run("assert job.result(timeout=120) == {0: 0, 1: 0}\n"
                    "assert job.max_restarts == 1 and len(job.workers) == 2")
+        kernel.run("from elastic_nb.ui.dashboard import display\n"
+                   "pane = display.dashboard(job)\n"
+                   "filtered = %torchrun --nproc-per-node 2 --local-ranks-filter 1 train.py\n"
+                   "assert filtered.result(timeout=120) == {0: 0, 1: 0}\n"
+                   "board = display.dashboard(filtered)\n"
+                   "board.render()\n"
+                   "assert board.log_rank.value == 1, board.log_rank.value\n"
+                   "assert pane.log_rank.value == -1, 'a job without the flag shows all ranks'")
         seen = json.loads((tmp_path / "out" / "rank1.json").read_text())
         assert seen["argv"] == ["train.py", "--dump", "out"] and seen["env"]["ENB_LR"] == "0.25"
         assert "%elastic_run" not in kernel.run("%torchrun --help"), "the table, not a usage line"

@@ -240,7 +240,12 @@ class ElasticMagics(Magics):
         if run is None:
             print(torchrun_line.table())
             return None
-        return launch(run.target, *run.args, **run.options())
+        job = launch(run.target, *run.args, **run.options())
+        if run.log_rank is not None:
+            from elastic_nb.ui.dashboard import display
+
+            display.show_logs_of(job, run.log_rank)
+        return job
 
     def _launch_options(self, args: Any) -> dict[str, Any]:
         if args.nproc is not None and args.nodes is not None:

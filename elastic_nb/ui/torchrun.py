@@ -41,6 +41,7 @@ class TorchrunLaunch:
     role: str = "default"
     launch: dict[str, Any] = field(default_factory=dict)
     standalone: bool = False
+    log_rank: int | None = None  # the rank whose logs the dashboard shows (--local-ranks-filter)
 
     def options(self) -> dict[str, Any]:
         """``launch``'s keyword arguments: MIN nodes of ``nproc`` ranks here, able to grow to MAX."""
@@ -138,6 +139,20 @@ def _same(value: Any, run: TorchrunLaunch) -> None:
     """A flag whose meaning is how elastic_nb always works (the table says how)."""
 
 
+def _ranks_filter(value: Any, run: TorchrunLaunch) -> None:
+    try:
+        ranks = {int(part) for part in str(value).split(",") if part.strip()}
+    except ValueError:
+        raise TorchrunError(f"--local-ranks-filter {value!r}: write a rank, e.g. 0") from None
+    if not ranks:
+        return  # torchrun's default: every rank
+    if len(ranks) > 1 or run.nodes[0] > 1:
+        raise TorchrunError(f"--local-ranks-filter {value}: the dashboard's log pane shows one "
+                            "rank, or all merged: give one rank of a one-node job, or pick "
+                            "ranks in the pane (job.logs(rank=R) reads one)")
+    run.log_rank = ranks.pop()
+
+
 def _node_rank(value: Any, run: TorchrunLaunch) -> None:
     if int(value) != 0:
         raise TorchrunError(f"--node-rank {value}: elastic_nb starts and numbers every node of "
@@ -173,11 +188,11 @@ FLAGS: tuple[Flag, ...] = (
     Flag("local_addr", "listen_addr= (the address this machine serves and advertises)",
          _option("listen_addr")),
     Flag("shutdown_timeout", "shutdown_timeout=", _option("shutdown_timeout", lambda v: int(float(v)))),
+    Flag("local_ranks_filter", "one rank: the dashboard's log pane shows that rank's logs "
+         "(a one-node job; its rank menu shows the others)", _ranks_filter),
     Flag("node_rank", "0 only: elastic_nb numbers the nodes it starts", _node_rank),
     Flag("no_python", "refused", refusal="elastic_nb runs Python scripts in its own worker, "
          "which its controls need; start a program from a Python script with subprocess"),
-    Flag("local_ranks_filter", "refused", refusal="the dashboard shows every rank's logs: pick "
-         "a rank in its log pane, or read one with job.logs(rank=R)"),
     Flag("duplicate_stdout_filters", "refused", refusal="every rank's output is a file under "
          "log_dir; find lines with job.logs() or the dashboard's filter box",
          accepts=lambda v: not v),
@@ -240,7 +255,8 @@ def parse(line: str) -> TorchrunLaunch | None:
                             + " (%torchrun --help lists the flags)") from None
     run = TorchrunLaunch(target=args.training_script, args=tuple(args.training_script_args))
     actions = {a.dest: a for a in torchrun._actions if a.dest not in _POSITIONAL}
-    order = [d for d in ("standalone", "rdzv_backend") if d in actions] + list(actions)
+    first = ("standalone", "rdzv_backend", "nnodes")  # what later flags' checks depend on
+    order = [d for d in first if d in actions] + list(actions)
     for dest in dict.fromkeys(order):
         value = getattr(args, dest)
         if value is _UNSET:
