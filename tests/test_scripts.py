@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from kernel_util import Kernel
-from util import job_processes, wait_until
+from util import job_processes, join_command, wait_until
 
 import elastic_nb as enb
 from elastic_nb.ui import torchrun
@@ -49,7 +49,8 @@ def main():
     rank = int(os.environ["RANK"])
     dist.init_process_group("gloo", init_method="env://")
     if args.dump:
-        seen = {"argv": sys.argv, "path0": sys.path[0], "env": dict(os.environ), "name": __name__}
+        seen = {"argv": sys.argv, "path0": sys.path[0], "env": dict(os.environ), "name": __name__,
+                "cwd": os.getcwd()}
         with open(os.path.join(args.dump, f"rank{rank}.json"), "w") as out:
             json.dump(seen, out)
     if args.wait_for_kill and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0":
@@ -128,6 +129,26 @@ def test_a_script_sees_what_torchrun_gives_it(script, tmp_path, monkeypatch):
         assert ours["name"] == "__main__"
 
 
+def test_a_node_joined_from_another_directory_runs_the_script_by_its_absolute_path(script,
+                                                                                  tmp_path):
+    """``python -m elastic_nb join`` started where ``train.py`` is not (as an SSH node starts in
+    its home): its rank runs the file the kernel resolved, which is its argv[0]."""
+    (tmp_path / "out").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    job = enb.launch("train.py", "--dump", str(tmp_path / "out"), nproc=1, min_nodes=2,
+                     max_nodes=2)
+    terminal = subprocess.run(join_command(job, 1), cwd=elsewhere, capture_output=True,
+                              text=True, timeout=180)
+    assert terminal.returncode == 0, terminal.stderr[-3000:]
+    assert job.result(timeout=60) == {0: 0, 1: 0}
+    joined = next(w.rank for w in job.workers if w.node == 1)
+    seen = json.loads((tmp_path / "out" / f"rank{joined}.json").read_text())
+    assert seen["cwd"] == str(elsewhere), "the joined rank works where its node was started"
+    assert seen["argv"] == [str(script), "--dump", str(tmp_path / "out")]  # the path it ran
+    assert seen["path0"] == str(tmp_path)
+
+
 def test_a_failing_script_fails_the_job_with_its_file_and_line(script):
     job = enb.launch("train.py", "--fail-rank", "1", nproc=2)
     with pytest.raises(enb.JobFailed) as failed:
@@ -174,6 +195,13 @@ def test_the_hang_map_and_the_stacks_name_the_script_file_and_line(script):
     assert report.ranks[1].stack[0][:3] == ("train.py", line_of("    main()"), "<module>"), \
         "the stack starts at the script (the trampoline and runpy cut off)"
     assert f'File "train.py", line {hang} in main' in stacks[1]
+
+
+def test_collective_timeout_bounds_a_script_stuck_in_an_all_reduce(script):
+    job = enb.launch("train.py", "--hang-rank", "1", nproc=2, collective_timeout=3)
+    with pytest.raises(enb.JobFailed, match=r"collective timeout: rank 0's all_reduce did not "
+                                            r"complete within collective_timeout=3 s"):
+        job.result(timeout=120)
 
 
 def test_breakpoint_in_a_script_pauses_the_rank_for_the_debugger(script):

@@ -36,9 +36,9 @@ def script_call(target: str, args: tuple, kwargs: dict[str, Any], module: bool,
                               f"{str(arg)!r}")
     if module:
         _check_module(target, what)
-    else:
-        _check_script(target, what)
-    return ScriptCall(target, tuple(args), module)
+        return ScriptCall(target, tuple(args), module=True)
+    _check_script(target, what)
+    return ScriptCall(target, tuple(args), resolved=os.path.abspath(target))
 
 
 def _check_script(path: str, what: str) -> None:

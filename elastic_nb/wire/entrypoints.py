@@ -17,10 +17,14 @@ class ScriptCall:
     """Run ``target`` as ``__main__`` with ``args`` on the command line.
 
     ``target`` is a script's path as the user gave it (resolved against the
-    job's working directory on each rank, as ``python train.py`` does) or,
-    with ``module``, a module's dotted name (``python -m pkg.train``).
+    rank's working directory, as ``python train.py`` does) or, with
+    ``module``, a module's dotted name (``python -m pkg.train``).
+    ``resolved`` is the script's absolute path on the kernel's machine: what
+    a rank whose working directory does not hold ``target`` (a node started
+    over SSH, in its home) runs instead, from a shared file system.
     """
 
     target: str
     args: tuple[str, ...] = ()
     module: bool = False
+    resolved: str = ""
