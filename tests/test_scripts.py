@@ -13,12 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cloudpickle
 import pytest
 from kernel_util import Kernel
 from util import job_processes, join_command, wait_until
 
 import elastic_nb as enb
+from elastic_nb.kernel import planning
 from elastic_nb.ui import torchrun
+from elastic_nb.wire.entrypoints import ScriptCall
 
 TRAIN = '''\
 """Train a tiny model: a torchrun script."""
@@ -266,6 +269,16 @@ def test_a_missing_script_or_module_is_refused_before_any_process_starts(script)
     with pytest.raises(enb.LaunchError, match="not keywords"):
         enb.launch("train.py", lr="0.1", nproc=2)
     assert {p.pid for p in job_processes()} <= before
+
+
+def test_a_node_can_run_its_own_script_and_a_module_needs_a_name(script):
+    payload = planning.plan_node(0, enb.Node(1, fn="train.py", args=("--steps", "1")), None).payload
+    assert cloudpickle.loads(payload)["script"] == ScriptCall(
+        "train.py", ("--steps", "1"), resolved=str(script))
+    with pytest.raises(enb.LaunchError, match="module=True runs a module by its name"):
+        enb.launch(print, module=True, nproc=1)
+    with pytest.raises(enb.LaunchError, match="fn must be a function, or a script's path"):
+        enb.launch(3, nproc=1)
 
 
 # ------------------------------------------------------------------ %torchrun's line
