@@ -20,7 +20,7 @@ from util import job_processes, join_command, wait_until
 
 import elastic_nb as enb
 from elastic_nb.kernel import planning
-from elastic_nb.ui import torchrun
+from elastic_nb.ui import magics, torchrun
 from elastic_nb.wire.entrypoints import ScriptCall
 
 TRAIN = '''\
@@ -326,6 +326,15 @@ def test_torchrun_environment_variables_count_as_flags(monkeypatch):
 def test_a_flag_that_cannot_be_honoured_is_an_error_that_names_it(line, message):
     with pytest.raises(torchrun.TorchrunError, match=message):
         torchrun.parse(line)
+
+
+def test_elastic_run_tells_a_script_from_a_function():
+    assert magics._is_script("train.py --lr 0.1") and magics._is_script("../jobs/train --x")
+    assert not magics._is_script("train 0.1 steps=5")
+    assert magics._script_call("train.py --name 'a b' --lr 0.1") == (
+        "train.py", ("--name", "a b", "--lr", "0.1"), {})
+    parser = magics.ElasticMagics.elastic_run.parser
+    assert parser.parse_args(["-m", "-n", "2"]).module is True
 
 
 def test_torchrun_in_a_real_kernel(script, tmp_path):
