@@ -10,6 +10,8 @@ For each world size N, alternating so machine noise hits all alike:
              (the interpreter's whole life is printed beside it)
   enb repeat `elastic_nb.run(allreduce_once, nproc=N)` again in this process: the call
              to every rank's result on the warm host the last run left
+  enb script `elastic_nb.launch("workloads.py", "allreduce_once", nproc=N)`: the very
+             script torchrun runs, as __main__ on every rank, on a warm host
 Prints medians, ratios to torchrun, and where a repeat launch's time goes (by the
 Job's events and the ranks' own timestamps): planning, handing the node to its
 host and the rendezvous round, forking the workers, unpickling to user code,
@@ -80,6 +82,16 @@ def time_repeat(n: int) -> tuple[float, dict[str, float]]:
                                        strict=True))
 
 
+def time_script(n: int) -> float:
+    """The script torchrun runs, launched as a script on the warm host; call to results."""
+    start = time.perf_counter()
+    results = enb.launch(os.path.join(HERE, "workloads.py"), "allreduce_once", nproc=n) \
+        .result(timeout=120)
+    elapsed = time.perf_counter() - start
+    assert results == dict.fromkeys(range(n), 0), results
+    return elapsed
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -96,22 +108,27 @@ def main() -> None:
     print(f"{os.cpu_count()} cores, medians of {args.repeats} runs, seconds")
     enb.run(allreduce_once, nproc=1)  # leaves a warm host for the repeats
     for n in args.sizes:
-        torchrun, first, life, repeat = [], [], [], []
+        torchrun, first, life, repeat, script = [], [], [], [], []
         phases: dict[str, list[float]] = {p: [] for p in PHASES}
-        for _ in range(args.repeats):
+        for i in range(args.repeats):
             torchrun.append(time_torchrun(n))
             call, whole = time_first(n)
             first.append(call)
             life.append(whole)
+            if i % 2:  # the script first every other time: neither always follows the other
+                script.append(time_script(n))
             total, split = time_repeat(n)
             repeat.append(total)
+            if not i % 2:
+                script.append(time_script(n))
             for phase, seconds in split.items():
                 phases[phase].append(seconds)
         base = median(torchrun)
         print(f"N={n}: torchrun {base:.2f}   enb first {median(first):.2f} "
               f"({median(first) / base:.2f}x; whole interpreter {median(life):.2f}, "
               f"{median(life) / base:.2f}x)   enb repeat {median(repeat):.3f} "
-              f"({median(repeat) / base:.3f}x)", flush=True)
+              f"({median(repeat) / base:.3f}x)   enb script {median(script):.3f} "
+              f"({median(script) / base:.3f}x)", flush=True)
         print("      repeat: " + "  ".join(f"{p} {median(phases[p]):.3f}" for p in PHASES),
               flush=True)
     enb.shutdown()

@@ -11,6 +11,8 @@ takes the time until every rank of the next attempt has entered user code
                   --monitor-interval 0.1 workloads.py restart_probe`
   enb spawn       `elastic_nb.launch(restart_probe, nproc=N, max_restarts=1)`
   enb forkserver  the same with start_method="forkserver"
+  enb script      `elastic_nb.launch("workloads.py", "restart_probe", nproc=N, max_restarts=1)`:
+                  the very script torchrun runs, as __main__ on every rank (forkserver)
 
 For elastic_nb it also splits the time by the Job's events (the Job's clock at
 each report): kill -> worker_failed (detection), -> restarting (the agent
@@ -76,8 +78,14 @@ def time_torchrun(n: int, timeout: float = 120) -> float:
         reader.join()
 
 
-def time_enb(n: int, start_method: str, timeout: float = 120) -> tuple[float, dict[str, float]]:
-    job = enb.launch(restart_probe, nproc=n, max_restarts=1, start_method=start_method)
+def time_enb(n: int, start_method: str, script: bool = False,
+             timeout: float = 120) -> tuple[float, dict[str, float]]:
+    """Kill to every rank back in user code, for the function or (``script``) the script."""
+    if script:
+        job = enb.launch(os.path.join(HERE, "workloads.py"), "restart_probe", nproc=n,
+                         max_restarts=1, start_method=start_method)
+    else:
+        job = enb.launch(restart_probe, nproc=n, max_restarts=1, start_method=start_method)
     try:
         job.wait_until(lambda: job.logs().count("ready rank") == n, timeout=timeout,
                        what="every rank ready")
@@ -85,7 +93,7 @@ def time_enb(n: int, start_method: str, timeout: float = 120) -> tuple[float, di
         job.kill(1)
         back = job.wait_until(lambda: back_in_user_code(job.logs(), n), timeout=timeout,
                               what="every rank back in user code")
-        assert job.result(timeout=timeout) == {r: 1 for r in range(n)}
+        assert job.result(timeout=timeout) == dict.fromkeys(range(n), 0 if script else 1)
         events = {kind: next(e.time for e in job.events if e.kind == kind and e.time >= killed)
                   for kind in ("worker_failed", "restarting")}
         started = max(e.time for e in job.events if e.kind == "started" and e.time >= killed)
@@ -103,18 +111,20 @@ def main() -> None:
     print(f"{os.cpu_count()} cores, medians of {args.repeats} runs, seconds from the kill to "
           "every rank back in user code")
     for n in args.sizes:
-        totals: dict[str, list[float]] = {"torchrun": [], "enb spawn": [], "enb forkserver": []}
-        phases: dict[str, dict[str, list[float]]] = {"enb spawn": {}, "enb forkserver": {}}
+        rows = (("enb spawn", "spawn", False), ("enb forkserver", "forkserver", False),
+                ("enb script", "forkserver", True))
+        totals: dict[str, list[float]] = {"torchrun": [], **{name: [] for name, _, _ in rows}}
+        phases: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in rows}
         for _ in range(args.repeats):
             totals["torchrun"].append(time_torchrun(n))
-            for name, method in (("enb spawn", "spawn"), ("enb forkserver", "forkserver")):
-                total, split = time_enb(n, method)
+            for name, method, script in rows:
+                total, split = time_enb(n, method, script)
                 totals[name].append(total)
                 for phase, seconds in split.items():
                     phases[name].setdefault(phase, []).append(seconds)
         base = statistics.median(totals["torchrun"])
         print(f"N={n}: torchrun {base:.2f}", flush=True)
-        for name in ("enb spawn", "enb forkserver"):
+        for name, _, _ in rows:
             median = statistics.median(totals[name])
             split = "  ".join(f"{p} {statistics.median(phases[name][p]):.2f}" for p in PHASES)
             print(f"      {name:<15} {median:.2f} ({median / base:.2f}x torchrun)   {split}",

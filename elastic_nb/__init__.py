@@ -57,7 +57,7 @@ __all__ = [
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext elastic_nb``: the ``%elastic_run`` / ``%%elastic_run`` magics."""
+    """``%load_ext elastic_nb``: the ``%elastic_run`` / ``%%elastic_run`` and ``%torchrun`` magics."""
     from elastic_nb.ui.magics import load_ipython_extension as load
 
     load(ipython)

@@ -18,11 +18,12 @@ from elastic_nb.wire import options as launch_options
 
 
 def launch(
-    fn: Callable[..., Any] | None = None,
+    fn: Callable[..., Any] | str | None = None,
     /,
     *args: Any,
     nodes: list[Node] | None = None,
     nproc: int | None = None,
+    module: bool = False,
     backend: str = "c10d",
     endpoint: str | None = None,
     run_id: str | None = None,
@@ -55,6 +56,12 @@ def launch(
 
     ``nproc=N`` is one node of N workers; ``nodes=[Node(...), ...]`` is one
     agent process per node. Keyword arguments that are not options go to ``fn``.
+
+    ``fn`` may be a script's path: ``launch("train.py", "--lr", "0.1", nproc=4)``
+    runs it as ``__main__`` on every rank, as ``torchrun --nproc-per-node 4
+    train.py --lr 0.1`` does (its environment, ``sys.argv``, ``sys.path``);
+    with ``module=True`` it is a module's name (torchrun's ``-m``). A rank
+    whose script ends or calls ``sys.exit(0)`` returns 0.
     ``listen_addr`` is where this kernel serves the embedded c10d store and
     accepts nodes joining from other machines (``python -m elastic_nb join``);
     the default accepts them from this machine only.
@@ -91,7 +98,8 @@ def launch(
     return Job(plan).start()
 
 
-def run(fn: Callable[..., Any] | None = None, /, *args: Any, **options: Any) -> dict[int, Any]:
+def run(fn: Callable[..., Any] | str | None = None, /, *args: Any,
+        **options: Any) -> dict[int, Any]:
     """Launch, wait, and return the values by global rank (blocking; raises JobFailed).
 
     No handle is handed out, so an interrupted ``run`` stops its job.

@@ -1,9 +1,11 @@
-"""Packing a function call for the workers: cloudpickle, with the notebook's source lines.
+"""Packing what the workers run: a function call with the notebook's source lines, or a script.
 
 ``pack_call`` serializes the function, its arguments, the source lines of
 the notebook cells it may run (linecache entries with no file behind them)
 and IPython's cell numbers, so a worker's traceback and pause location
-quote the notebook. The worker unpacks it (``worker.trampoline``).
+quote the notebook. ``pack_script`` packs a script or module to run as
+``__main__`` (``wire.entrypoints``). The worker unpacks either
+(``worker.trampoline``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import cloudpickle
 
 from elastic_nb.compat.cloudpickle_compat import SourceKeepingPickler
 from elastic_nb.compat.ipython_compat import cell_numbers
+from elastic_nb.wire.entrypoints import ScriptCall
 
 _MAX_SOURCE_BYTES = 8 << 20
 
@@ -44,3 +47,8 @@ def pack_call(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> by
          "cells": cell_numbers()}
     )
     return buffer.getvalue()
+
+
+def pack_script(call: ScriptCall) -> bytes:
+    """Serialize a script or module entrypoint for the workers (its lines are on disk)."""
+    return cloudpickle.dumps({"script": call, "sources": {}, "cells": {}})

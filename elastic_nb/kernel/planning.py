@@ -19,7 +19,8 @@ from typing import Any
 
 import cloudpickle
 
-from elastic_nb.kernel.packing import pack_call
+from elastic_nb.kernel.packing import pack_call, pack_script
+from elastic_nb.kernel.scripts import script_call
 from elastic_nb.model.errors import LaunchError
 from elastic_nb.model.placement import Placement
 from elastic_nb.model.plan import JobPlan, Node, NodePlan
@@ -27,8 +28,11 @@ from elastic_nb.rendezvous import network
 from elastic_nb.wire import auth
 from elastic_nb.wire.options import OPTIONS, JobOptions, check_unknown
 
+Entry = Callable[..., Any] | str
+"""What ranks run: a function, or a script's path (a module's name with ``module=True``)."""
 
-def make_plan(fn: Callable[..., Any] | None, args: tuple, kwargs: dict[str, Any],
+
+def make_plan(fn: Entry | None, args: tuple, kwargs: dict[str, Any],
               given: dict[str, Any]) -> JobPlan:
     """Check every option of ``launch`` (``given``, by name) and pack the calls; LaunchError.
 
@@ -45,7 +49,8 @@ def make_plan(fn: Callable[..., Any] | None, args: tuple, kwargs: dict[str, Any]
     _check_listen_addr(values["listen_addr"])
     run_id = values["run_id"] or f"enb-{uuid.uuid4().hex[:8]}"
 
-    default_payload = pack(fn, args, kwargs) if fn is not None else None
+    default_payload = (pack_entry(fn, args, kwargs, values["module"])
+                       if fn is not None else None)
     node_plans = tuple(plan_node(i, node, default_payload) for i, node in enumerate(nodes))
     for node_plan in node_plans:
         check_reachable(values["listen_addr"], node_plan.on)
@@ -71,9 +76,11 @@ def plan_node(index: int, node: Node, default_payload: bytes | None) -> NodePlan
         if default_payload is None:
             raise LaunchError(f"nodes[{index}] has no fn and the job has no default function")
         return NodePlan(nproc=node.nproc, role=node.role, payload=default_payload, on=on)
-    if not callable(node.fn):
-        raise LaunchError(f"nodes[{index}].fn must be callable, got {type(node.fn).__name__}")
-    payload = pack(node.fn, tuple(node.args), dict(node.kwargs or {}))
+    if not callable(node.fn) and not isinstance(node.fn, str):
+        raise LaunchError(f"nodes[{index}].fn must be a function or a script's path, "
+                          f"got {type(node.fn).__name__}")
+    payload = pack_entry(node.fn, tuple(node.args), dict(node.kwargs or {}), node.module,
+                         f"nodes[{index}].fn")
     return NodePlan(nproc=node.nproc, role=node.role, payload=payload, on=on)
 
 
@@ -92,8 +99,8 @@ def _check_placement(index: int, on: Any) -> Placement | None:
 
 # ------------------------------------------------------------------ checks
 
-def _parameters(fn: Callable[..., Any] | None) -> set[str]:
-    if fn is None:
+def _parameters(fn: Entry | None) -> set[str]:
+    if fn is None or isinstance(fn, str):
         return set()
     try:
         return set(inspect.signature(fn).parameters)
@@ -101,7 +108,7 @@ def _parameters(fn: Callable[..., Any] | None) -> set[str]:
         return set()
 
 
-def _check_nodes(fn: Callable[..., Any] | None, nodes: Any, nproc: int | None) -> list[Node]:
+def _check_nodes(fn: Entry | None, nodes: Any, nproc: int | None) -> list[Node]:
     if nodes is not None and nproc is not None:
         raise LaunchError("give either nproc=N (one node) or nodes=[Node(...), ...], not both")
     if nodes is None:
@@ -111,8 +118,9 @@ def _check_nodes(fn: Callable[..., Any] | None, nodes: Any, nproc: int | None) -
     if fn is None and any(not isinstance(n, Node) or n.fn is None for n in nodes):
         raise LaunchError("nothing to run: pass a function, launch(train, nproc=4), "
                           "or give every Node its own fn=")
-    if fn is not None and not callable(fn):
-        raise LaunchError(f"fn must be callable, got {type(fn).__name__}")
+    if fn is not None and not callable(fn) and not isinstance(fn, str):
+        raise LaunchError(f"fn must be a function, or a script's path (a str; a module's "
+                          f"name with module=True), got {type(fn).__name__}")
     return list(nodes)
 
 
@@ -176,6 +184,17 @@ def _make_log_dir(log_dir: str | None, run_id: str) -> str:
     except ValueError as exc:
         raise LaunchError(f"log_dir: {exc}") from None
     return path
+
+
+def pack_entry(fn: Entry, args: tuple, kwargs: dict[str, Any], module: bool,
+               what: str = "fn") -> bytes:
+    """Pack what the ranks run: a script or module (``kernel.scripts``) or a function call."""
+    if isinstance(fn, str):
+        return pack_script(script_call(fn, args, kwargs, module, what))
+    if module:
+        raise LaunchError(f"module=True runs a module by its name: give {what} as a str like "
+                          "'pkg.train', not a function")
+    return pack(fn, args, kwargs)
 
 
 def pack(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> bytes:

@@ -20,17 +20,20 @@ from elastic_nb.wire.options import JobOptions
 class Node:
     """One machine of the job: an agent process running ``nproc`` workers of one role.
 
-    ``fn``, ``args`` and ``kwargs`` default to the ones given to ``launch``.
+    ``fn``, ``args`` and ``kwargs`` default to the ones given to ``launch``;
+    ``fn`` may be a script's path, or with ``module`` a module's name, as in
+    ``launch``.
     ``on`` says where it runs: this machine (None, the default), ``Slurm(...)``
     or ``SSH("user@host")`` (``model.placement``).
     """
 
     nproc: int
     role: str = "default"
-    fn: Callable[..., Any] | None = None
+    fn: Callable[..., Any] | str | None = None
     args: tuple = ()
     kwargs: dict[str, Any] | None = None
     on: Placement | None = None
+    module: bool = False
 
 
 @dataclass(frozen=True)

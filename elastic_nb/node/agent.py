@@ -27,6 +27,7 @@ from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElas
 from torch.distributed.elastic.multiprocessing import api as torch_mp_api
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from torch.distributed.elastic.rendezvous import RendezvousParameters
+from torch.distributed.launcher.api import LaunchConfig
 
 from elastic_nb.compat import torch_compat
 from elastic_nb.model.heartbeat import RoundSeen, peers_lost, silent_peers
@@ -43,8 +44,28 @@ from elastic_nb.wire.records import ProtocolError
 _FAILED_STATES = (WorkerState.FAILED, WorkerState.UNHEALTHY)
 
 
-def failure_report(rank: int, failure: ProcessFailure, restart_count: int) -> protocol.FailureReport:
-    """A worker failure as plain data: torch's error file, or what the exit code tells."""
+_STDERR_TAIL_LINES = 20
+_STDERR_TAIL_BYTES = 8192
+
+
+def stderr_tail(path: str | None) -> str | None:
+    """The last lines a rank wrote to its stderr file (None if it wrote nothing)."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            file.seek(max(0, os.path.getsize(path) - _STDERR_TAIL_BYTES))
+            lines = file.read().decode(errors="replace").splitlines()[-_STDERR_TAIL_LINES:]
+    except OSError:
+        return None
+    text = "\n".join(lines).strip("\n")
+    return f"the last lines of its stderr ({path}):\n{text}" if text else None
+
+
+def failure_report(rank: int, failure: ProcessFailure, restart_count: int,
+                   stderr: str | None = None) -> protocol.FailureReport:
+    """A worker failure as plain data: torch's error file, or what the exit code tells with the
+    tail of the rank's ``stderr`` file (a script's ``sys.exit(n)``, a crash)."""
     data = failure.error_file_data or {}
     message = data.get("message")
     trace = None
@@ -60,6 +81,7 @@ def failure_report(rank: int, failure: ProcessFailure, restart_count: int) -> pr
                 f"exited with code {failure.exitcode} without an error report "
                 "(os._exit, sys.exit or a crash outside Python)"
             )
+            trace = stderr_tail(stderr)
     return protocol.FailureReport(
         rank=rank, local_rank=failure.local_rank, pid=failure.pid, exitcode=failure.exitcode,
         signal=signal_name, message=str(message), traceback=trace,
@@ -171,7 +193,8 @@ class ReportingAgent(LocalElasticAgent):
         if result.state in _FAILED_STATES and not self._failure_reported:
             self._failure_reported = True
             failures = {**self._other_failures(worker_group, result), **result.failures}
-            reports = tuple(failure_report(rank, f, self.restart_count)
+            reports = tuple(failure_report(rank, f, self.restart_count,
+                                           self.stderr_file(f.local_rank))
                             for rank, f in sorted(failures.items()))
             held = (self._round is not None and self._round.nodes > 1
                     and may_follow_a_peer_loss(r.message for r in reports))
@@ -198,6 +221,10 @@ class ReportingAgent(LocalElasticAgent):
                 return requested
             self._released.wait(0.05)
         return None
+
+    def stderr_file(self, local_rank: int) -> str:
+        """Where the local rank of the last start writes its stderr (``NodeLogsSpecs``)."""
+        return self._node_logs.stderr_of(local_rank)
 
     def _other_failures(self, worker_group: WorkerGroup,
                         result: RunResult) -> dict[int, ProcessFailure]:
@@ -336,6 +363,8 @@ def prepare_process(config: AgentConfig) -> None:
     # joins a running job waits forever. Without sharing, rank 0 publishes every
     # round (see README, "Why TORCH_DISABLE_SHARE_RDZV_TCP_STORE").
     os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    # as torchrun's launcher: the signals its agent forwards, in every worker's environment
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", LaunchConfig.signals_to_handle)
     if config.options.start_method == "forkserver":
         multiprocessing.set_forkserver_preload(list(FORKSERVER_PRELOAD))
 

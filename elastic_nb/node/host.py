@@ -197,7 +197,7 @@ class NodeHost:
             return 1
         if result.is_failed():
             self._link.send(protocol.Failed(failures=tuple(
-                failure_report(rank, f, agent.restart_count)
+                failure_report(rank, f, agent.restart_count, agent.stderr_file(f.local_rank))
                 for rank, f in sorted(result.failures.items()))))
             return 1
         return 0  # the agent reported its results before the exit barrier

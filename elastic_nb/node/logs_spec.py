@@ -31,10 +31,17 @@ class NodeLogsSpecs(LogsSpecs):
     def root_log_dir(self) -> str:
         return self._node_dir
 
+    def stderr_of(self, local_rank: int) -> str:
+        """The stderr file of a local rank of the last start."""
+        return os.path.join(self._attempt_dir(self.last_attempt), str(local_rank), "stderr.log")
+
+    def _attempt_dir(self, attempt: int) -> str:
+        return os.path.join(self.root_log_dir, f"attempt_{attempt}")
+
     def reify(self, envs: dict[int, dict[str, str]]) -> LogsDest:
         self.last_attempt = self._next_attempt
         self._next_attempt += 1
-        attempt_dir = os.path.join(self.root_log_dir, f"attempt_{self.last_attempt}")
+        attempt_dir = self._attempt_dir(self.last_attempt)
         dest = LogsDest(
             filtered_stdout=os.path.join(attempt_dir, "filtered_stdout.log"),
             filtered_stderr=os.path.join(attempt_dir, "filtered_stderr.log"),

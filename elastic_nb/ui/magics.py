@@ -1,11 +1,13 @@
-"""IPython magics: ``%elastic_run`` and ``%%elastic_run``, thin over ``elastic_nb.launch``.
+"""IPython magics: ``%elastic_run``, ``%%elastic_run`` and ``%torchrun``, thin over ``launch``.
 
 Load them with ``%load_ext elastic_nb``. The line magic launches a function
 of the notebook with arguments written as in a shell (each one a Python
-expression evaluated in the notebook); the cell magic runs the cell's body on
-every rank, with the notebook names it uses captured by cloudpickle. Both show
-the job's dashboard and return at once, or with ``--block`` return the
-results by rank.
+expression evaluated in the notebook), or a script with its command-line
+arguments; the cell magic runs the cell's body on every rank, with the
+notebook names it uses captured by cloudpickle. Both show the job's
+dashboard and return at once, or with ``--block`` return the results by
+rank. ``%torchrun`` takes torchrun's own command line (``ui.torchrun`` maps
+its flags).
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from typing import Any
 import cloudpickle
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from elastic_nb.kernel.launch import launch
 from elastic_nb.model.plan import Node
+from elastic_nb.ui import torchrun as torchrun_line
 from elastic_nb.wire.options import OPTIONS, Option
 
 _CELL_FILENAME = "<%%elastic_run cell>"
@@ -155,7 +158,9 @@ class ElasticMagics(Magics):
 
         Line magic: ``%elastic_run [options] fn arg1 arg2 key=value`` calls
         ``fn(arg1, arg2, key=value)`` on every rank; each argument is a Python
-        expression evaluated in the notebook.
+        expression evaluated in the notebook. ``%elastic_run [options]
+        train.py --lr 0.1`` runs a script (``-m pkg.train ...``: a module) with
+        those command-line arguments, as torchrun does.
 
         Cell magic: ``%%elastic_run [options]`` runs the cell's body on every
         rank. Notebook names the cell uses are sent along (cloudpickle); the
@@ -179,6 +184,8 @@ class ElasticMagics(Magics):
             %elastic_run -n 2 --block square 3
             # {0: 9, 1: 9}
 
+            %elastic_run -n 2 -o job train.py --lr 0.1
+
             %elastic_run --nodes 2x2 --max-restarts 3 --prefix '[${node}:${rank}]:' train 5
 
             %elastic_run --nodes 1x2 --min-nodes 1 --max-nodes 2 -o job train 100
@@ -198,7 +205,8 @@ class ElasticMagics(Magics):
             if not call:
                 raise UsageError("%elastic_run needs a function: %elastic_run -n 4 train arg key=value "
                                  "(or use %%elastic_run to run a cell)")
-            fn, fn_args, fn_kwargs = self._evaluate_call(call)
+            fn, fn_args, fn_kwargs = (_script_call(call) if args.module or _is_script(call)
+                                      else self._evaluate_call(call))
         else:
             if call:
                 raise UsageError(f"%%elastic_run runs the cell body; remove {call!r} from the magic line")
@@ -214,6 +222,30 @@ class ElasticMagics(Magics):
         finally:  # --block hands out no handle: an interrupted wait stops its job
             if not job.done:
                 job.stop()
+
+    @line_magic
+    def torchrun(self, line: str) -> Any:
+        """Run a torchrun command line: ``%torchrun --standalone --nproc-per-node 2 train.py --lr 0.1``.
+
+        The line is read by torchrun's own parser (every flag, with dashes or
+        underscores); the script runs on every rank as under torchrun, and the
+        Job is returned with its dashboard (``job = %torchrun ...`` keeps it).
+        A flag elastic_nb cannot honour is an error that says what to use
+        instead. ``%torchrun --help`` lists what each flag maps to.
+        """
+        try:
+            run = torchrun_line.parse(line)
+        except torchrun_line.TorchrunError as exc:
+            raise UsageError(f"%torchrun: {exc}") from None
+        if run is None:
+            print(torchrun_line.table())
+            return None
+        job = launch(run.target, *run.args, **run.options())
+        if run.log_rank is not None:
+            from elastic_nb.ui.dashboard import display
+
+            display.show_logs_of(job, run.log_rank)
+        return job
 
     def _launch_options(self, args: Any) -> dict[str, Any]:
         if args.nproc is not None and args.nodes is not None:
@@ -255,6 +287,21 @@ class ElasticMagics(Magics):
         return captured
 
 
+def _is_script(call: str) -> bool:
+    """``train.py --lr 0.1``: the call names a script file (a function is a Python name)."""
+    first = call.split(None, 1)[0]
+    return first.endswith(".py") or "/" in first
+
+
+def _script_call(call: str) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+    """A script (or module) and its command-line arguments, split as a shell does."""
+    try:
+        target, *words = shlex.split(call)
+    except ValueError as exc:
+        raise UsageError(f"cannot split {call!r}: {exc}") from None
+    return target, tuple(words), {}
+
+
 def _keyword(item: str) -> tuple[str | None, str]:
     """``key=value`` is a keyword argument; ``a == b`` or ``f(x=1)`` is not."""
     name, sep, value = item.partition("=")
@@ -264,5 +311,5 @@ def _keyword(item: str) -> tuple[str | None, str]:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext elastic_nb``: register ``%elastic_run`` / ``%%elastic_run``."""
+    """``%load_ext elastic_nb``: register ``%elastic_run`` / ``%%elastic_run`` and ``%torchrun``."""
     ipython.register_magics(ElasticMagics)

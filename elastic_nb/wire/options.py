@@ -183,6 +183,8 @@ OPTIONS: tuple[Option, ...] = (
            "(the flag: NxM, N nodes of M ranks, or M1,M2,...)", flag="--nodes"),
     Option("nproc", None, "ranks on one node (default 1)", integer(1, optional=True),
            flag="--nproc", short="-n", flag_type=int),
+    Option("module", False, "fn is a module's name, run as __main__ like torchrun -m (a str "
+           "without it: a script's path)", boolean, flag="--module", short="-m", flag_type=None),
     Option("backend", "c10d", f"rendezvous backend: {', '.join(BACKENDS)}", backend_name,
            flag="--backend"),
     Option("endpoint", None, "rendezvous endpoint host:port (etcd backends; c10d: an external "

@@ -27,6 +27,8 @@ from elastic_nb.compat import torch_compat
 from elastic_nb.wire.rank_files import FLIGHT_RECORDER_ENTRIES, HANG_FILE, HANG_SIGNAL
 from elastic_nb.worker import rank_debugger
 
+# the frames between the trampoline and a script: the runner and runpy (frozen or not)
+_SCRIPT_START = (os.sep + "script_runner.py", os.sep + "runpy.py", "<frozen runpy>")
 GROUPS: dict[str, list[int]] = {}  # process group name -> its global ranks, as created
 
 
@@ -95,8 +97,12 @@ def _answer() -> dict[str, Any]:
 
 
 def _from_the_call(frames: list[list[Any]]) -> list[list[Any]]:
-    """The frames from the user's function on (the trampoline and torch's start cut off)."""
+    """The frames from the user's function or script on (the trampoline, torch's start and,
+    for a script, ``runpy`` cut off)."""
     for index, (filename, _, function, _, _) in enumerate(frames):
         if function == "run_worker" and filename.endswith("trampoline.py"):
-            return frames[index + 1:]
+            rest = frames[index + 1:]
+            while rest and rest[0][0].endswith(_SCRIPT_START):
+                rest = rest[1:]
+            return rest
     return frames

@@ -1,7 +1,8 @@
 """The trampoline every worker process runs.
 
-The kernel packs a function call with cloudpickle (``kernel.packing``); torch's
-agent starts each worker with ``run_worker(payload, context)``. The worker
+The kernel packs a function call, or a script or module to run as
+``__main__`` (``worker.script_runner``), with cloudpickle (``kernel.packing``);
+torch's agent starts each worker with ``run_worker(payload, context)``. The worker
 first takes on its job's environment, ``sys.path`` and cwd (``JobContext``:
 a worker forked from a warm host's forkserver inherits those of an older
 job) with torch's per-rank variables on top, then installs the
@@ -31,7 +32,7 @@ import cloudpickle
 
 from elastic_nb.wire.config import JobContext
 from elastic_nb.wire.rank_files import STACK_DUMP_SIGNAL, STACKS_FILE, TORCH_VARS_KEY
-from elastic_nb.worker import hang_answer, rank_debugger
+from elastic_nb.worker import hang_answer, rank_debugger, script_runner
 
 _PR_SET_PDEATHSIG = 1
 _workers_store: Any = None  # rank 0's store for init_process_group, alive as long as the worker
@@ -170,7 +171,8 @@ def run_worker(payload: bytes, context: JobContext) -> bytes:
     _install_sources(call["sources"])
     rank_debugger.cell_numbers.update(call["cells"])
     try:
-        result = call["fn"](*call["args"], **call["kwargs"])
+        result = (script_runner.run(call["script"]) if "script" in call
+                  else call["fn"](*call["args"], **call["kwargs"]))
     except bdb.BdbQuit:
         raise rank_debugger.quit_error(os.environ.get("RANK", "?")) from None
     except Exception as exc:

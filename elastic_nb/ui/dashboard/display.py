@@ -45,6 +45,13 @@ def show(job: JobHandle) -> None:
     display(dashboard(job) if in_kernel() else job)
 
 
+def show_logs_of(job: JobHandle, rank: int) -> None:
+    """The job's dashboard shows one rank's logs once it has printed (in a kernel: elsewhere
+    a Job shows as a summary, without logs)."""
+    if in_kernel():
+        dashboard(job).show_logs_of(rank)
+
+
 def mimebundle(job: JobHandle, include: Any = None, exclude: Any = None) -> dict[str, Any]:
     """A Job's rich display: the live widget in a kernel, plus text and HTML fallbacks."""
     bundle: dict[str, Any] = {}

@@ -53,6 +53,7 @@ class Dashboard(widgets.VBox):
         self._last_refresh = 0.0
         self._seen_logs = -1
         self._failures_seen = 0
+        self._wanted_log_rank: int | None = None  # the log pane moves there once it printed
         self._build()
         super().__init__([self.header_area, self.tiles.box, self._controls, self.status_area,
                           self.tabs], layout=widgets.Layout(width="100%"))
@@ -350,10 +351,18 @@ class Dashboard(widgets.VBox):
             changed |= set_if_changed(button, "disabled", done)
         return changed
 
+    def show_logs_of(self, rank: int) -> None:
+        """Put the log pane on one rank as soon as it has printed (``%torchrun
+        --local-ranks-filter``); the rank menu can change it back."""
+        self._wanted_log_rank = rank
+        self._dirty.set()
+
     def _render_logs(self) -> bool:
         ranks = [("all ranks (merged)", ALL)] + [(f"rank {r}", r) for r in self.model.logs.ranks()]
         attempts = [("all attempts", ALL)] + [(f"attempt {a}", a) for a in self.model.logs.attempts()]
         changed = self._set_options(self.log_rank, ranks)
+        if self._wanted_log_rank in self.model.logs.ranks():
+            self.log_rank.value, self._wanted_log_rank, changed = self._wanted_log_rank, None, True
         changed |= self._set_options(self.log_attempt, attempts)
         rank, attempt = (None if v == ALL else v for v in (self.log_rank.value, self.log_attempt.value))
         text = self.model.log_html(rank, self.log_filter.value, attempt, self.log_collapse.value)
