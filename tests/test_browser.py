@@ -14,6 +14,7 @@ locally.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -169,6 +170,29 @@ def drive_quickstart(page, url: str, token: str, shot: Path) -> None:
     expect(playground.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
 
 
+@contextlib.contextmanager
+def notebook_page(chromium: str, jupyterlab, name: str, notebook: dict, failure_shot: str):
+    """JupyterLab in headless Chromium (1400 x 1000) with ``notebook``, written as ``name``, run
+    all through: its page; a screenshot ``failure_shot`` in test-artifacts if the block fails."""
+    from playwright.sync_api import sync_playwright
+
+    url, token, root = jupyterlab
+    (root / name).write_text(json.dumps(notebook))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            try:
+                run_all_cells(page, url, token, name)
+                yield page
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / failure_shot))
+                raise
+        finally:
+            browser.close()
+
+
 def run_all_cells(page, url: str, token: str, name: str) -> None:
     """Open notebook ``name`` in JupyterLab, wait for its kernel, and run all its cells."""
     from playwright.sync_api import expect
@@ -199,42 +223,30 @@ DEBUG_NOTEBOOK = {
 
 
 def test_a_pdb_command_typed_into_the_dashboard_console_is_answered(chromium, jupyterlab):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    url, token, root = jupyterlab
-    (root / "debug_a_rank.ipynb").write_text(json.dumps(DEBUG_NOTEBOOK))
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            try:
-                run_all_cells(page, url, token, "debug_a_rank.ipynb")
-                board = page.locator(".enb-dashboard")
-                expect(board.locator(".enb-tile.enb-paused")).to_have_count(1, timeout=180_000)
-                expect(board.locator(".enb-paused-at")).to_contain_text("paused at cell 1, line 8")
-                debug = board.get_by_title("debug rank 0", exact=False)
-                expect(debug).to_be_enabled(timeout=30_000)
-                debug.click()
-                console = board.locator(".enb-debug")
-                expect(console).to_contain_text("-> return secret", timeout=60_000)
-                board.get_by_placeholder("a pdb command").fill("p secret + 1")
-                board.get_by_role("button", name="send").click()
-                expect(console).to_contain_text("(Pdb) p secret + 1", timeout=60_000)
-                expect(console).to_contain_text("4201")
-                board.get_by_placeholder("a pdb command").fill("l")
-                board.get_by_role("button", name="send").click()
-                expect(console).to_contain_text("breakpoint()", timeout=60_000)  # the cell's source
-                page.screenshot(path=str(ARTIFACTS / "browser-debug.png"))
-                board.get_by_placeholder("a pdb command").fill("c")
-                board.get_by_role("button", name="send").click()
-                expect(console).to_contain_text("rank 0 continues", timeout=60_000)
-                expect(board.locator(".enb-state")).to_have_text("succeeded", timeout=60_000)
-            except Exception:
-                page.screenshot(path=str(ARTIFACTS / "browser-debug-failure.png"))
-                raise
-        finally:
-            browser.close()
+    with notebook_page(chromium, jupyterlab, "debug_a_rank.ipynb", DEBUG_NOTEBOOK,
+                       "browser-debug-failure.png") as page:
+        board = page.locator(".enb-dashboard")
+        expect(board.locator(".enb-tile.enb-paused")).to_have_count(1, timeout=180_000)
+        expect(board.locator(".enb-paused-at")).to_contain_text("paused at cell 1, line 8")
+        debug = board.get_by_title("debug rank 0", exact=False)
+        expect(debug).to_be_enabled(timeout=30_000)
+        debug.click()
+        console = board.locator(".enb-debug")
+        expect(console).to_contain_text("-> return secret", timeout=60_000)
+        board.get_by_placeholder("a pdb command").fill("p secret + 1")
+        board.get_by_role("button", name="send").click()
+        expect(console).to_contain_text("(Pdb) p secret + 1", timeout=60_000)
+        expect(console).to_contain_text("4201")
+        board.get_by_placeholder("a pdb command").fill("l")
+        board.get_by_role("button", name="send").click()
+        expect(console).to_contain_text("breakpoint()", timeout=60_000)  # the cell's source
+        page.screenshot(path=str(ARTIFACTS / "browser-debug.png"))
+        board.get_by_placeholder("a pdb command").fill("c")
+        board.get_by_role("button", name="send").click()
+        expect(console).to_contain_text("rank 0 continues", timeout=60_000)
+        expect(board.locator(".enb-state")).to_have_text("succeeded", timeout=60_000)
 
 
 GRID_NOTEBOOK = {
@@ -255,33 +267,21 @@ GRID_NOTEBOOK = {
 
 
 def test_the_64_rank_dashboard_fits_one_screen_above_its_logs(chromium, jupyterlab):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    url, token, root = jupyterlab
-    (root / "sixty_four.ipynb").write_text(json.dumps(GRID_NOTEBOOK))
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            try:
-                run_all_cells(page, url, token, "sixty_four.ipynb")
-                board = page.locator(".enb-dashboard")
-                expect(board.locator(".enb-cell")).to_have_count(64, timeout=240_000)
-                expect(board.locator(".enb-tile.enb-running")).to_have_count(1, timeout=120_000)
-                board.locator(".enb-cell", has_text="37").first.click()
-                expect(board.locator(".enb-tile[data-rank='37']")).to_be_visible(timeout=30_000)
-                top = board.bounding_box()["y"]
-                logs = board.locator(".enb-logs").bounding_box()["y"]
-                page.screenshot(path=str(ARTIFACTS / "browser-64-ranks.png"))
-                assert logs - top < 1000, f"the logs begin {logs - top:.0f} px below the top"
-                board.get_by_role("button", name="stop").click()
-                expect(board.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
-            except Exception:
-                page.screenshot(path=str(ARTIFACTS / "browser-64-failure.png"))
-                raise
-        finally:
-            browser.close()
+    with notebook_page(chromium, jupyterlab, "sixty_four.ipynb", GRID_NOTEBOOK,
+                       "browser-64-failure.png") as page:
+        board = page.locator(".enb-dashboard")
+        expect(board.locator(".enb-cell")).to_have_count(64, timeout=240_000)
+        expect(board.locator(".enb-tile.enb-running")).to_have_count(1, timeout=120_000)
+        board.locator(".enb-cell", has_text="37").first.click()
+        expect(board.locator(".enb-tile[data-rank='37']")).to_be_visible(timeout=30_000)
+        top = board.bounding_box()["y"]
+        logs = board.locator(".enb-logs").bounding_box()["y"]
+        page.screenshot(path=str(ARTIFACTS / "browser-64-ranks.png"))
+        assert logs - top < 1000, f"the logs begin {logs - top:.0f} px below the top"
+        board.get_by_role("button", name="stop").click()
+        expect(board.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
 
 
 EIGHT_NOTEBOOK = {
@@ -301,30 +301,18 @@ EIGHT_NOTEBOOK = {
 def test_eight_tiles_show_whole_button_labels_in_jupyterlab(chromium, jupyterlab):
     """At 8 ranks in JupyterLab's default width every tile's buttons read whole ("kill",
     "freeze", "slow", "debug"), none cut to "kill ra…"; each says what it does on hover."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    url, token, root = jupyterlab
-    (root / "eight.ipynb").write_text(json.dumps(EIGHT_NOTEBOOK))
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            try:
-                run_all_cells(page, url, token, "eight.ipynb")
-                board = page.locator(".enb-dashboard")
-                expect(board.locator(".enb-tile.enb-running")).to_have_count(8, timeout=240_000)
-                buttons = board.locator(".enb-tile-button")
-                expect(buttons).to_have_count(32)
-                page.screenshot(path=str(ARTIFACTS / "browser-8-tiles.png"))
-                cut = buttons.evaluate_all(
-                    "els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
-                    ".map(e => e.title + ': ' + e.textContent)")
-                assert cut == [], f"labels cut: {cut}"
-                board.get_by_role("button", name="stop").click()
-                expect(board.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
-            except Exception:
-                page.screenshot(path=str(ARTIFACTS / "browser-8-failure.png"))
-                raise
-        finally:
-            browser.close()
+    with notebook_page(chromium, jupyterlab, "eight.ipynb", EIGHT_NOTEBOOK,
+                       "browser-8-failure.png") as page:
+        board = page.locator(".enb-dashboard")
+        expect(board.locator(".enb-tile.enb-running")).to_have_count(8, timeout=240_000)
+        buttons = board.locator(".enb-tile-button")
+        expect(buttons).to_have_count(32)
+        page.screenshot(path=str(ARTIFACTS / "browser-8-tiles.png"))
+        cut = buttons.evaluate_all(
+            "els => els.filter(e => e.scrollWidth > e.clientWidth + 1)"
+            ".map(e => e.title + ': ' + e.textContent)")
+        assert cut == [], f"labels cut: {cut}"
+        board.get_by_role("button", name="stop").click()
+        expect(board.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
