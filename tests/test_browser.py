@@ -193,6 +193,15 @@ def notebook_page(chromium: str, jupyterlab, name: str, notebook: dict, failure_
             browser.close()
 
 
+def one_cell_notebook(source: str) -> dict:
+    """A notebook of one code cell, as JupyterLab saves it."""
+    return {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+                       "source": source}],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                        "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
 def run_all_cells(page, url: str, token: str, name: str) -> None:
     """Open notebook ``name`` in JupyterLab, wait for its kernel, and run all its cells."""
     from playwright.sync_api import expect
@@ -205,21 +214,16 @@ def run_all_cells(page, url: str, token: str, name: str) -> None:
     page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
 
 
-DEBUG_NOTEBOOK = {
-    "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-               "source": "import elastic_nb as enb\n\n"
-                         "def paused_rank():\n"
-                         "    import os\n"
-                         "    secret = 6 * 7 * 100 + int(os.environ['RANK'])\n"
-                         "    if os.environ['RANK'] == '0':\n"
-                         "        breakpoint()\n"
-                         "    return secret\n\n"
-                         "job = enb.launch(paused_rank, nproc=2)\n"
-                         "job"}],
-    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                "language": "python"}},
-    "nbformat": 4, "nbformat_minor": 5,
-}
+DEBUG_NOTEBOOK = one_cell_notebook(
+    "import elastic_nb as enb\n\n"
+    "def paused_rank():\n"
+    "    import os\n"
+    "    secret = 6 * 7 * 100 + int(os.environ['RANK'])\n"
+    "    if os.environ['RANK'] == '0':\n"
+    "        breakpoint()\n"
+    "    return secret\n\n"
+    "job = enb.launch(paused_rank, nproc=2)\n"
+    "job")
 
 
 def test_a_pdb_command_typed_into_the_dashboard_console_is_answered(chromium, jupyterlab):
@@ -249,21 +253,16 @@ def test_a_pdb_command_typed_into_the_dashboard_console_is_answered(chromium, ju
         expect(board.locator(".enb-state")).to_have_text("succeeded", timeout=60_000)
 
 
-GRID_NOTEBOOK = {
-    "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-               "source": "import time, elastic_nb as enb\n\n"
-                         "def chatty(seconds):\n"
-                         "    import os\n"
-                         "    end = time.time() + seconds\n"
-                         "    while time.time() < end:\n"
-                         "        print('rank', os.environ['RANK'], 'working', flush=True)\n"
-                         "        time.sleep(0.5)\n\n"
-                         "job = enb.launch(chatty, 60, nproc=64)\n"
-                         "job"}],
-    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                "language": "python"}},
-    "nbformat": 4, "nbformat_minor": 5,
-}
+GRID_NOTEBOOK = one_cell_notebook(
+    "import time, elastic_nb as enb\n\n"
+    "def chatty(seconds):\n"
+    "    import os\n"
+    "    end = time.time() + seconds\n"
+    "    while time.time() < end:\n"
+    "        print('rank', os.environ['RANK'], 'working', flush=True)\n"
+    "        time.sleep(0.5)\n\n"
+    "job = enb.launch(chatty, 60, nproc=64)\n"
+    "job")
 
 
 def test_the_64_rank_dashboard_fits_one_screen_above_its_logs(chromium, jupyterlab):
@@ -284,18 +283,13 @@ def test_the_64_rank_dashboard_fits_one_screen_above_its_logs(chromium, jupyterl
         expect(board.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
 
 
-EIGHT_NOTEBOOK = {
-    "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-               "source": "import elastic_nb as enb\n\n"
-                         "def wait(seconds):\n"
-                         "    import time\n"
-                         "    time.sleep(seconds)\n\n"
-                         "job = enb.launch(wait, 120, nproc=8)\n"
-                         "job"}],
-    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                "language": "python"}},
-    "nbformat": 4, "nbformat_minor": 5,
-}
+EIGHT_NOTEBOOK = one_cell_notebook(
+    "import elastic_nb as enb\n\n"
+    "def wait(seconds):\n"
+    "    import time\n"
+    "    time.sleep(seconds)\n\n"
+    "job = enb.launch(wait, 120, nproc=8)\n"
+    "job")
 
 
 def test_eight_tiles_show_whole_button_labels_in_jupyterlab(chromium, jupyterlab):
