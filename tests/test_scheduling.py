@@ -97,6 +97,9 @@ def test_a_node_that_leaves_on_its_schedulers_warning_has_left_and_the_job_succe
      SchedulerStatus("TIMEOUT", "TimeLimit", "c1", ended=True)),
     ("JobId=7 JobState=CANCELLED Reason=None NodeList=(null)",
      SchedulerStatus("CANCELLED", "", "", ended=True)),
+    # Slurm is still ending it (its processes, its epilog): not over, CANCELLED may follow
+    ("JobId=7 JobState=COMPLETING Reason=None NodeList=c1 BatchHost=c1",
+     SchedulerStatus("COMPLETING", "", "c1")),
 ])
 def test_scontrols_line_says_the_state_the_reason_and_where(line, expected):
     assert job_status(line) == expected

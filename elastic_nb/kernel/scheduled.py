@@ -9,8 +9,11 @@ launcher too (``scancel``; ssh), and when the job ends nothing of it is left.
 
 ``SchedulerWatch`` is one job's thread that polls every launch and turns
 what it sees into events (``model.scheduling``): queued and why, started
-where, ended and why (a node that ends before it joined is lost); when the
-job is over it cancels what is left.
+where, ended and why (a node that ends before it joined is lost). It looks
+at a node until its scheduler says it is over for good (``COMPLETING`` is
+not: Slurm is still ending it), even once it joined, was lost or was
+cancelled, so that the timeline names how it ended; when the job is over
+it cancels what is left and takes one last look at what had not settled.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ class ScheduledNode(JoinedNode):
         self.launch = launch
         self.payload = node_plan.payload
         self.remote_pid = 0
-        self.ended = False  # its launch is over (the watch saw it end, or it was cancelled)
+        self.settled = False  # its scheduler said it is over for good
+        self.cancelled = False  # this job ended its launch (cancel)
 
     @classmethod
     def submit(cls, core: JobCore, index: int, node_plan: NodePlan, job_address: str,
@@ -76,8 +80,8 @@ class ScheduledNode(JoinedNode):
         threading.Thread(target=self.cancel, name="elastic_nb-fence", daemon=True).start()
 
     def cancel(self) -> None:
-        if not self.ended:
-            self.ended = True
+        if not (self.cancelled or self.settled):
+            self.cancelled = True
             self.launch.cancel(self.remote_pid)
 
     def gone(self, returncode: int | None) -> tuple[int | None, str]:
@@ -101,9 +105,15 @@ class SchedulerWatch:
         self._stop.set()
 
     def cancel_all(self) -> None:
-        """End every launch of the job that is not over (``stop()``; the job's end)."""
-        for node in self._scheduled():
+        """End every launch of the job that is not over (``stop()``; the job's end), then look
+        at each once more: the timeline names how it ended."""
+        for node in self._unsettled():
             node.cancel()
+        for node in self._unsettled():
+            self._look(node)
+
+    def _unsettled(self) -> list[ScheduledNode]:
+        return [node for node in self._scheduled() if not node.settled]
 
     def _scheduled(self) -> list[ScheduledNode]:
         with self._core.lock:
@@ -119,9 +129,8 @@ class SchedulerWatch:
                 return
             if stopped:
                 return
-            for node in self._scheduled():
-                if not node.ended:
-                    self._look(node)
+            for node in self._unsettled():
+                self._look(node)
 
     def _look(self, node: ScheduledNode) -> None:
         status = node.launch.poll()
@@ -130,7 +139,7 @@ class SchedulerWatch:
             events = scheduling.scheduler_changed(core.state, node.index, status,
                                                   node.launch.name, time.time())
             if status.ended:
-                node.ended = True
+                node.settled = True
                 why = (f"{node.launch.name} ended before it joined: {status.state}"
                        + (f" ({status.reason})" if status.reason else "")
                        + f"; see {node.launch.output()}")

@@ -25,7 +25,9 @@ COMMAND_TIMEOUT = 30.0
 GONE_TIMEOUT = 20.0  # how long a cancel waits for the job to leave the queue
 _WAITING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "RESV_DEL_HOLD",
                    "SUSPENDED"}
-_RUNNING_STATES = {"RUNNING", "RESIZING", "SIGNALING", "STAGE_OUT"}
+# over for good: Slurm will not run it again (COMPLETING is not: Slurm is still ending it)
+_FINAL_STATES = {"CANCELLED", "COMPLETED", "FAILED", "NODE_FAIL", "PREEMPTED", "TIMEOUT",
+                 "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 _FIELD = re.compile(r"(\w+)=(\S*)")
 
 
@@ -58,7 +60,7 @@ def job_status(scontrol: str) -> SchedulerStatus:
         return SchedulerStatus(state, reason)
     where = fields.get("BatchHost") or fields.get("NodeList", "")
     return SchedulerStatus(state, reason, "" if where == "(null)" else where,
-                           ended=state not in _RUNNING_STATES)
+                           ended=state in _FINAL_STATES)
 
 
 class SbatchJob(Launch):
