@@ -5,7 +5,9 @@ its directory (``worker.metrics``). The job's log routes tail those files as
 they tail the logs (``wire.logfiles.LogTailer``, one ``LogSource`` a rank and
 attempt, stream ``"metrics"``) and hand the lines here. The book parses them
 into records and keeps the newest ``max_records`` (500,000 by default; older
-ones go, counted in ``dropped``; the files keep everything). Local nodes and
+ones go, counted in ``dropped``; the files keep everything), and when each
+step of each attempt was reached (a float a step: what goodput and the
+plot's marks need, cheap to keep for a long run). Local nodes and
 nodes whose directory the kernel can read (shared storage) are read; joined
 nodes on other machines forward only their logs.
 
@@ -74,6 +76,7 @@ class MetricsBook:
         self._records: collections.deque[Record] = collections.deque()
         self._names: dict[str, None] = {}
         self._worlds: dict[int, int] = {}  # id(source) -> the world its header named
+        self._steps: dict[tuple[int, int], float] = {}  # (attempt, step) -> its latest report
         self._lock = threading.Lock()
 
     def append(self, source: LogSource, texts: Iterable[str], when: float) -> None:
@@ -92,7 +95,11 @@ class MetricsBook:
             return
         with self._lock:
             self._records.extend(parsed)
+            steps = self._steps
             for kept in parsed:
+                key = (kept.attempt, kept.step)
+                if kept.time > steps.get(key, 0.0):
+                    steps[key] = kept.time
                 for name in kept.values:
                     if name not in self._names:
                         self._names[name] = None
@@ -118,8 +125,10 @@ class MetricsBook:
         return len(self._records)
 
     def steps(self) -> list[StepMark]:
-        """When each attempt's steps were reported (goodput's input)."""
-        return [StepMark(r.time, r.attempt, r.step, r.rank) for r in self.records()]
+        """When each attempt's steps were reported, the latest rank's report of each (goodput's
+        input; one entry a step of an attempt, kept beyond the records' bound)."""
+        with self._lock:
+            return [StepMark(t, attempt, step) for (attempt, step), t in self._steps.items()]
 
     def frame(self) -> pandas.DataFrame:
         """Every record kept: ``time`` (epoch seconds), ``rank, attempt, world, step`` and one
