@@ -5,7 +5,9 @@ directory (beside its stdout, stderr and error file; ``wire.rank_files``),
 through a buffered file: no collective, no lock, no syscall on most calls.
 The buffer is written when it fills, when a call finds it older than
 ``FLUSH_EVERY`` seconds (a live view lags by that much at most), and when the
-rank ends (the trampoline's ``flush``, and ``atexit``). The kernel tails the
+rank ends (the trampoline's ``flush``, and ``atexit``). A rank killed, or
+ended by its agent's SIGTERM, loses what its buffer held: at most the last
+``FLUSH_EVERY`` seconds of records. The kernel tails the
 file like the logs (``kernel.metrics_book``). Outside a job (no rank
 directory) a call checks its numbers and keeps nothing.
 
@@ -24,7 +26,7 @@ from typing import IO
 from elastic_nb.wire.rank_files import METRICS_FILE
 
 RESERVED = frozenset(("time", "rank", "attempt", "world", "step"))  # job.metrics' own columns
-FLUSH_EVERY = 0.25  # seconds a record may wait in the buffer before a call writes it
+FLUSH_EVERY = 0.1  # seconds a record may wait in the buffer before a call writes it
 
 _file: IO[str] | None = None
 _opened = False

@@ -44,6 +44,13 @@ def decimate(x: np.ndarray, y: np.ndarray, limit: int = MAX_POINTS) -> tuple[np.
     return x[keep], y[keep]
 
 
+def _broken(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A rank's line with a gap where a new attempt starts over at an earlier step (no
+    stroke drawn back from the last step before the fault to the resumed one)."""
+    back = np.flatnonzero(np.diff(x) < 0) + 1
+    return np.insert(x, back, np.nan), np.insert(y, back, np.nan)
+
+
 def _padded(rows: list[np.ndarray]) -> np.ndarray:
     """Rows of different lengths as one 2-D array, NaN after each row's end (a gap bqplot
     does not draw)."""
@@ -108,11 +115,12 @@ class MetricsView(widgets.VBox):
         if name is None:
             return False
         self.note.value = ""
-        frame = book.frame()[["rank", "step", name]].dropna()
+        frame = book.frame()[["rank", "attempt", "step", name]].dropna()
         ranks = sorted(frame["rank"].unique())
         with self.figure.hold_sync():
             if len(ranks) <= MAX_LINES:
-                series = [decimate(mine["step"].to_numpy(float), mine[name].to_numpy(float))
+                series = [_broken(*decimate(mine["step"].to_numpy(float),
+                                            mine[name].to_numpy(float)))
                           for _, mine in ((r, frame[frame["rank"] == r]) for r in ranks)]
                 self.lines.x, self.lines.y = _padded([s[0] for s in series]), \
                     _padded([s[1] for s in series])
