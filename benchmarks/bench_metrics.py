@@ -82,7 +82,7 @@ def kernel_under_reports(ranks: int, seconds: float, rate: float) -> tuple[float
     manager, client = start_new_kernel(kernel_name="python3", env=env, cwd=ROOT)
     try:
         kernel = psutil.Process(manager.provisioner.process.pid)
-        client.execute(SETUP.format(seconds=seconds, rate=rate, ranks=ranks))
+        setup = client.execute(SETUP.format(seconds=seconds, rate=rate, ranks=ranks))
         comm_msgs, start, start_cpu = 0, None, 0.0
         deadline = time.monotonic() + seconds + 180
         while time.monotonic() < deadline:
@@ -94,7 +94,7 @@ def kernel_under_reports(ranks: int, seconds: float, rate: float) -> tuple[float
                 if msg["msg_type"] == "comm_msg" and start is not None:
                     comm_msgs += 1
                 if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle" \
-                        and start is None:
+                        and msg["parent_header"].get("msg_id") == setup and start is None:
                     start, start_cpu = time.monotonic(), cpu_seconds(kernel)
                 if msg["msg_type"] == "error":
                     raise RuntimeError("\n".join(msg["content"]["traceback"]))
