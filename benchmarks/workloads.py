@@ -134,9 +134,78 @@ def train_steps(steps: int) -> float:
     return rate
 
 
+def report_rate(seconds: float, rate: float) -> int:
+    """Call ``enb.report`` ``rate`` times a second for ``seconds``; how many calls."""
+    import time
+
+    import elastic_nb as enb
+
+    every, calls = 1.0 / rate, 0
+    start = next_at = time.monotonic()
+    while next_at - start < seconds:
+        enb.report(calls, loss=1.0 / (calls + 1), lr=0.1)
+        calls += 1
+        next_at += every
+        pause = next_at - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    return calls
+
+
+def ddp_checkpointed(steps: int, step_time: float, directory: str, every: int) -> int:
+    """A small DDP model trained ``steps`` steps of at least ``step_time`` s, saved with DCP
+    every ``every`` steps into ``directory`` (one folder a step, a marker written last) and
+    resumed from the newest complete one; each step printed as ``STEP wall attempt step`` and
+    reported with ``enb.report`` (under torchrun too). Returns the step it started from."""
+    import os
+    import time
+
+    import torch.distributed.checkpoint as dcp
+
+    dist.init_process_group(backend="gloo")
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(64, 64))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = torch.randn(32, 64)
+    done = sorted((int(name) for name in os.listdir(directory) if name.isdigit()
+                   and os.path.exists(os.path.join(directory, name, "complete"))), reverse=True)
+    start = 0
+    if done:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        dcp.load(state, checkpoint_id=os.path.join(directory, str(done[0])))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = done[0] + 1
+    import elastic_nb as enb  # under torchrun too: the same work on both sides
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    rank = dist.get_rank()
+    for step in range(start, steps):
+        began = time.monotonic()
+        optimizer.zero_grad()
+        loss = model(data).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        pause = step_time - (time.monotonic() - began)
+        if pause > 0:
+            time.sleep(pause)
+        if rank == 0:
+            print(f"STEP {time.time():.6f} {attempt} {step}", flush=True)
+        enb.report(step, loss=loss.item())
+        if every and step % every == every - 1:
+            folder = os.path.join(directory, str(step))
+            dcp.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                     checkpoint_id=folder)
+            dist.barrier()
+            if rank == 0:
+                open(os.path.join(folder, "complete"), "w").close()
+    dist.destroy_process_group()
+    return start
+
+
 WORKLOADS = {"allreduce_once": allreduce_once, "elastic_steps": elastic_steps, "flood": flood,
              "restart_probe": restart_probe, "tight_allreduces": tight_allreduces,
-             "skip_allreduce": skip_allreduce, "train_steps": train_steps}
+             "skip_allreduce": skip_allreduce, "train_steps": train_steps,
+             "report_rate": report_rate, "ddp_checkpointed": ddp_checkpointed}
 
 if __name__ == "__main__":
     import ast

@@ -3,6 +3,7 @@
     import elastic_nb as enb
     job = enb.launch(train, nproc=4)      # returns at once
     job.result()                          # {rank: return value}
+    enb.report(step, loss=loss.item())    # in a rank: job.metrics, the plot, job.goodput()
     enb.launch(train, nodes=[enb.Node(4), enb.Node(4, on=enb.Slurm(partition="gpu"))],
                listen_addr="10.0.0.5")    # a node through Slurm (or enb.SSH("user@host"))
 
@@ -28,6 +29,7 @@ from elastic_nb.model.snapshot import JobSnapshot
 from elastic_nb.model.state import Event, EventKind, JobStatus, NodeStatus, WorkerInfo, WorkerStatus
 from elastic_nb.rendezvous.etcd_server import EtcdServer
 from elastic_nb.wire.options import BACKENDS
+from elastic_nb.worker.metrics import report
 
 __all__ = [
     "BACKENDS",
@@ -50,6 +52,7 @@ __all__ = [
     "hosts",
     "launch",
     "register_place",
+    "report",
     "run",
     "set_keep_warm",
     "shutdown",

@@ -442,3 +442,23 @@ def collective_until(release: str) -> int:
         time.sleep(0.1)
     dist.destroy_process_group()
     return rank() * 10
+
+
+def reporting_steps(steps: int, step_time: float, checkpoint: str = "", every: int = 0) -> int:
+    """A training loop that reports its loss each step; with ``checkpoint`` (a file) rank 0
+    saves its step there every ``every`` steps, and every attempt resumes after it."""
+    import elastic_nb as enb
+
+    start = 0
+    if checkpoint and os.path.exists(checkpoint):
+        with open(checkpoint) as f:
+            start = int(f.read()) + 1
+    for step in range(start, steps):
+        time.sleep(step_time)
+        enb.report(step, loss=1.0 / (step + 1) + rank() / 100, lr=0.1)
+        print(f"step {step}", flush=True)
+        if checkpoint and every and rank() == 0 and step % every == every - 1:
+            with open(checkpoint + ".tmp", "w") as f:
+                f.write(str(step))
+            os.replace(checkpoint + ".tmp", checkpoint)
+    return steps - start

@@ -310,3 +310,43 @@ def test_eight_tiles_show_whole_button_labels_in_jupyterlab(chromium, jupyterlab
         assert cut == [], f"labels cut: {cut}"
         board.get_by_role("button", name="stop").click()
         expect(board.locator(".enb-state")).to_have_text("stopped", timeout=60_000)
+
+
+METRICS_NOTEBOOK = {
+    "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+               "source": "import time, elastic_nb as enb\n\n"
+                         "def train(steps):\n"
+                         "    import os\n"
+                         "    rank = int(os.environ['RANK'])\n"
+                         "    for step in range(steps):\n"
+                         "        time.sleep(0.05)\n"
+                         "        enb.report(step, loss=1 / (step + 1) + rank / 50)\n\n"
+                         "job = enb.launch(train, 200, nproc=2, max_restarts=1)\n"
+                         "job"},
+              {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+               "source": "job.wait_until(lambda: len(job.metrics_book) > 40, what='20 steps')\n"
+                         "job.kill(1)\n"
+                         "job.wait()"}],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+def test_the_metrics_tab_draws_the_loss_of_each_rank_with_the_restart_marked(chromium,
+                                                                              jupyterlab):
+    from playwright.sync_api import expect
+
+    with notebook_page(chromium, jupyterlab, "metrics.ipynb", METRICS_NOTEBOOK,
+                       "browser-metrics-failure.png") as page:
+        board = page.locator(".enb-dashboard")
+        expect(board.locator(".enb-state")).to_have_text("succeeded", timeout=240_000)
+        board.locator(".lm-TabBar-tab", has_text="metrics").first.click()
+        figure = board.locator(".enb-metrics-figure")
+        expect(figure).to_be_visible(timeout=30_000)
+        expect(figure.locator(".dot").first).to_be_visible(timeout=30_000)  # an event's mark
+        assert figure.locator(".dot").count() >= 2  # the kill and the restart (and the failure)
+        assert figure.locator("path.line").count() >= 2 + 2  # a line a rank, and the marks
+        expect(figure).to_contain_text("rank 1")  # the legend
+        expect(board.locator(".enb-goodput")).to_contain_text("goodput")
+        page.screenshot(path=str(ARTIFACTS / "browser-metrics.png"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import psutil
 import pytest
 import scenarios
@@ -333,12 +334,20 @@ class SnapshotJob:
         from elastic_nb.kernel.log_book import LogBook
 
         self.snap, self.run_id, self.log_dir = snap, snap.run_id, snap.log_dir
+        from elastic_nb.kernel.metrics_book import MetricsBook
+
         self.log_line_prefix_template, self.done, self.log_book = "[${rank}]:", False, LogBook()
+        self.metrics_book, self.events = MetricsBook(), list(snap.events)
         self.killed: list[int] = []
         self.added: list = []
 
     def snapshot(self):
         return self.snap
+
+    def goodput(self):
+        from elastic_nb.model.goodput import goodput
+
+        return goodput(self.events, self.metrics_book.steps(), self.snap.taken_at)
 
     def add_listener(self, listener) -> None:
         return None
@@ -427,3 +436,25 @@ def test_the_add_node_chooser_offers_the_kernels_places_and_starts_the_node_ther
     dashboard.add_node_button.click()
     assert job.added == [enb.Node(4, on=enb.Slurm(partition="gpu"))]
     assert "added node 7 with 4 ranks on gpu" in dashboard.status_area.value
+
+
+def test_the_metrics_tab_draws_every_rank_with_the_restart_marked(board):
+    """Two ranks report a loss; rank 1 is killed; the chart has a line a rank across both
+    attempts, the kill and the restart marked, and the header shows the goodput."""
+    job = enb.launch(scenarios.reporting_steps, 30, 0.05, nproc=2, max_restarts=1)
+    dashboard = board(job, start=False)
+    wait_until(lambda: "step 8" in job.logs(rank=1), timeout=90, what="rank 1 at step 8")
+    job.kill(1)
+    job.result(timeout=120)
+    dashboard.render()
+    view = dashboard.metrics_view
+    assert dashboard.tabs.get_title(5) == "metrics"
+    assert list(view.chooser.options) == ["loss", "lr"] and view.chooser.value == "loss"
+    assert list(view.lines.labels) == ["rank 0", "rank 1"]
+    assert (~np.isnan(view.lines.x[0])).sum() == len(job.metrics[job.metrics["rank"] == 0])
+    assert np.isnan(view.lines.x[0]).any()  # a gap where attempt 1 starts over
+    assert any(name.startswith("kill:") for name in view.tips.names)
+    assert any(name.startswith("restart:") for name in view.tips.names)
+    assert "goodput " in dashboard.header_area.value
+    assert any("cost" in label for label, _ in dashboard.event_list.options)
+    assert not dashboard.metrics_view.render()  # nothing new: nothing pushed

@@ -11,20 +11,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from elastic_nb.kernel import host_pool, places
 from elastic_nb.kernel.core import JobCore
 from elastic_nb.kernel.log_book import LogBook
+from elastic_nb.kernel.metrics_book import MetricsBook
 from elastic_nb.kernel.pump import Pump
 from elastic_nb.kernel.supervisor import StatsSampler
 from elastic_nb.kernel.waiting import poll_until
 from elastic_nb.model import snapshot as snapshots
 from elastic_nb.model.errors import RankFailure
+from elastic_nb.model.goodput import Goodput, goodput
 from elastic_nb.model.placement import Placement
 from elastic_nb.model.plan import JobPlan
 from elastic_nb.model.render import summary_text
 from elastic_nb.model.state import Event, JobStatus, NodeStatus, WorkerInfo
+
+if TYPE_CHECKING:
+    import pandas
 
 
 class JobView:
@@ -117,6 +122,31 @@ class JobView:
     @property
     def log_book(self) -> LogBook:
         return self._core.logs.book
+
+    @property
+    def metrics_book(self) -> MetricsBook:
+        return self._core.logs.metrics
+
+    @property
+    def metrics(self) -> pandas.DataFrame:
+        """What the ranks reported with ``enb.report``: one row a record (``time, rank,
+        attempt, world, step``, a column a metric), every attempt, the newest 500,000."""
+        if self.done:
+            self._pump.join()  # a finished job's last records are in
+        return self.metrics_book.frame()
+
+    def goodput(self) -> Goodput:
+        """Where the job's time went: productive steps, badput by category, each fault's cost
+        (``model.goodput``; needs ``enb.report`` steps)."""
+        if self.done:
+            self._pump.join()
+        return goodput(self.events, self.metrics_book.steps(), time.time())
+
+    def plot(self) -> Any:
+        """A static picture of the reported metrics with the faults marked (matplotlib)."""
+        from elastic_nb.ui import static_plot
+
+        return static_plot.figure(self.metrics_book, self.events)
 
     def snapshot(self) -> snapshots.JobSnapshot:
         """The job as every view shows it, at this moment (CPU/RSS at most 1 s old)."""

@@ -6,7 +6,9 @@ is one job's: it tails the files of local nodes (``LogTailer``), takes the
 lines joined nodes send (``Log`` reports) for the sources their ``Started``
 report named, and renders the book as ``job.logs()`` and ``job.follow()``
 show it. Which route a node's lines take is the node handle's choice
-(``kernel.nodes``): this module offers both.
+(``kernel.nodes``): this module offers both. The ranks' metrics files lie
+beside their logs and are tailed with them, into ``metrics`` (a
+``MetricsBook``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from elastic_nb.kernel.metrics_book import MetricsBook, metric_sources
 from elastic_nb.model import terminal
 from elastic_nb.model.collapse import collapse as collapse_lines
 from elastic_nb.wire.logfiles import LogLine, LogSource, LogTailer
@@ -189,11 +192,14 @@ class JobLogs:
         self.log_dir = log_dir
         self.template = template
         self._tailer = LogTailer(self.book)
+        self.metrics = MetricsBook()
+        self._metrics_tailer = LogTailer(self.metrics)
         self._remote: dict[tuple[int, int, str, int], LogSource] = {}
 
     def follow_files(self, sources: list[LogSource]) -> None:
         """Tail these files (a local node's ranks)."""
         self._tailer.follow(sources)
+        self._metrics_tailer.follow(metric_sources(sources))
 
     def expect_lines(self, sources: list[LogSource]) -> None:
         """Take these sources' lines when their node sends them (a joined node's ranks)."""
@@ -207,15 +213,18 @@ class JobLogs:
 
     def retire(self, node: int) -> None:
         """The node's files are read to their end at the next poll, then no longer followed."""
-        self._tailer.retire(lambda s: s.node == node)
+        for tailer in (self._tailer, self._metrics_tailer):
+            tailer.retire(lambda s: s.node == node)
 
     def poll(self) -> None:
         self._tailer.poll()
+        self._metrics_tailer.poll()
 
     def close(self) -> None:
         """Read every file to its end, once."""
-        self._tailer.retire_all()
-        self._tailer.poll()
+        for tailer in (self._tailer, self._metrics_tailer):
+            tailer.retire_all()
+            tailer.poll()
 
     def text(self, rank: int | None = None, stream: str | None = None,
              attempt: int | None = None, collapse: bool = False) -> str:

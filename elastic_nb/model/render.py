@@ -123,15 +123,20 @@ def tiles(snap: JobSnapshot, now: float, hung_after: float = 10.0,
     return result
 
 
-def timeline(snap: JobSnapshot) -> list[TimelineEntry]:
-    """The job's events in time order, each with its details and any traceback."""
+def timeline(snap: JobSnapshot, costs: dict[float, str] | None = None) -> list[TimelineEntry]:
+    """The job's events in time order, each with its details and any traceback; a fault's
+    entry ends with its cost (``costs``: by the fault event's time, from goodput)."""
     start = snap.events[0].time if snap.events else 0.0
+    costs = costs or {}
     entries = []
     for event in snap.events:
         label = str(event).split(" ", 1)[1].strip()
+        cost = costs.get(event.time)
+        if cost:
+            label += f"  ⟶ cost {cost}"
         entries.append(TimelineEntry(event, event.time - start,
                                      f"+{event.time - start:7.2f}s  {label}",
-                                     event_details(event)))
+                                     event_details(event) + (f"\ncost: {cost}" if cost else "")))
     return entries
 
 
@@ -193,7 +198,8 @@ TRUST_STORE_WARNING = ("trust_store: nodes join without the job's key and the re
                        "is unsigned; whoever can reach the store can run code in this job")
 
 
-def header_html(snap: JobSnapshot) -> str:
+def header_html(snap: JobSnapshot, goodput: str = "") -> str:
+    """The job's header line; ``goodput`` ("goodput 91%") is shown once known."""
     nodes = ", ".join(f"{n.index}: {n.status}" + (" (warm host)" if n.warm else "")
                       + (f" ({n.scheduler})" if n.status == "queued" and n.scheduler else "")
                       for n in snap.nodes)
@@ -207,7 +213,8 @@ def header_html(snap: JobSnapshot) -> str:
         f"border-radius:3px'>{html.escape(snap.status)}</span> &nbsp; "
         f"elapsed {snap.elapsed:.1f}s &nbsp; attempt {snap.attempt} &nbsp; "
         f"restarts {snap.restart_count}/{snap.max_restarts} &nbsp; world {snap.world_size}"
-        f"<br><span style='color:#555'>nodes {html.escape(nodes)}</span>"
+        + (f" &nbsp; <b class='enb-goodput'>{html.escape(goodput)}</b>" if goodput else "")
+        + f"<br><span style='color:#555'>nodes {html.escape(nodes)}</span>"
         + (f"<br><span class='enb-trust-store' style='color:#a04000'>"
            f"{html.escape(TRUST_STORE_WARNING)}</span>" if snap.trust_store else "")
         + "</div>"
@@ -247,8 +254,9 @@ def tile_html(t: Tile) -> str:
         f"{last}</div>")
 
 
-def job_html(snap: JobSnapshot) -> str:
-    """A static HTML table of the job: what nbconvert or a non-widget frontend shows."""
+def job_html(snap: JobSnapshot, goodput: str = "", picture: str = "") -> str:
+    """A static HTML table of the job: what nbconvert or a non-widget frontend shows, with
+    its goodput and the picture of its metrics (an ``<img>``) when there are some."""
     rows = "".join(
         f"<tr><td>{t.rank}</td><td>{'-' if t.node is None else t.node}</td><td>{html.escape(t.role)}</td>"
         f"<td>{t.pid if t.pid is not None else '-'}</td>"
@@ -258,6 +266,6 @@ def job_html(snap: JobSnapshot) -> str:
     failures = "".join(
         f"<pre style='color:#c0392b'>{html.escape(f.summary())}\n{html.escape(f.traceback or '')}</pre>"
         for f in snap.failures)
-    return (f"{header_html(snap)}<table class='enb-ranks'><thead><tr><th>rank</th><th>node</th>"
+    return (f"{header_html(snap, goodput)}<table class='enb-ranks'><thead><tr><th>rank</th><th>node</th>"
             f"<th>role</th><th>pid</th><th>state</th><th>attempt</th><th>restarts</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>{failures}")
+            f"<tbody>{rows}</tbody></table>{failures}{picture}")

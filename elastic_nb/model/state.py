@@ -121,6 +121,8 @@ class EventKind(StrEnum):
     JOIN_REFUSED = "join_refused"  # a node that would not run what it was given, and why
     STATE_FORGED = "state_forged"  # someone else wrote the rendezvous state: refused, unread
     REPORT_REFUSED = "report_refused"  # results for ranks the reporting node does not hold
+    CHECKPOINT = "checkpoint"  # a complete checkpoint: step, world, bytes, seconds
+    RESTORED = "restored"  # an attempt resumed from a checkpoint: step, world_from, world_to, seconds
     SUCCEEDED = "succeeded"  # the job's final event, one of these three
     FAILED = "failed"
     STOPPED = "stopped"

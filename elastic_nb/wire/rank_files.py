@@ -5,7 +5,8 @@ stdout/stderr and error file, and these: ``stacks.txt`` (every thread's
 stack, appended on ``STACK_DUMP_SIGNAL``), the debugger's socket and, while
 the rank waits in its debugger, ``paused.json``: a ``PauseNotice`` that the
 node's agent reads back and reports to the Job; ``hang.json``, a rank's
-answer to ``HANG_SIGNAL`` (its flight recorder's entries and its stacks).
+answer to ``HANG_SIGNAL`` (its flight recorder's entries and its stacks);
+``metrics.txt``, the records ``enb.report`` appends (``worker.metrics``).
 A ``RankTarget`` names a running rank by its pid and directory, for
 whoever signals it and reads those files (``rank_probe``); a
 ``RankAnswer`` is what that reader makes of a rank's ``hang.json`` (or why
@@ -35,6 +36,7 @@ NOTICE_NAME = "paused.json"
 PROMPT = "(Pdb) "  # the debugger's socket speaks pdb's own text; each answer ends with this
 TORCH_VARS_KEY = "ELASTIC_NB_TORCH_VARS"
 ANSWER_STATUSES = ("answered", "stopped", "gone", "silent")
+METRICS_FILE = "metrics.txt"  # what enb.report appends (worker.metrics), tailed by the kernel
 
 
 @dataclass(frozen=True)

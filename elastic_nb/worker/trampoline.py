@@ -32,7 +32,7 @@ import cloudpickle
 
 from elastic_nb.wire.config import JobContext
 from elastic_nb.wire.rank_files import STACK_DUMP_SIGNAL, STACKS_FILE, TORCH_VARS_KEY
-from elastic_nb.worker import hang_answer, rank_debugger, script_runner
+from elastic_nb.worker import hang_answer, metrics, rank_debugger, script_runner
 
 _PR_SET_PDEATHSIG = 1
 _workers_store: Any = None  # rank 0's store for init_process_group, alive as long as the worker
@@ -183,6 +183,8 @@ def run_worker(payload: bytes, context: JobContext) -> bytes:
         if timed_out is not None:
             raise timed_out from exc
         raise
+    finally:
+        metrics.flush()
     try:
         return cloudpickle.dumps(result)
     except Exception as exc:

@@ -11,6 +11,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from elastic_nb.model import render
+from elastic_nb.ui import static_plot
 from elastic_nb.ui.dashboard.widget import Dashboard
 
 if TYPE_CHECKING:
@@ -59,5 +60,6 @@ def mimebundle(job: JobHandle, include: Any = None, exclude: Any = None) -> dict
         bundle.update(dashboard(job)._repr_mimebundle_(include=include, exclude=exclude))
     snap = job.snapshot()
     bundle["text/plain"] = render.summary_text(snap)
-    bundle["text/html"] = render.job_html(snap)
+    bundle["text/html"] = render.job_html(snap, job.goodput().short(),
+                                          static_plot.png_html(job.metrics_book, job.events))
     return bundle

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from elastic_nb.model import render
+from elastic_nb.model.goodput import Goodput
 from elastic_nb.model.hangs import HangReport, hang_map_html
 from elastic_nb.model.snapshot import JobSnapshot
 from elastic_nb.ui.dashboard.log_view import MAX_LOG_LINES, LogView
@@ -22,6 +23,9 @@ from elastic_nb.wire.rank_files import PROMPT
 if TYPE_CHECKING:
     from elastic_nb.kernel.debug_client import DebugSession
     from elastic_nb.ui.dashboard.handle import JobHandle
+
+
+GOODPUT_EVERY = 1.0  # seconds between two computations of the header's goodput
 
 
 class DashboardModel:
@@ -41,6 +45,8 @@ class DashboardModel:
         self._debug: DebugSession | None = None
         self._debug_lock = threading.Lock()
         self.debug_transcript: list[str] = []
+        self._goodput: Goodput | None = None
+        self._goodput_at = float("-inf")
 
     def close(self) -> None:
         self.logs.close()
@@ -92,7 +98,22 @@ class DashboardModel:
                             self.hung_factor)
 
     def timeline(self, snap: JobSnapshot | None = None) -> list[render.TimelineEntry]:
-        return render.timeline(snap or self.snapshot())
+        bill = self.goodput()
+        costs = {f.time: f"{f.cost:.1f} s" for f in bill.faults} if bill and bill.known else {}
+        return render.timeline(snap or self.snapshot(), costs)
+
+    def goodput(self) -> Goodput | None:
+        """The job's goodput, computed again at most every ``GOODPUT_EVERY`` seconds (its cost
+        follows the steps reported, not the refresh rate)."""
+        now = time.monotonic()
+        if now - self._goodput_at >= GOODPUT_EVERY or (self.job.done and self._goodput_at < 0):
+            self._goodput, self._goodput_at = self.job.goodput(), now
+        return self._goodput
+
+    def goodput_text(self) -> str:
+        """``goodput 91%`` for the header, or "" while unknown."""
+        bill = self.goodput()
+        return bill.short() if bill is not None else ""
 
     def log_text(self, rank: int | None = None, text: str = "", attempt: int | None = None,
                  collapse: bool = False) -> str:

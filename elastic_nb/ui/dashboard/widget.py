@@ -137,8 +137,12 @@ class Dashboard(widgets.VBox):
         self.hang_area = widgets.HTML()
         self.hang_button = self._button("refresh", self._refresh_hang, "warning")
         hang_box = widgets.VBox([self.hang_button, self.hang_area])
-        self.tabs = widgets.Tab([logs, timeline_box, self.stacks_area, debug_box, hang_box])
-        for i, title in enumerate(("logs", "timeline", "stacks", "debug", "hang map")):
+        from elastic_nb.ui.dashboard.metrics_view import MetricsView  # bqplot: loaded here only
+
+        self.metrics_view = MetricsView(self.job)
+        self.tabs = widgets.Tab([logs, timeline_box, self.stacks_area, debug_box, hang_box,
+                                 self.metrics_view])
+        for i, title in enumerate(("logs", "timeline", "stacks", "debug", "hang map", "metrics")):
             self.tabs.set_title(i, title)
 
     def _button(self, label: str, action: Callable[[], str], style: str) -> widgets.Button:
@@ -297,6 +301,7 @@ class Dashboard(widgets.VBox):
                 self.render()
                 break
             if self._dirty.is_set() or self.model.logs.version != self._seen_logs \
+                    or self.job.metrics_book.version != self.metrics_view.seen_version \
                     or time.monotonic() - self._last_refresh >= STATS_INTERVAL:
                 self.render()
         self._detach()
@@ -309,7 +314,7 @@ class Dashboard(widgets.VBox):
             self._last_refresh = time.monotonic()
             snap = self.model.snapshot()
             changed = [
-                set_if_changed(self.header_area, "value", render.header_html(snap)),
+                set_if_changed(self.header_area, "value", render.header_html(snap, self.model.goodput_text())),
                 self.tiles.render(self.model.tiles(snap)),
                 self._render_controls(snap),
                 set_if_changed(self.status_area, "value", self.model.status),
@@ -318,6 +323,7 @@ class Dashboard(widgets.VBox):
                 set_if_changed(self.stacks_area, "value", self._stacks_html()),
                 set_if_changed(self.debug_area, "value", self._debug_html()),
                 set_if_changed(self.hang_area, "value", self.model.hang_html()),
+                self.metrics_view.render(),
             ]
             if any(changed):
                 self.updates += 1
