@@ -30,6 +30,11 @@ class Tripwire:
         return (Tripwire, ())
 
 
+def told_directory() -> str | None:
+    """The checkpoint directory a rank is told."""
+    return os.environ.get("ELASTIC_NB_CHECKPOINT_DIR")
+
+
 def _model() -> Any:
     import torch
 
@@ -49,7 +54,8 @@ def _batch(step: int, rank: int, world: int) -> tuple[Any, Any]:
 def train(steps: int, every: int, kill_at: int | None = None, trip_at: int | None = None,
           pace: float = 0.0) -> dict[str, Any]:
     """Train ``steps`` steps, saving every ``every``; in the first attempt rank 1 SIGKILLs itself at
-    step ``kill_at``, or dies inside the save of step ``trip_at``. ``pace``: seconds a step."""
+    step ``kill_at``, or dies inside the save of step ``trip_at``. ``pace``: seconds a step until
+    it resumed from a checkpoint (time for a fault to land)."""
     import torch
     import torch.distributed as dist
 
@@ -77,7 +83,7 @@ def train(steps: int, every: int, kill_at: int | None = None, trip_at: int | Non
             p.grad /= world
         optimizer.step()
         print(f"rank {rank}: step {step} loss {loss.item():.6f}", flush=True)
-        if pace:
+        if pace and not start:
             time.sleep(pace)
         if step % every == 0:
             armed = step == trip_at and rank == 1 and first_attempt

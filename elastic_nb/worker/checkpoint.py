@@ -14,8 +14,8 @@ FSDP2), so a checkpoint that a world of 4 saved loads into a world of 3 or 6
 ``Stateful`` objects through their own methods, anything else picklable
 replaced in ``state``). Saves and restores use a gloo process group of their
 own, so that an asynchronous save's collectives never mix with the
-training's. One save is in flight at a time; the rank's end waits for it
-(``finish``, from the trampoline).
+training's. One save is in flight at a time; ``destroy_process_group`` and
+the rank's end wait for it (``finish``, from the trampoline).
 
 A checkpoint is complete once every rank of its world wrote it: DCP's
 coordinator writes its metadata after every rank's files, then rank 0 writes
@@ -182,6 +182,24 @@ def finish() -> None:
     save, _pending = _pending, None
     if save is not None:
         save.wait()
+
+
+def finish_before_teardown() -> None:
+    """Make ``destroy_process_group`` wait for the save in flight first: it ends the group the
+    save writes through (the trampoline installs this in every rank)."""
+    import torch.distributed.distributed_c10d as c10d
+
+    original = c10d.destroy_process_group
+
+    def destroy_process_group(group: Any = None) -> None:
+        finish()
+        if group is None:
+            _groups.clear()
+        original(group)
+
+    destroy_process_group.__doc__ = original.__doc__
+    c10d.destroy_process_group = destroy_process_group
+    dist.destroy_process_group = destroy_process_group
 
 
 # ------------------------------------------------------------------ rank 0's part

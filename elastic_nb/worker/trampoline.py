@@ -168,6 +168,7 @@ def run_worker(payload: bytes, context: JobContext) -> bytes:
     if context.flight_recorder:
         hang_answer.turn_on_flight_recorder()
     _wrap_group_creation(context.collective_timeout)
+    checkpoint.finish_before_teardown()
     call = cloudpickle.loads(payload)
     _install_sources(call["sources"])
     rank_debugger.cell_numbers.update(call["cells"])
