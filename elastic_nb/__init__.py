@@ -4,6 +4,7 @@
     job = enb.launch(train, nproc=4)      # returns at once
     job.result()                          # {rank: return value}
     enb.report(step, loss=loss.item())    # in a rank: job.metrics, the plot, job.goodput()
+    start = enb.restore_checkpoint(state) # in a rank: resume; enb.save_checkpoint(step, state)
     enb.launch(train, nodes=[enb.Node(4), enb.Node(4, on=enb.Slurm(partition="gpu"))],
                listen_addr="10.0.0.5")    # a node through Slurm (or enb.SSH("user@host"))
 
@@ -29,11 +30,18 @@ from elastic_nb.model.snapshot import JobSnapshot
 from elastic_nb.model.state import Event, EventKind, JobStatus, NodeStatus, WorkerInfo, WorkerStatus
 from elastic_nb.rendezvous.etcd_server import EtcdServer
 from elastic_nb.wire.options import BACKENDS
+from elastic_nb.worker.checkpoint import (
+    CheckpointError,
+    checkpoint_world,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from elastic_nb.worker.metrics import report
 
 __all__ = [
     "BACKENDS",
     "SSH",
+    "CheckpointError",
     "EtcdServer",
     "Event",
     "EventKind",
@@ -49,11 +57,14 @@ __all__ = [
     "Slurm",
     "WorkerInfo",
     "WorkerStatus",
+    "checkpoint_world",
     "hosts",
     "launch",
     "register_place",
     "report",
+    "restore_checkpoint",
     "run",
+    "save_checkpoint",
     "set_keep_warm",
     "shutdown",
 ]

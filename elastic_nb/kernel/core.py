@@ -1,11 +1,12 @@
 """One job's kernel side: its state under one lock, its node handles, and what events set off.
 
 ``JobCore`` is what the ``Job`` handle and its ``Pump`` share. The pump
-feeds it reports and channel ends; the handle's commands go through it to
-the node handles. ``apply`` tells listeners and waiters of new events and
-acts on the job's end: a failed job stops its remaining nodes, a job that
-succeeded ends the exit-barrier waits of nodes that wait for a lost peer. A
-lost node makes the survivors re-form at once (``restart_survivors``).
+feeds it reports and channel ends, and has it read the job's checkpoint
+directory; the handle's commands go through it to the node handles.
+``apply`` tells listeners and waiters of new events and acts on the job's
+end: a failed job stops its remaining nodes, a job that succeeded ends the
+exit-barrier waits of nodes that wait for a lost peer. A lost node makes the
+survivors re-form at once (``restart_survivors``).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from elastic_nb.kernel.checkpoints import CheckpointWatch
 from elastic_nb.kernel.log_book import JobLogs
 from elastic_nb.kernel.nodes import LaunchGate, NodeHandle
-from elastic_nb.model import rules, scheduling
+from elastic_nb.model import checkpoint_events, rules, scheduling
 from elastic_nb.model.hangs import HangReport
 from elastic_nb.model.placement import Placement
 from elastic_nb.model.plan import JobPlan
@@ -49,6 +51,7 @@ class JobCore:
         self.state = JobState(started_at=time.time())
         self.listeners: list[Callable[[Event], None]] = []
         self.logs = JobLogs(plan.log_dir, plan.options.log_line_prefix_template)
+        self.checkpoints = CheckpointWatch(plan.options.checkpoint_dir, plan.run_id)
         self.nodes: dict[int, NodeHandle] = {}
         self.gate = LaunchGate(self.nodes)
         self.wake: Callable[[], None] = lambda: None
@@ -70,6 +73,15 @@ class JobCore:
             self.changed.notify_all()
             if self.state.done:
                 self.wake()
+
+    def read_checkpoints(self, force: bool = False) -> None:
+        """New complete checkpoints and resumes in the job's checkpoint directory, as events
+        (a few times a second, or now with ``force``: the job's last look)."""
+        if not (force or self.checkpoints.due(time.monotonic())):
+            return
+        present, new, restores = self.checkpoints.poll()
+        with self.lock:
+            self.apply(checkpoint_events.observed(self.state, present, new, restores))
 
     def node_gone(self, index: int, returncode: int | None = None) -> None:
         """The node is over: its host said so, or its channel closed (exited, killed, crashed)."""

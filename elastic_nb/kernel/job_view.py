@@ -21,6 +21,7 @@ from elastic_nb.kernel.pump import Pump
 from elastic_nb.kernel.supervisor import StatsSampler
 from elastic_nb.kernel.waiting import poll_until
 from elastic_nb.model import snapshot as snapshots
+from elastic_nb.model.checkpoints import Checkpoint
 from elastic_nb.model.errors import RankFailure
 from elastic_nb.model.goodput import Goodput, goodput
 from elastic_nb.model.placement import Placement
@@ -107,6 +108,20 @@ class JobView:
         """Every rank failure of every attempt, restarted ones included."""
         with self._lock:
             return list(self._state.failure_history)
+
+    @property
+    def checkpoints(self) -> list[Checkpoint]:
+        """The complete checkpoints in the job's ``checkpoint_dir``, oldest first (``.step``,
+        ``.world_size``, ``.bytes``, ``.seconds`` to write, ``.time``); read a few times a second."""
+        if self.done:
+            self._pump.join()  # the job's last look at the directory is in
+        with self._lock:
+            return list(self._state.checkpoints)
+
+    @property
+    def checkpoint_dir(self) -> str | None:
+        """Where the ranks' ``enb.save_checkpoint`` writes (``launch(checkpoint_dir=...)``)."""
+        return self._plan.options.checkpoint_dir
 
     @property
     def restart_count(self) -> int:

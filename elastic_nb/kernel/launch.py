@@ -50,6 +50,7 @@ def launch(
     flight_recorder: bool = True,
     hang_after: float = 60.0,
     trust_store: bool = False,
+    checkpoint_dir: str | None = None,
     **kwargs: Any,
 ) -> Job:
     """Start ``fn(*args, **kwargs)`` on every rank of a new elastic job; return its Job at once.
@@ -90,6 +91,11 @@ def launch(
     agents write is signed with that key. ``trust_store=True`` admits plain
     ``torchrun`` nodes and joins with the store's token alone: whoever can
     reach the store can then run code in the job (README, "Security").
+
+    ``enb.save_checkpoint`` and ``enb.restore_checkpoint`` in the ranks use
+    ``checkpoint_dir`` (default: ``checkpoints`` in the job's log directory); a
+    launch with the same ``checkpoint_dir`` resumes from its newest complete
+    checkpoint. Nodes on other machines need it on shared storage.
     """
     given = launch_options.collect(locals())
     if keep_warm is None:

@@ -54,11 +54,13 @@ def make_plan(fn: Entry | None, args: tuple, kwargs: dict[str, Any],
     node_plans = tuple(plan_node(i, node, default_payload) for i, node in enumerate(nodes))
     for node_plan in node_plans:
         check_reachable(values["listen_addr"], node_plan.on)
+    log_dir = _make_log_dir(values["log_dir"], run_id)
     shared = {o.name: values[o.name] for o in OPTIONS if o.shared}
     options = JobOptions(**{**shared, "min_nodes": min_nodes, "max_nodes": max_nodes,
-                            "rdzv_configs": dict(rdzv_configs or {})})
+                            "rdzv_configs": dict(rdzv_configs or {}),
+                            "checkpoint_dir": _checkpoint_dir(values["checkpoint_dir"], log_dir)})
     return JobPlan(run_id=run_id, backend=backend, endpoint=endpoint, nodes=node_plans,
-                   options=options, log_dir=_make_log_dir(values["log_dir"], run_id),
+                   options=options, log_dir=log_dir,
                    env=values["env"], listen_addr=values["listen_addr"],
                    default_payload=default_payload, keep_warm=values["keep_warm"] or 0.0)
 
@@ -183,6 +185,16 @@ def _make_log_dir(log_dir: str | None, run_id: str) -> str:
         auth.check_private_dir(path)
     except ValueError as exc:
         raise LaunchError(f"log_dir: {exc}") from None
+    return path
+
+
+def _checkpoint_dir(given: str | None, log_dir: str) -> str:
+    """The job's checkpoint directory, absolute (the ranks' cwd is not always this one's):
+    the one given (a launch with the same one resumes), or one in the job's log directory."""
+    path = os.path.abspath(os.path.expanduser(given)) if given else os.path.join(log_dir,
+                                                                                "checkpoints")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise LaunchError(f"checkpoint_dir {path} is a file, not a directory")
     return path
 
 

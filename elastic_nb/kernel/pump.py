@@ -7,7 +7,8 @@ readiness to the launch gate, a host's last report and a channel's end to
 ``JobCore.node_gone``, log lines and new log sources to the node's handle,
 and so do a joined node's answers (stacks, hang answers) and its relayed
 debug sessions' output: the handle hands them on without waiting.
-Between reads it tails local log files and keeps the nodes' liveness: it
+Between reads it tails local log files, looks at the checkpoint directory
+(``JobCore.read_checkpoints``) and keeps the nodes' liveness: it
 sends each node a heartbeat a few times per ``liveness_timeout``, and a node
 it heard from once and then not for ``liveness_timeout`` seconds is lost
 (``JobCore.node_silent``). It ends once the job is done and every channel
@@ -111,6 +112,7 @@ class Pump:
                     else:
                         self._read(key.data)
                 core.logs.poll()
+                core.read_checkpoints()
                 self._keep_liveness()
                 with core.lock:
                     if core.state.done:
@@ -119,6 +121,7 @@ class Pump:
                             break
         finally:
             core.logs.close()
+            core.read_checkpoints(force=True)
             self._close()
 
     def _register_added(self) -> None:

@@ -13,6 +13,7 @@ import html
 import statistics
 from dataclasses import dataclass
 
+from elastic_nb.model.checkpoints import size_text
 from elastic_nb.model.snapshot import JobSnapshot, WorkerView
 from elastic_nb.model.state import Event, EventKind, WorkerStatus
 from elastic_nb.model.strenum import StrEnum
@@ -168,6 +169,8 @@ def summary_text(snap: JobSnapshot) -> str:
     warm = [n.index for n in snap.nodes if n.warm]
     if warm:
         head += f" warm hosts: node{'s' if len(warm) > 1 else ''} {', '.join(map(str, warm))}"
+    if snap.newest_checkpoint is not None:
+        head += f" checkpoint=step {snap.newest_checkpoint.step}"
     if snap.trust_store:
         head += f"\n  {TRUST_STORE_WARNING}"
     rows = [f"  node {n.index} on {n.where}: {n.status}" + (f", {n.scheduler}" if n.scheduler else "")
@@ -217,10 +220,21 @@ def header_html(snap: JobSnapshot, goodput: str = "") -> str:
         + f"<br><span style='color:#555'>nodes {html.escape(nodes)}</span>"
         + (f"<br><span class='enb-trust-store' style='color:#a04000'>"
            f"{html.escape(TRUST_STORE_WARNING)}</span>" if snap.trust_store else "")
+        + checkpoint_html(snap)
         + "</div>"
         + (f"<div class='enb-stalled' style='background:#f9e79f;padding:3px 6px;margin-top:3px;"
            f"font-family:monospace'><b>stalled</b>: {html.escape(snap.stall)} "
            f"<i>(the hang map tab has the detail)</i></div>" if snap.stall else ""))
+
+
+def checkpoint_html(snap: JobSnapshot) -> str:
+    """The header's line on the newest complete checkpoint (nothing before there is one)."""
+    newest = snap.newest_checkpoint
+    if newest is None:
+        return ""
+    return (f"<br><span class='enb-checkpoint' style='color:#555'>checkpoint step "
+            f"<b>{newest.step}</b> ({newest.world_size} rank{'' if newest.world_size == 1 else 's'}, "
+            f"{size_text(newest.bytes)})</span>")
 
 
 def tile_html(t: Tile) -> str:

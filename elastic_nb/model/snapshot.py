@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from elastic_nb.model.checkpoints import Checkpoint
 from elastic_nb.model.errors import RankFailure, ordered_failures
 from elastic_nb.model.plan import JobPlan
 from elastic_nb.model.state import (
@@ -91,6 +92,7 @@ class JobSnapshot:
     idle_hosts: int = 0  # this kernel's warm hosts waiting for a launch, as the snapshot was taken
     stall: str | None = None  # the hang map's answer while the job makes no progress
     trust_store: bool = False  # keyless nodes admitted: whoever reaches the store runs code
+    checkpoints: tuple[Checkpoint, ...] = ()  # complete ones in its checkpoint_dir, oldest first
 
     @property
     def done(self) -> bool:
@@ -112,6 +114,10 @@ class JobSnapshot:
     @property
     def first_failure(self) -> RankFailure | None:
         return self.failures[0] if self.failures else None
+
+    @property
+    def newest_checkpoint(self) -> Checkpoint | None:
+        return self.checkpoints[-1] if self.checkpoints else None
 
     @property
     def live_nodes(self) -> list[int]:
@@ -147,4 +153,5 @@ def build(plan: JobPlan, endpoint: str, state: JobState, last_output: dict[int, 
         workers=tuple(workers), events=tuple(state.events),
         failures=ordered_failures(state.failures.values()),
         failure_history=tuple(state.failure_history), error=state.error, idle_hosts=idle_hosts,
-        stall=state.stall, trust_store=plan.options.trust_store)
+        stall=state.stall, trust_store=plan.options.trust_store,
+        checkpoints=tuple(state.checkpoints))

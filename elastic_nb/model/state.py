@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from elastic_nb.model.checkpoints import SENTENCES, Checkpoint
 from elastic_nb.model.errors import RankFailure, first_failure
 from elastic_nb.model.strenum import StrEnum
 from elastic_nb.wire.reports import Paused
@@ -154,9 +155,12 @@ class Event:
             where.append(f"node {self.node}")
         if self.rank is not None:
             where.append(f"rank {self.rank}")
-        info = ", ".join(f"{k}={v}" for k, v in self.detail.items() if _short(v))
         stamp = time.strftime("%H:%M:%S", time.localtime(self.time))
         frac = f"{self.time % 1:.3f}"[1:]
+        sentence = SENTENCES.get(self.kind)
+        if sentence is not None:  # an event that says itself whole ("checkpoint step 300 (...)")
+            return f"{stamp}{frac} {sentence(self.detail)}"
+        info = ", ".join(f"{k}={v}" for k, v in self.detail.items() if _short(v))
         return f"{stamp}{frac} {self.kind:<13} {' '.join(where):<16} {info}".rstrip()
 
 
@@ -238,6 +242,7 @@ class JobState:
     # failed on its own (which releases the holders)
     holding: dict[int, int | None] = field(default_factory=dict)
     own_failure_worlds: set[int | None] = field(default_factory=set)
+    checkpoints: list[Checkpoint] = field(default_factory=list)  # complete ones, oldest first
 
     @property
     def done(self) -> bool:

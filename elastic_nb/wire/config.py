@@ -15,10 +15,12 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from elastic_nb.wire.checkpoints import CHECKPOINT_DIR_ENV
 from elastic_nb.wire.options import BACKENDS, JobOptions
 from elastic_nb.wire.records import ProtocolError, checked_fields, decode_bytes, encode_bytes
 
-FORKSERVER_PRELOAD = ("torch", "torch.distributed", "elastic_nb.worker.trampoline")
+FORKSERVER_PRELOAD = ("torch", "torch.distributed", "torch.distributed.checkpoint",
+                      "elastic_nb.worker.trampoline")
 """What a host's forkserver imports before it forks workers (the host starts it first)."""
 
 
@@ -79,6 +81,10 @@ class JobContext:
 
     @classmethod
     def of_this_process(cls, options: JobOptions) -> JobContext:
-        return cls(dict(os.environ), list(sys.path), os.getcwd(), options.post_mortem,
+        """This host's environment, path and cwd, with the job's checkpoint directory."""
+        env = dict(os.environ)
+        if options.checkpoint_dir is not None:
+            env[CHECKPOINT_DIR_ENV] = options.checkpoint_dir
+        return cls(env, list(sys.path), os.getcwd(), options.post_mortem,
                    options.post_mortem_timeout, options.collective_timeout,
                    options.flight_recorder)

@@ -245,6 +245,10 @@ OPTIONS: tuple[Option, ...] = (
            "with the store's token) and leave the rendezvous state unsigned: whoever can reach "
            "the store can then run code in the job", boolean, shared=True, flag="--trust-store",
            flag_type=None),
+    Option("checkpoint_dir", None, "where enb.save_checkpoint writes and enb.restore_checkpoint "
+           "reads (default: a checkpoints folder in the job's log directory); a launch with the "
+           "same one resumes; shared storage for nodes on other machines", text(), shared=True,
+           flag="--checkpoint-dir"),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
 BY_NAME = {o.name: o for o in OPTIONS}
@@ -295,6 +299,7 @@ class JobOptions:
     flight_recorder: bool = True
     hang_after: float = DEFAULT_HANG_AFTER
     trust_store: bool = False  # keyless nodes admitted, rendezvous state unsigned
+    checkpoint_dir: str | None = None  # the ranks' CHECKPOINT_DIR_ENV (the plan sets it)
 
     def to_message(self) -> dict[str, Any]:
         return asdict(self)

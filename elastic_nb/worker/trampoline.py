@@ -8,7 +8,8 @@ a worker forked from a warm host's forkserver inherits those of an older
 job) with torch's per-rank variables on top, then installs the
 notebook's source lines into linecache (so tracebacks show notebook code),
 arms a stack-dump signal and the rank's debugger (``rank_debugger``: ``breakpoint()``,
-post-mortem), dies with its parent, runs the call and returns the
+post-mortem), dies with its parent, runs the call, waits for its last
+asynchronous checkpoint (``worker.checkpoint``) and returns the
 result cloudpickled (rank 0 first starts the store ``init_process_group``
 will use, listening on ``MASTER_ADDR`` only). An exception propagates to
 torch's ``record`` wrapper, which writes it to the rank's error file.
@@ -32,7 +33,7 @@ import cloudpickle
 
 from elastic_nb.wire.config import JobContext
 from elastic_nb.wire.rank_files import STACK_DUMP_SIGNAL, STACKS_FILE, TORCH_VARS_KEY
-from elastic_nb.worker import hang_answer, metrics, rank_debugger, script_runner
+from elastic_nb.worker import checkpoint, hang_answer, metrics, rank_debugger, script_runner
 
 _PR_SET_PDEATHSIG = 1
 _workers_store: Any = None  # rank 0's store for init_process_group, alive as long as the worker
@@ -167,12 +168,14 @@ def run_worker(payload: bytes, context: JobContext) -> bytes:
     if context.flight_recorder:
         hang_answer.turn_on_flight_recorder()
     _wrap_group_creation(context.collective_timeout)
+    checkpoint.finish_before_teardown()
     call = cloudpickle.loads(payload)
     _install_sources(call["sources"])
     rank_debugger.cell_numbers.update(call["cells"])
     try:
         result = (script_runner.run(call["script"]) if "script" in call
                   else call["fn"](*call["args"], **call["kwargs"]))
+        checkpoint.finish()  # the rank's last asynchronous save is complete before it returns
     except bdb.BdbQuit:
         raise rank_debugger.quit_error(os.environ.get("RANK", "?")) from None
     except Exception as exc:
