@@ -45,7 +45,7 @@ from elastic_nb.wire.join import (
     JoinRequest,
     parse_request,
 )
-from elastic_nb.wire.records import ProtocolError
+from elastic_nb.wire.records import ProtocolError, json_object
 
 HANDSHAKE_TIMEOUT = 10.0
 MAX_HANDSHAKE_BYTES = 64 << 10
@@ -212,13 +212,7 @@ def read_request(connection: socket.socket, deadline: float) -> dict[str, Any]:
         data += chunk
         if len(data) > MAX_HANDSHAKE_BYTES:
             raise ProtocolError(f"a join request longer than {MAX_HANDSHAKE_BYTES} bytes")
-    try:
-        request = json.loads(data.split(b"\n", 1)[0])
-    except ValueError as exc:
-        raise ProtocolError(f"not a JSON join request: {exc}") from None
-    if not isinstance(request, dict):
-        raise ProtocolError("a join request must be a JSON object")
-    return request
+    return json_object(data.split(b"\n", 1)[0], "a join request")
 
 
 class JoinDesk:

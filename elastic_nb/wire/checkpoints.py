@@ -92,10 +92,9 @@ def read_marker(path: str) -> Marker | None:
             text = f.read()
         if not os.path.exists(os.path.join(path, METADATA)):
             return None
-        marker: Marker = from_json(Marker, text)
+        return Marker.from_json(text, "a checkpoint's marker")
     except (OSError, ProtocolError, TypeError):
         return None
-    return marker
 
 
 def newest_complete(complete: Iterable[int]) -> int | None:
@@ -139,13 +138,3 @@ def read_journal_line(line: str) -> Marker | Restored | None:
         return None
     return record
 
-
-def from_json(cls: type[Any], text: str) -> Any:
-    """The record ``text`` holds; ProtocolError for anything else (a damaged file)."""
-    try:
-        message = json.loads(text)
-    except ValueError as exc:
-        raise ProtocolError(f"not JSON: {exc}") from None
-    if not isinstance(message, dict):
-        raise ProtocolError(f"a {cls.__name__} must be a JSON object")
-    return cls.from_message(message)

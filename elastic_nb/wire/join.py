@@ -36,6 +36,7 @@ from elastic_nb.wire.records import (
     checked_fields,
     decode_bytes,
     encode_bytes,
+    json_object,
     kind_of,
 )
 
@@ -161,12 +162,7 @@ class JoinDescriptor:
     def from_json(cls, text: str | bytes, key: str | None = None) -> JoinDescriptor:
         """The descriptor the store held; with ``key``, only one the job signed (ProtocolError
         naming the danger otherwise: whoever wrote it could run code on this node)."""
-        try:
-            message = json.loads(text)
-        except ValueError as exc:
-            raise ProtocolError(f"the join descriptor is not JSON: {exc}") from None
-        if not isinstance(message, dict):
-            raise ProtocolError("the join descriptor must be a JSON object")
+        message = json_object(text, "the join descriptor")
         if key is not None:
             try:
                 message = auth.unseal(key, message, "the join descriptor in the rendezvous store")

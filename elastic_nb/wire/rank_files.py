@@ -90,10 +90,4 @@ class PauseNotice(FlatRecord):
     def read(cls, path: str) -> PauseNotice:
         """The notice at ``path``; OSError if there is none, ProtocolError if it is not one."""
         with open(path) as source:
-            try:
-                data = json.load(source)
-            except ValueError as exc:
-                raise ProtocolError(f"{path} is not a pause notice: {exc}") from None
-        if not isinstance(data, dict):
-            raise ProtocolError(f"{path} is not a pause notice")
-        return cls.from_message(data)
+            return cls.from_json(source.read(), f"the pause notice {path}")

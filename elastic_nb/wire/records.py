@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import MISSING, asdict, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -89,6 +90,17 @@ def records(cls: Any, message: dict[str, Any], name: str) -> tuple[Any, ...]:
     return tuple(cls.from_message(item) for item in items)
 
 
+def json_object(text: str | bytes, what: str) -> dict[str, Any]:
+    """The JSON object ``text`` holds; ProtocolError naming ``what`` for anything else."""
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"{what} is not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"{what} must be a JSON object, got {type(message).__name__}")
+    return message
+
+
 _R = TypeVar("_R", bound="FlatRecord")
 
 
@@ -98,6 +110,11 @@ class FlatRecord:
     @classmethod
     def from_message(cls: type[_R], message: dict[str, Any]) -> _R:
         return cls(**checked_fields(cls, message))
+
+    @classmethod
+    def from_json(cls: type[_R], text: str | bytes, what: str) -> _R:
+        """The record ``text`` holds (``what`` it should be); ProtocolError for anything else."""
+        return cls.from_message(json_object(text, what))
 
 
 class Message:
