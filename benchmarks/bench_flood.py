@@ -30,7 +30,7 @@ import tempfile
 import time
 
 import psutil
-from jupyter_client.manager import start_new_kernel
+from watched_kernel import cpu_seconds, watched_kernel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -43,11 +43,6 @@ while job.state != "running":
     time.sleep(0.05)
 job
 """
-
-
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
 
 
 def run_torchrun(ranks: int, workload: str, arg: float) -> tuple[int, float, float, str]:
@@ -86,10 +81,7 @@ def run_train(ranks: int, steps: int) -> None:
     torchrun_rate = float(tail.rsplit("steps/s", 1)[1].split()[0])
     code = (f"import elastic_nb as enb\nfrom workloads import train_steps\n"
             f"job = enb.launch(train_steps, {steps}, nproc={ranks})\njob")
-    paths = [ROOT, HERE, os.environ.get("PYTHONPATH")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
-    manager, client = start_new_kernel(kernel_name="python3", env=env, cwd=ROOT)
-    try:
+    with watched_kernel() as (client, _):
         client.execute(code)
         client.execute("print('rate', min(job.result(timeout=600).values())); job.stop()")
         rate = None
@@ -99,9 +91,6 @@ def run_train(ranks: int, steps: int) -> None:
                 rate = float(msg["content"]["text"].split()[1])
             if msg["msg_type"] == "error":
                 raise RuntimeError("\n".join(msg["content"]["traceback"]))
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
     print(f"training loop, {ranks} ranks x {steps} steps: torchrun {torchrun_rate:.1f} steps/s, "
           f"watched from a kernel {rate:.1f} steps/s ({rate / torchrun_rate:.2f}x)")
 
@@ -111,11 +100,7 @@ def run(ranks: int, seconds: float) -> None:
     print(f"torchrun --tee 3, {ranks} ranks for {seconds:.0f} s: {torchrun_lines:,} lines "
           f"({torchrun_lines / seconds:,.0f}/s); its agent used "
           f"{torchrun_cpu / torchrun_elapsed * 100:.1f}% of one core")
-    paths = [ROOT, HERE, os.environ.get("PYTHONPATH")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
-    manager, client = start_new_kernel(kernel_name="python3", env=env, cwd=ROOT)
-    try:
-        kernel = psutil.Process(manager.provisioner.process.pid)
+    with watched_kernel() as (client, kernel):
         client.execute(SETUP.format(seconds=seconds, ranks=ranks))
         comm_msgs = 0
         busy_until_idle = True
@@ -163,9 +148,6 @@ def run(ranks: int, seconds: float) -> None:
         print(f"widget messages: {comm_msgs} ({comm_msgs / elapsed:.1f}/s)")
         print(f"a cell sent mid-flood answered in "
               f"{'never' if probe_answered is None else f'{probe_answered:.2f} s'}")
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
 
 
 def main() -> None:

@@ -37,6 +37,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 
+from watched_kernel import cpu_seconds, watched_kernel  # noqa: E402
+
 from elastic_nb.model.goodput import StepMark, goodput  # noqa: E402
 from elastic_nb.model.state import Event, EventKind  # noqa: E402
 
@@ -68,20 +70,9 @@ def report_cost(calls: int) -> float:
     return statistics.median(rounds)
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
-
-
 def kernel_under_reports(ranks: int, seconds: float, rate: float) -> tuple[float, float, int]:
     """The kernel's CPU share, widget messages a second and records kept, ``ranks`` reporting."""
-    from jupyter_client.manager import start_new_kernel
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, HERE,
-                                                                     os.environ.get("PYTHONPATH")]))}
-    manager, client = start_new_kernel(kernel_name="python3", env=env, cwd=ROOT)
-    try:
-        kernel = psutil.Process(manager.provisioner.process.pid)
+    with watched_kernel() as (client, kernel):
         setup = client.execute(SETUP.format(seconds=seconds, rate=rate, ranks=ranks))
         comm_msgs, start, start_cpu = 0, None, 0.0
         deadline = time.monotonic() + seconds + 180
@@ -110,9 +101,6 @@ def kernel_under_reports(ranks: int, seconds: float, rate: float) -> tuple[float
             if msg["msg_type"] == "stream" and "records" in msg["content"]["text"]:
                 records = int(msg["content"]["text"].split()[0])
         return used / elapsed, comm_msgs / elapsed, records
-    finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
 
 
 def _killer(pids: Callable[[], int | None], every: float, stop: threading.Event, kills: list[float]) -> None:
@@ -174,8 +162,9 @@ def goodput_torchrun(steps: int, step_time: float, every: int, kill_every: float
 
 
 def goodput_enb(steps: int, step_time: float, every: int, kill_every: float) -> object:
-    import elastic_nb as enb
     from workloads import ddp_checkpointed
+
+    import elastic_nb as enb
 
     directory = tempfile.mkdtemp(prefix="bench_metrics-dcp-")
     job = enb.launch(ddp_checkpointed, steps, step_time, directory, every, nproc=2,
