@@ -19,12 +19,12 @@ environment.
 from __future__ import annotations
 
 import json
-import os
 import signal
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from elastic_nb.wire.records import FlatRecord, ProtocolError
+from elastic_nb.wire.whole_files import write_whole
 
 STACK_DUMP_SIGNAL = signal.SIGUSR1
 STACKS_FILE = "stacks.txt"
@@ -81,10 +81,7 @@ class PauseNotice(FlatRecord):
 
     def write(self, path: str) -> None:
         """Replace the notice at ``path`` at once (a reader never sees half of it)."""
-        partial = f"{path}.partial"
-        with open(partial, "w") as out:
-            json.dump(asdict(self), out)
-        os.replace(partial, path)
+        write_whole(path, json.dumps(asdict(self)))
 
     @classmethod
     def read(cls, path: str) -> PauseNotice:

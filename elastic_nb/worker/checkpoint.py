@@ -46,6 +46,7 @@ import torch.distributed as dist
 from torch import nn
 
 from elastic_nb.wire import checkpoints as layout
+from elastic_nb.wire.whole_files import write_whole
 
 
 class CheckpointError(RuntimeError):
@@ -214,7 +215,7 @@ def _choose(root: str) -> dict[str, Any]:
         shutil.rmtree(steps[step], ignore_errors=True)
     newest = layout.newest_complete(complete)
     probe = f".probe-{uuid.uuid4().hex}"
-    _write(os.path.join(root, probe), socket.gethostname())
+    write_whole(os.path.join(root, probe), socket.gethostname(), durable=True)
     return {"step": newest, "world": complete[newest].world if newest is not None else None,
             "probe": probe}
 
@@ -224,7 +225,7 @@ def _commit(root: str, path: str, step: int, world: int, started: float, keep: i
     now = time.time()
     marker = layout.Marker(step=step, world=world, bytes=_size(path), seconds=now - started,
                            time=now, run_id=_run_id())
-    _write(os.path.join(path, layout.MARKER), layout.to_json(marker))
+    write_whole(os.path.join(path, layout.MARKER), layout.to_json(marker), durable=True)
     _append(os.path.join(root, layout.JOURNAL), layout.journal_line(marker))
     steps = layout.scan(root)
     complete = [s for s, p in steps.items() if layout.read_marker(p) is not None]
@@ -339,16 +340,6 @@ def _all_gather(value: Any, group: Any) -> list[Any]:
 
 def _run_id() -> str:
     return os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("ELASTIC_NB_RUN_ID", "")
-
-
-def _write(path: str, text: str) -> None:
-    """Write a whole file or nothing: a reader never sees half of it."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
 
 
 def _append(path: str, line: str) -> None:

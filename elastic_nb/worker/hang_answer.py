@@ -25,6 +25,7 @@ from typing import Any
 
 from elastic_nb.compat import torch_compat
 from elastic_nb.wire.rank_files import FLIGHT_RECORDER_ENTRIES, HANG_FILE, HANG_SIGNAL
+from elastic_nb.wire.whole_files import write_whole
 from elastic_nb.worker import rank_debugger
 
 # the frames between the trampoline and a script: the runner and runpy (frozen or not)
@@ -63,10 +64,7 @@ def _serve(path: str) -> None:
         except Exception as exc:  # an answer that says why beats none
             answer = json.dumps({"time": time.time(), "pid": os.getpid(),
                                  "error": f"{type(exc).__name__}: {exc}"})
-        partial = f"{path}.partial"
-        with open(partial, "w") as out:
-            out.write(answer)
-        os.replace(partial, path)
+        write_whole(path, answer)
 
 
 def _answer() -> dict[str, Any]:
