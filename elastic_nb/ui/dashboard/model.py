@@ -106,7 +106,7 @@ class DashboardModel:
         """The job's goodput, computed again at most every ``GOODPUT_EVERY`` seconds (its cost
         follows the steps reported, not the refresh rate)."""
         now = time.monotonic()
-        if now - self._goodput_at >= GOODPUT_EVERY or (self.job.done and self._goodput_at < 0):
+        if now - self._goodput_at >= GOODPUT_EVERY:
             self._goodput, self._goodput_at = self.job.goodput(), now
         return self._goodput
 
