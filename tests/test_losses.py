@@ -56,6 +56,19 @@ def test_a_held_failure_then_the_loss_is_a_membership_restart_that_names_the_los
     assert state.holding == {} and not state.done
 
 
+def test_a_loss_found_by_silence_keeps_its_name_when_the_fenced_agent_exits_after():
+    """Node 1 is found silent (lost), fenced, and its channel closes before the survivor's
+    restart: the restart names the loss as the timeline first said it, not its aftermath."""
+    state = two_nodes_in_round_4()
+    held = protocol.WorkerFailed(0, 0, T0 + 2, (failure(0, GLOO_CLOSED),), held=True)
+    rules.apply(state, 0, held, T0 + 2)
+    rules.node_silent(state, 1, 6.0, T0 + 8)
+    rules.node_gone(state, 1, -9, T0 + 8.2, "see its agent log")
+    events = rules.apply(state, 0, protocol.Restarting("membership", 0, 0, T0 + 8.5), T0 + 8.5)
+    restarting = [e for e in events if e.kind == EventKind.RESTARTING][0]
+    assert restarting.detail["followed_from"].startswith("node 1 lost"), restarting.detail
+
+
 def test_a_node_s_own_failure_releases_the_holders_of_its_world_whichever_comes_first():
     state = two_nodes_in_round_4()
     held = protocol.WorkerFailed(0, 0, T0 + 2, (failure(0, GLOO_CLOSED),), held=True)

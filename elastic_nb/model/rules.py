@@ -191,12 +191,15 @@ def release_held(state: JobState, index: int, report: protocol.WorkerFailed) -> 
 
 
 def _last_loss(state: JobState) -> str | None:
-    """The newest loss of a node, as the timeline says it (for a failure that followed it)."""
-    for event in reversed(state.events):
-        if event.kind in (EventKind.NODE_LOST, EventKind.NODE_KILLED, EventKind.PREEMPTING) or (
-                event.kind == EventKind.NODE_EXITED and event.detail.get("status") in _LOST_STATUSES):
-            return f"node {event.node} {event.kind.replace('node_', '').replace('_', ' ')}"
-    return None
+    """The newest lost node's loss, as the timeline first said it (for a failure that followed
+    it): a node found silent and then fenced is "lost", not the "exited" its fencing caused."""
+    losses = [e for e in state.events if e.kind in (
+        EventKind.NODE_LOST, EventKind.NODE_KILLED, EventKind.PREEMPTING) or (
+            e.kind == EventKind.NODE_EXITED and e.detail.get("status") in _LOST_STATUSES)]
+    if not losses:
+        return None
+    first = next(e for e in losses if e.node == losses[-1].node)
+    return f"node {first.node} {first.kind.replace('node_', '').replace('_', ' ')}"
 
 
 def stalled(state: JobState, answer: str | None, suspects: list[int], attempt: int,
