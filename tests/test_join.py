@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -114,3 +115,22 @@ def test_stacks_and_stop_reach_a_joined_node():
         if terminal.poll() is None:
             terminal.kill()
         terminal.communicate()
+
+
+def test_a_node_the_job_started_gives_up_at_once_when_its_kernel_is_gone():
+    """A Slurm or ssh node that starts after its kernel died (it was queued) finds no Job at the
+    address it was given: it exits with why, long before its rendezvous timeout (600 s here)
+    would end a wait on the store, and frees its allocation."""
+    closed = []
+    for _ in range(2):  # a port nothing listens on, for the Job and for its store
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed.append(probe.getsockname()[1])
+    terminal = subprocess.run(
+        [sys.executable, "-m", "elastic_nb", "join", "--backend", "c10d", "--endpoint",
+         f"127.0.0.1:{closed[1]}", "--run-id", "gone", "--nproc", "1", "--timeout", "600",
+         "--job-address", f"127.0.0.1:{closed[0]}", "--ticket", "1", "--key-stdin"],
+        input=f"{'ab' * 32}\n{{}}\n", capture_output=True, text=True, timeout=120)
+    assert terminal.returncode == 2, terminal.stderr
+    assert f"job gone is not at 127.0.0.1:{closed[0]}" in terminal.stderr
+    assert "its kernel has ended" in terminal.stderr

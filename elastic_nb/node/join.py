@@ -9,8 +9,11 @@ failures, results) reach the notebook's Job.
 A node the notebook started (Slurm, ssh) is given the Job's address, its
 ticket (the node index reserved for it) and the job's key through a private
 path; it runs only a descriptor and an answer signed with that key, and
-tells the Job when it refuses one. On its scheduler's warning signal it
-leaves the job gracefully (``Leaving``).
+tells the Job when it refuses one. The Job published its descriptor and
+listens before it submits such a node, so one that cannot reach the Job or
+find its descriptor within seconds gives up (its kernel died while it was
+queued): it exits non-zero and frees its allocation. On its scheduler's
+warning signal it leaves the job gracefully (``Leaving``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import signal
 import socket
 import tempfile
+import time
 from dataclasses import replace
 from types import FrameType
 
@@ -36,6 +40,8 @@ from elastic_nb.wire.join import (
     parse_reply,
 )
 from elastic_nb.wire.records import ProtocolError
+
+GIVE_UP_AFTER = 5.0  # seconds a node the Job started tries to reach it and find its descriptor
 
 
 class JoinError(RuntimeError):
@@ -66,8 +72,11 @@ def join(backend: str, endpoint: str, run_id: str, nproc: int, role: str = "defa
         raise JoinError(f"--local-addr: {exc}") from None
     register_backends()
     rdzv_configs = dict(rdzv_configs or {})
-    descriptor, refused = _find(backend, endpoint, run_id, rdzv_configs, timeout, key,
-                                job_address is not None)
+    if job_address is not None:  # started by the Job: it is there already, or gone for good
+        _reach(job_address, run_id)
+    descriptor, refused = _find(backend, endpoint, run_id, rdzv_configs,
+                                timeout if job_address is None else min(timeout, GIVE_UP_AFTER),
+                                key, job_address is not None)
     address = job_address or (descriptor.job_address if descriptor else "")
     channel, reply = _introduce(address, run_id, timeout, key, JoinRequest(
         token=descriptor.token if descriptor else "", nproc=nproc, role=role,
@@ -93,6 +102,23 @@ def join(backend: str, endpoint: str, run_id: str, nproc: int, role: str = "defa
 
         signal.signal(signal.Signals[leave_on], leave)
     return host.run(config)
+
+
+def _reach(address: str, run_id: str) -> None:
+    """Connect to the Job at ``address`` within ``GIVE_UP_AFTER`` seconds (a refusal is tried
+    again: a busy kernel), then let go; JoinError if it is not there."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + GIVE_UP_AFTER
+    while True:
+        try:
+            socket.create_connection((host, int(port)),
+                                     timeout=max(deadline - time.monotonic(), 0.1)).close()
+            return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise JoinError(f"job {run_id} is not at {address} ({exc}): its kernel has ended "
+                                f"(or this machine cannot reach it); nothing to join") from None
+            time.sleep(0.5)
 
 
 def _find(backend: str, endpoint: str, run_id: str, rdzv_configs: dict[str, str],
