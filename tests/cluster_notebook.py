@@ -232,6 +232,41 @@ def run(scenario: str, ssh_config: str) -> dict:
                              if value.encode() in held]
         facts["in_repr"] = [word for word, value in (("key", key), ("secret", secret))
                             if value in repr(job) + repr(job.snapshot())]
+    elif scenario == "slurm_kernel_killed":  # the test SIGKILLs this process once READY
+        job = enb.launch(tick, nodes=[enb.Node(1, on=enb.Slurm()) for _ in range(3)],
+                         min_nodes=2, max_nodes=3, rdzv_configs={"last_call_timeout": 2},
+                         **OPTIONS)
+        job.wait_until(lambda: len(job.snapshot().workers) == 2 and all(
+            "tick 3" in job.logs(rank=w.rank) for w in job.snapshot().workers),
+            timeout=120, what="two ranks ticking while the third node queues")
+        queued = [n.index for n in job.snapshot().nodes if str(n.status) == "queued"]
+        print("READY " + json.dumps({"run_id": job.run_id,
+                                     "queued": [submission(job, i) for i in queued],
+                                     "slurm_jobs": slurm_jobs()}), flush=True)
+        time.sleep(600)
+    elif scenario == "slurm_fifty_queued":  # held in the queue: how often is slurmctld asked?
+        held, began = enb.Slurm(extra=("--hold",)), time.monotonic()
+        job = enb.launch(tick, nodes=[enb.Node(1)] + [enb.Node(1, on=held) for _ in range(50)],
+                         min_nodes=1, max_nodes=51, rdzv_configs={"last_call_timeout": 1},
+                         **OPTIONS)
+        job.wait_until(lambda: "tick 3" in job.logs(rank=0), timeout=120, what="rank 0 ticking")
+        time.sleep(5)
+        facts["scheduler"] = sorted({n.scheduler for n in job.snapshot().nodes if n.scheduler})
+        job.stop()
+        facts["seconds"] = time.monotonic() - began  # the job's whole life
+        facts["queue_after_stop"] = slurm_jobs()
+    elif scenario == "slurm_busy":  # squeue fails ("Socket timed out") while the flag exists
+        flag = os.environ["SQUEUE_FAILS_WHILE"]
+        job = enb.launch(tick, nodes=[enb.Node(1), enb.Node(1, on=enb.Slurm(extra=("--hold",)))],
+                         min_nodes=1, max_nodes=2, rdzv_configs={"last_call_timeout": 1},
+                         **OPTIONS)
+        job.wait_until(lambda: "tick 3" in job.logs(rank=0), timeout=120, what="rank 0 ticking")
+        open(flag, "w").close()
+        time.sleep(4)  # a few looks at the queue, each one failing
+        facts["while_busy"] = str(job.nodes[1])
+        os.remove(flag)
+        job.wait_until(lambda: "JobHeldUser" in (job.snapshot().nodes[1].scheduler or ""),
+                       timeout=60, what="the queue looked at again")
     elif scenario == "sbatch_refused":
         try:
             enb.launch(where, nodes=[enb.Node(1, on=enb.Slurm(partition="nosuch"))], **OPTIONS)
@@ -242,6 +277,7 @@ def run(scenario: str, ssh_config: str) -> dict:
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     job.stop()
+    facts.setdefault("queue_after_stop", slurm_jobs())
     facts.update(state=str(job.state), nodes={i: str(s) for i, s in job.nodes.items()},
                  events=[[e.kind, e.node, e.detail] for e in job.events], run_id=job.run_id)
     return facts

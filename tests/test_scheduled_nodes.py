@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from util import wait_until
 
 DRIVER = Path(__file__).with_name("cluster_notebook.py")
 
@@ -115,6 +117,73 @@ def test_a_node_that_stays_pending_shows_so_while_the_job_runs_on_min_nodes(clus
 def test_stop_cancels_every_slurm_job_before_it_returns(cluster):
     facts = notebook(cluster, "slurm_stop")
     assert facts["state"] == "stopped" and facts["queue_after_stop"] == []
+
+
+def test_a_killed_kernel_leaves_no_slurm_job_running_or_queued(cluster):
+    """The kernel is SIGKILLed while two Slurm nodes run and a third is queued: Slurm's queue
+    is empty within 30 s, and the queued node never ran (its output was never written)."""
+    driver = subprocess.Popen(cluster.login.command(sys.executable, str(DRIVER),
+                                                    "slurm_kernel_killed", str(cluster.ssh_config)),
+                              stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, **cluster.slurm_env})
+    try:
+        assert driver.stdout is not None
+        ready = next((line for line in driver.stdout if line.startswith("READY ")), None)
+        assert ready, f"the driver ended ({driver.wait()}) before two ranks ran"
+        seen = json.loads(ready[len("READY "):])
+        assert len(seen["queued"]) == 1 and len(seen["slurm_jobs"]) == 3, seen
+    finally:
+        driver.kill()
+        driver.wait()
+    wait_until(lambda: not cluster.squeue(), timeout=30, what="Slurm's queue to empty",
+               interval=0.2)
+    output = Path.home() / "elastic_nb-slurm" / seen["run_id"]
+    assert output.is_dir() and not list(output.glob(f"node_*-{seen['queued'][0]}.out"))
+
+
+def test_fifty_queued_nodes_cost_one_squeue_a_second_and_one_scancel(cluster, tmp_path):
+    """Every Slurm command the Job runs is counted (a shim before the real one on PATH):
+    while 50 nodes queue, each look at the queue is one ``squeue`` naming all of them (no
+    ``scontrol`` per node), and ``stop`` cancels them with one ``scancel``."""
+    shims, calls = tmp_path / "shims", tmp_path / "calls.log"
+    shims.mkdir()
+    for command in ("sbatch", "squeue", "scontrol", "scancel", "sacct"):
+        real = shutil.which(command)
+        assert real, command
+        shim = shims / command
+        shim.write_text(f'#!/bin/sh\necho "{command} $*" >> {calls}\nexec {real} "$@"\n')
+        shim.chmod(0o755)
+    facts = notebook(cluster, "slurm_fifty_queued", PATH=f"{shims}:{os.environ['PATH']}")
+    assert facts["queue_after_stop"] == []
+    assert any("JobHeldUser" in s for s in facts["scheduler"]), facts["scheduler"]
+    made = [line.split() for line in calls.read_text().splitlines()]
+    by_command = {c: [args for name, *args in made if name == c]
+                  for c in ("sbatch", "squeue", "scontrol", "scancel")}
+    assert len(by_command["sbatch"]) == 50
+    assert by_command["scontrol"] == []
+    looks = [args for args in by_command["squeue"] if "--states=all" in args]
+    assert all(len(args[args.index("-j") + 1].split(",")) == 50 for args in looks), looks
+    # at most one look a second (POLL_INTERVAL) of the job's life, whatever the number of
+    # nodes, and the last look after the cancel
+    assert 0 < len(looks) <= facts["seconds"] + 2, (len(looks), facts["seconds"])
+    assert len(by_command["scancel"]) == 1 and len(by_command["scancel"][0]) == 50
+
+
+def test_a_busy_slurmctld_is_asked_again_and_a_queued_node_stays_queued(cluster, tmp_path):
+    """While ``squeue`` answers "Socket timed out" (a shim before the real one), the queued
+    node stays queued (not lost: Slurm never said it ended), and ``stop`` still cancels it."""
+    flag, shims = tmp_path / "busy", tmp_path / "shims"
+    shims.mkdir()
+    shim = shims / "squeue"
+    shim.write_text(f'#!/bin/sh\nif [ -e {flag} ]; then echo "slurm_load_jobs error: Socket '
+                    f'timed out on send/recv operation" >&2; exit 1; fi\n'
+                    f'exec {shutil.which("squeue")} "$@"\n')
+    shim.chmod(0o755)
+    facts = notebook(cluster, "slurm_busy", PATH=f"{shims}:{os.environ['PATH']}",
+                     SQUEUE_FAILS_WHILE=str(flag))
+    assert facts["while_busy"] == "queued"
+    assert "node_exited" not in kinds(facts, 1)[:-1], kinds(facts, 1)
+    assert facts["nodes"]["1"] == "stopped" and facts["queue_after_stop"] == []
 
 
 def test_an_sbatch_refusal_is_a_launch_error_that_names_the_fix(cluster):

@@ -3,14 +3,21 @@
 A queued node holds no world back from finishing and fails nobody when it
 never comes; a node that leaves on its scheduler's warning has ``left``; a
 placement that cannot work is a LaunchError before anything is submitted.
+The one process here is the reaper's (its own, with a stand-in ``scancel``
+that records what it was asked: no Slurm needed).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 import elastic_nb as enb
-from elastic_nb.kernel.launchers.slurm import job_status
+from elastic_nb.kernel.launchers import reaper
+from elastic_nb.kernel.launchers.slurm import queue_status
 from elastic_nb.kernel.planning import make_plan
 from elastic_nb.model import controls, rules, scheduling
 from elastic_nb.model.scheduling import SchedulerStatus
@@ -22,7 +29,8 @@ def state_with(*statuses: NodeStatus) -> JobState:
     state = JobState(started_at=0.0, status=JobStatus.RUNNING)
     for index, status in enumerate(statuses):
         rules.add_node(state, index, 1, "default", local=True).status = status
-    scheduling.node_submitted(state, len(statuses), 1, "default", "Slurm", "Slurm job 7", 1.0)
+    scheduling.node_submitting(state, len(statuses), 1, "default", "Slurm", 1.0)
+    scheduling.node_submitted(state, len(statuses), "Slurm job 7", 1.0)
     return state
 
 
@@ -89,20 +97,16 @@ def test_a_node_that_leaves_on_its_schedulers_warning_has_left_and_the_job_succe
 
 
 @pytest.mark.parametrize(("line", "expected"), [
-    ("JobId=7 JobName=enb-x-2 JobState=PENDING Reason=Resources Dependency=(null) "
-     "NodeList=(null) BatchHost=(null)", SchedulerStatus("PENDING", "Resources")),
-    ("JobId=7 JobState=RUNNING Reason=None NodeList=c2 BatchHost=c2",
-     SchedulerStatus("RUNNING", "", "c2")),
-    ("JobId=7 JobState=TIMEOUT Reason=TimeLimit NodeList=c1 BatchHost=c1",
-     SchedulerStatus("TIMEOUT", "TimeLimit", "c1", ended=True)),
-    ("JobId=7 JobState=CANCELLED Reason=None NodeList=(null)",
-     SchedulerStatus("CANCELLED", "", "", ended=True)),
+    ("7|PENDING|Resources|n/a", SchedulerStatus("PENDING", "Resources")),
+    ("7|PENDING|JobHeldUser|n/a", SchedulerStatus("PENDING", "JobHeldUser")),
+    ("7|RUNNING|None|c2", SchedulerStatus("RUNNING", "", "c2")),
+    ("7|TIMEOUT|TimeLimit|c1", SchedulerStatus("TIMEOUT", "TimeLimit", "c1", ended=True)),
+    ("7|CANCELLED|None|n/a", SchedulerStatus("CANCELLED", "", "", ended=True)),
     # Slurm is still ending it (its processes, its epilog): not over, CANCELLED may follow
-    ("JobId=7 JobState=COMPLETING Reason=None NodeList=c1 BatchHost=c1",
-     SchedulerStatus("COMPLETING", "", "c1")),
+    ("7|COMPLETING|None|c1", SchedulerStatus("COMPLETING", "", "c1")),
 ])
-def test_scontrols_line_says_the_state_the_reason_and_where(line, expected):
-    assert job_status(line) == expected
+def test_squeues_line_says_the_state_the_reason_and_where(line, expected):
+    assert queue_status(line) == ("7", expected)
 
 
 @pytest.mark.parametrize(("on", "listen_addr", "complaint"), [
@@ -122,3 +126,33 @@ def test_a_placement_that_cannot_work_is_refused_before_anything_is_submitted(on
 def test_the_warning_signal_is_named_as_the_signal_module_spells_it():
     assert enb.Slurm().signal_name == "SIGUSR1"
     assert enb.Slurm(signal="B:SIGTERM@120").signal_name == "SIGTERM"
+
+
+@pytest.mark.parametrize(("lines", "cancelled"), [
+    ("+7\n+8\n-7\n", "8 \n"),  # the kernel died with job 8 still its own
+    ("+7\n-7\n", None),  # everything ended before the kernel did: no scancel at all
+])
+def test_the_reaper_cancels_what_the_kernel_left_when_its_input_ends(tmp_path, lines, cancelled):
+    """The reaper's input ends when the kernel does, however it died (the pipe's other end);
+    then one scancel for the Slurm jobs the kernel had not seen end."""
+    calls = tmp_path / "scancel.args"
+    scancel = tmp_path / "scancel"
+    scancel.write_text(f'#!/bin/sh\nfor id in "$@"; do printf "%s " "$id"; done > {calls}\necho >> {calls}\n')
+    scancel.chmod(0o755)
+    subprocess.run([sys.executable, reaper.__file__], input=lines, text=True, timeout=60,
+                   check=True, env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert (calls.read_text() if calls.exists() else None) == cancelled
+
+
+def test_a_node_reserved_holds_its_index_and_one_that_joined_before_its_sbatch_returned_stays():
+    """A node is reserved under the job's lock (submitting) and submitted off it: a fast node
+    may join before the submission is recorded, which then changes nothing of its state."""
+    state = JobState(started_at=0.0, status=JobStatus.RUNNING)
+    scheduling.node_submitting(state, 0, 1, "default", "Slurm", 1.0)
+    assert state.nodes[0].status == NodeStatus.QUEUED
+    assert state.nodes[0].scheduler == "submitting: Slurm"
+    scheduling.scheduled_node_joined(state, 0, "c1", 2.0)
+    events = scheduling.node_submitted(state, 0, "Slurm job 9", 1.5)
+    assert [e.detail for e in events] == [{"submission": "Slurm job 9"}]
+    assert state.nodes[0].status == NodeStatus.STARTING
+    assert state.nodes[0].scheduler == "submitting: Slurm"  # until the watch sees it running

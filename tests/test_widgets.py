@@ -419,10 +419,11 @@ def test_the_add_node_chooser_offers_the_kernels_places_and_starts_the_node_ther
     import test_state as given
 
     from elastic_nb.model import snapshot as snapshots
-    from elastic_nb.model.scheduling import node_submitted
+    from elastic_nb.model.scheduling import node_submitted, node_submitting
 
     state = given.job(1)
-    node_submitted(state, 1, 2, "default", "Slurm (gpu)", "Slurm job 4711", given.T0)
+    node_submitting(state, 1, 2, "default", "Slurm (gpu)", given.T0)
+    node_submitted(state, 1, "Slurm job 4711", given.T0)
     state.nodes[1].scheduler = "queued: Slurm job 4711 PENDING (Resources)"
     job = SnapshotJob(snapshots.build(test_snapshot.plan(1), "127.0.0.1:1", state, {}, {},
                                       given.T0 + 1))

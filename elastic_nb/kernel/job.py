@@ -86,7 +86,7 @@ class Job(JobView):
         core = JobCore(plan, endpoint)
         super().__init__(plan, core, Pump(core, on_close=self._close))
         self._desk = JoinDesk(core, self._pump.watch)
-        self._starter = NodeStarter(core, self._pump, self._desk.address)
+        self._starter = NodeStarter(core, self._pump, self._desk.address, self._desk.wait_published)
         self.key_file = os.path.join(plan.log_dir, "job.key")  # readable by this user only
         self._watch = HangWatch(plan.options.hang_after, lambda: self.state == JobStatus.RUNNING,
                                 lambda: max(self.log_book.last_line_time().values(),
@@ -99,13 +99,18 @@ class Job(JobView):
             self._core.apply(rules.launched(self._state, time.time(), {
                 "run_id": self.run_id, "backend": self.backend, "endpoint": self.endpoint,
                 "nodes": len(self._plan.nodes), "world_size": self.planned_world_size}))
-            try:  # nodes elsewhere first: a refusal (sbatch) leaves nothing running here
-                auth.write_key_file(self.key_file, self._core.key)
-                self._starter.submit_all({i: p for i, p in plans.items() if p.on is not None})
-            except BaseException:
-                self._desk.close()
-                self._store = None
-                raise
+            auth.write_key_file(self.key_file, self._core.key)
+            for index in (i for i, p in plans.items() if p.on is not None):
+                self._starter.start(index, plans[index])  # reserved: submitted off the lock
+        if self._plan.default_payload is not None:
+            self._desk.open(self._store)
+        try:  # nodes elsewhere first: a refusal (sbatch) leaves nothing running here
+            self._starter.submit_reserved()
+        except BaseException:
+            self._desk.close()
+            self._store = None
+            raise
+        with self._lock:
             for index, node_plan in plans.items():
                 if node_plan.on is None:
                     self._starter.start(index, node_plan)
@@ -113,8 +118,6 @@ class Job(JobView):
         _live_jobs.add(self)
         self._pump.start()
         self._watch.start()
-        if self._plan.default_payload is not None:
-            self._desk.open(self._store)
         return self
 
     @property
@@ -245,6 +248,7 @@ class Job(JobView):
             node_plan = plan_node(index, node, self._plan.default_payload)
             check_reachable(self._plan.listen_addr, node_plan.on)
             self._starter.start(index, node_plan, added=True).send_config()
+        self._starter.submit_reserved()  # sbatch, ssh: not under the job's lock
         return index
 
     def restart(self) -> None:

@@ -33,6 +33,7 @@ from elastic_nb.kernel.core import JobCore
 from elastic_nb.kernel.nodes import JoinedNode, NodeHandle
 from elastic_nb.kernel.scheduled import ScheduledNode
 from elastic_nb.model import controls, scheduling
+from elastic_nb.model.errors import LaunchError
 from elastic_nb.model.state import EventKind, NodeStatus
 from elastic_nb.rendezvous import discovery
 from elastic_nb.wire import auth
@@ -219,8 +220,9 @@ class JoinDesk:
     """One job's door for nodes of other machines: the descriptor, the server, admission.
 
     ``open`` starts the server and publishes the descriptor (in the embedded
-    store, or the job's rendezvous store); ``address``; ``close``. Each node
-    admitted is added to the job's state and handles and ``watch``-ed.
+    store, or the job's rendezvous store; ``wait_published``); ``address``;
+    ``close``. Each node admitted is added to the job's state and handles and
+    ``watch``-ed.
     """
 
     def __init__(self, core: JobCore, watch: Callable[[NodeHandle], None]) -> None:
@@ -229,15 +231,29 @@ class JoinDesk:
         options = core.plan.options
         self._server = JoinServer(core.plan.listen_addr, self._admit, f"elastic_nb-{core.run_id}",
                                   core.key, options.trust_store, options.rdzv_configs)
+        self._published = threading.Event()
+        self._unavailable = ""  # why the descriptor could not be published
 
     @property
     def address(self) -> str:
         return self._server.address
 
     def open(self, store: Any) -> None:
+        """Start the server and publish the descriptor, on a thread (a slow store must not hold
+        up the launch); ``wait_published`` before a node elsewhere is submitted."""
         self._server.start()
         threading.Thread(target=self._publish, args=(store,), daemon=True,
                          name=f"elastic_nb-publish-{self._core.run_id}").start()
+
+    def wait_published(self, timeout: float) -> None:
+        """Block until the descriptor is in the store (a node submitted before could read a
+        previous job's); LaunchError if it could not be published."""
+        if not self._published.wait(timeout):
+            raise LaunchError(f"the job's descriptor was not published in its rendezvous store "
+                              f"at {self._core.endpoint} within {timeout:.0f} s: check that "
+                              "the store answers (rdzv_timeout)")
+        if self._unavailable:
+            raise LaunchError(f"nodes elsewhere could not find this job: {self._unavailable}")
 
     def close(self) -> None:
         self._server.close()
@@ -253,9 +269,12 @@ class JoinDesk:
                 plan.options.rdzv_timeout)
             discovery.publish(store, plan.run_id, descriptor, core.key)
         except Exception as exc:  # the job runs on; only joining from elsewhere is off
+            self._unavailable = f"{type(exc).__name__}: {exc}"
             with core.lock:
                 core.apply([core.state.record(time.time(), EventKind.JOIN_UNAVAILABLE,
-                                              detail={"error": f"{type(exc).__name__}: {exc}"})])
+                                              detail={"error": self._unavailable})])
+        finally:
+            self._published.set()
 
     def _admit(self, request: JoinRequest, channel: Channel, signed: bool) -> Admitted:
         """A node passed the handshake's checks: a node started for its ticket, or a new one;

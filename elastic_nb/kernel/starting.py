@@ -2,14 +2,16 @@
 
 ``NodeStarter`` is the one place that reads a node's placement: a node for
 this machine gets a ``LocalNode`` (warm from the pool or a new host), one
-``on=Slurm(...)``/``SSH(...)`` a ``ScheduledNode`` submitted through its
-launcher, watched by the job's ``SchedulerWatch`` until it joins. Everything
-after that goes through the node handle's contract.
+``on=Slurm(...)``/``SSH(...)`` a ``ScheduledNode``, reserved under the job's
+lock and ``submit``-ted through its launcher off it, watched by the job's
+``SchedulerWatch`` until it joins. Everything after that goes through the
+node handle's contract.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from elastic_nb.kernel.core import JobCore
 from elastic_nb.kernel.nodes import LocalNode, NodeHandle
@@ -20,30 +22,53 @@ from elastic_nb.model.plan import NodePlan
 
 
 class NodeStarter:
-    """``start`` one node (its events recorded), ``submit_all`` the scheduled nodes of a launch
-    first (a refusal leaves nothing started), ``cancel_all`` and ``stop`` the watch."""
+    """``start`` one node (its events recorded; a scheduled one reserved), ``submit_reserved``
+    (a refusal leaves none of them started), ``cancel_all`` and ``stop`` the watch."""
 
-    def __init__(self, core: JobCore, pump: Pump, job_address: str) -> None:
+    def __init__(self, core: JobCore, pump: Pump, job_address: str,
+                 wait_published: Callable[[float], None]) -> None:
         self._core = core
         self._pump = pump
         self._job_address = job_address
+        self._wait_published = wait_published
         self._watch = SchedulerWatch(core)
+        self._reserved: list[ScheduledNode] = []
 
-    def submit_all(self, plans: dict[int, NodePlan]) -> None:
-        """Submit these nodes, all or none: if one is refused, those before are cancelled."""
+    def submit_reserved(self) -> None:
+        """Hand the reserved nodes to their launchers, all or none, once the job's descriptor
+        is published, without holding the job's lock (sbatch on a busy cluster takes
+        seconds); if one is refused (LaunchError), those before are cancelled and each is
+        recorded as never started."""
+        core = self._core
+        with core.lock:
+            nodes, self._reserved = self._reserved, []
+        if not nodes:
+            return
+        self._wait_published(core.plan.options.rdzv_timeout)
         submitted: list[ScheduledNode] = []
         try:
-            for index, node_plan in plans.items():
-                submitted.append(self._submit(index, node_plan))
-        except BaseException:
+            for node in nodes:
+                launch = node.submit()
+                with core.lock:
+                    core.apply(scheduling.node_submitted(core.state, node.index, launch.name,
+                                                         time.time()))
+                submitted.append(node)
+                self._watch.start()
+        except BaseException as exc:
             for node in submitted:
                 node.cancel()
+            with core.lock:
+                for node in nodes:
+                    core.apply(scheduling.never_joined(core.state, node.index,
+                                                       f"not submitted: {exc}", time.time()))
             raise
 
     def start(self, index: int, node_plan: NodePlan, added: bool = False) -> NodeHandle:
-        """Start node ``index`` (``added``: by ``add_node``, after the launch) and record it."""
+        """Start node ``index`` (``added``: by ``add_node``, after the launch) and record it;
+        under the job's lock. A node elsewhere is only reserved: ``submit`` it after, off the
+        lock."""
         if node_plan.on is not None:
-            return self._submit(index, node_plan)
+            return self._reserve(index, node_plan)
         core, now = self._core, time.time()
         if added:
             core.apply(controls.node_added(core.state, index, node_plan.nproc, node_plan.role,
@@ -59,16 +84,15 @@ class NodeStarter:
         self._pump.watch(local)
         return local
 
-    def _submit(self, index: int, node_plan: NodePlan) -> ScheduledNode:
+    def _reserve(self, index: int, node_plan: NodePlan) -> ScheduledNode:
         core = self._core
         assert node_plan.on is not None
-        node = ScheduledNode.submit(core, index, node_plan, self._job_address, node_plan.on)
-        core.apply(scheduling.node_submitted(core.state, index, node_plan.nproc, node_plan.role,
-                                             node_plan.on.describe(), node.launch.name,
-                                             time.time()))
+        node = ScheduledNode.reserve(core, index, node_plan, self._job_address)
+        core.apply(scheduling.node_submitting(core.state, index, node_plan.nproc, node_plan.role,
+                                              node_plan.on.describe(), time.time()))
         core.nodes[index] = node
         core.placements.append(node_plan.on)
-        self._watch.start()
+        self._reserved.append(node)
         return node
 
     def cancel_all(self) -> None:

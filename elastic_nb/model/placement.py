@@ -35,7 +35,10 @@ class Slurm(Placement):
     (``sbatch --signal``), on which the node leaves the job gracefully;
     ``python``: the interpreter on the compute node (default: the kernel's,
     which a shared filesystem makes the same); ``extra``: more sbatch/srun
-    arguments as they would be typed.
+    arguments as they would be typed; ``output_dir``: where Slurm writes each
+    node's own output, a directory the compute nodes can write (default
+    ``~/elastic_nb-slurm``: a home directory is shared storage on most clusters,
+    a login node's ``/tmp`` is not).
     """
 
     partition: str | None = None
@@ -45,6 +48,7 @@ class Slurm(Placement):
     in_allocation: bool = False
     signal: str = "USR1@60"
     python: str | None = None
+    output_dir: str | None = None
 
     def check(self) -> str | None:
         if not _SIGNAL.match(self.signal):

@@ -1,7 +1,8 @@
 """The rules of nodes a scheduler starts (Slurm, ssh): submitted, queued, joined, ended, leaving.
 
-A scheduled node is in the state from its submission on, ``queued``, with
-no channel yet; its launcher's observations (``SchedulerStatus``) come in
+A scheduled node is in the state from its submission on (``node_submitting``
+while its launcher works, ``node_submitted`` once it took it), ``queued``,
+with no channel yet; its launcher's observations (``SchedulerStatus``) come in
 through ``scheduler_changed``; it becomes ``starting`` when it joins
 (``scheduled_node_joined``) and is then a node like any other. One that
 ends before it joined is lost (``never_joined``); one its scheduler warns
@@ -36,15 +37,23 @@ class SchedulerStatus:
         return f"queued: {submission} {self.state}" + (f" ({self.reason})" if self.reason else "")
 
 
-def node_submitted(state: JobState, index: int, nproc: int, role: str, where: str,
-                   submission: str, now: float) -> list[Event]:
-    """Node ``index`` was handed to its launcher (``submission``: "Slurm job 4711")."""
+def node_submitting(state: JobState, index: int, nproc: int, role: str, where: str,
+                    now: float) -> list[Event]:
+    """Node ``index`` is being handed to its launcher (sbatch, ssh: seconds on a busy
+    cluster, off the job's lock); it holds its index from now on."""
     node = add_node(state, index, nproc, role, local=False, host=where)
     node.status, node.where = NodeStatus.QUEUED, where
-    node.scheduler = f"queued: {submission}"
+    node.scheduler = f"submitting: {where}"
     return [state.record(now, EventKind.NODE_ADDED, node=index,
-                         detail={"nproc": nproc, "role": role, "on": where}),
-            state.record(now, EventKind.SUBMITTED, node=index, detail={"submission": submission})]
+                         detail={"nproc": nproc, "role": role, "on": where})]
+
+
+def node_submitted(state: JobState, index: int, submission: str, now: float) -> list[Event]:
+    """Its launcher took node ``index`` (``submission``: "Slurm job 4711")."""
+    node = state.nodes[index]
+    if node.status == NodeStatus.QUEUED:  # a fast node may have joined already
+        node.scheduler = f"queued: {submission}"
+    return [state.record(now, EventKind.SUBMITTED, node=index, detail={"submission": submission})]
 
 
 def scheduler_changed(state: JobState, index: int, status: SchedulerStatus, submission: str,

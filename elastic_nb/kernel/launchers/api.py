@@ -5,8 +5,11 @@ that ``start``-s a ``NodeCommand`` (the ``python -m elastic_nb join`` of
 one node, and the job's key, which it passes only through a private path)
 and returns a ``Launch``: ``poll`` its scheduler's state, ``kill`` it (the
 machine lost), ``cancel`` it (whatever its state: nothing of it is left
-afterwards), ``output`` (where its own messages go). As ipyparallel's
-launchers and dask's clusters, the caller never asks which kind it has.
+afterwards), ``settled`` (its scheduler said it is over), ``output`` (where
+its own messages go). ``poll_all`` and ``cancel_all`` do the same for several
+launches of one kind at once (one ``squeue``, one ``scancel``). As
+ipyparallel's launchers and dask's clusters, the caller never asks which kind
+it has.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import shlex
 import subprocess
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from elastic_nb.model.scheduling import SchedulerStatus
@@ -62,8 +66,14 @@ class Launch(ABC):
     name: str
 
     @abstractmethod
-    def poll(self) -> SchedulerStatus:
-        """Its scheduler's state now (``ended`` once it is over)."""
+    def poll(self) -> SchedulerStatus | None:
+        """Its scheduler's state now (``ended`` once it is over); None: no answer now (a busy
+        scheduler), ask again later."""
+
+    @classmethod
+    def poll_all(cls, launches: Sequence[Launch]) -> list[SchedulerStatus | None]:
+        """``poll`` each of these launches of this kind (one call where the scheduler can)."""
+        return [launch.poll() for launch in launches]
 
     @abstractmethod
     def kill(self, remote_pid: int, reached: bool) -> None:
@@ -73,6 +83,15 @@ class Launch(ABC):
     @abstractmethod
     def cancel(self, remote_pid: int) -> None:
         """End it, whatever its state, and wait (briefly) until nothing of it is left."""
+
+    @classmethod
+    def cancel_all(cls, launches: Sequence[tuple[Launch, int]]) -> None:
+        """``cancel`` each of these launches of this kind (with its node host's remote pid)."""
+        for launch, remote_pid in launches:
+            launch.cancel(remote_pid)
+
+    def settled(self) -> None:  # noqa: B027 (most kinds keep nothing to let go of)
+        """Its scheduler said it is over for good: nothing of it is left to end."""
 
     @abstractmethod
     def output(self) -> str:
