@@ -202,10 +202,99 @@ def ddp_checkpointed(steps: int, step_time: float, directory: str, every: int) -
     return start
 
 
+def checkpointed_steps(size: int, every: int, pace: float, after: int) -> int:
+    """Train a model of about ``size`` float32 parameters (SGD with momentum: as much again of
+    optimizer state), with ``enb.save_checkpoint`` every ``every`` steps (asynchronous) and
+    ``enb.restore_checkpoint`` at the start, under elastic_nb or torchrun alike (there, the
+    directory is in ``ELASTIC_NB_CHECKPOINT_DIR``). The first attempt runs until it is killed;
+    a later one runs ``after`` steps from where it resumed. Each rank prints its pid; rank 0
+    stamps the end of the restore (``RESUMED wall attempt start``) and each step (``STEP wall
+    attempt step``). Returns the step it started from."""
+    import os
+    import time
+
+    entered = time.time()
+    import elastic_nb as enb
+
+    dist.init_process_group(backend="gloo")
+    rank = dist.get_rank()
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    print(f"PID rank {rank} pid {os.getpid()} attempt {attempt} entered {entered:.6f} "
+          f"joined {time.time():.6f}", flush=True)
+    width = max(1, int(size ** 0.5))
+    torch.manual_seed(0)
+    model = torch.nn.Linear(width, width, bias=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    state = {"model": model, "optim": optimizer}
+    start = enb.restore_checkpoint(state)
+    if rank == 0:
+        print(f"RESUMED {time.time():.6f} {attempt} {start}", flush=True)
+    data = torch.randn(16, width, generator=torch.Generator().manual_seed(rank))
+    last = start + after if attempt else 100_000
+    step = start
+    for step in range(start, last):
+        began = time.monotonic()
+        optimizer.zero_grad()
+        model(data).pow(2).mean().backward()
+        for parameter in model.parameters():
+            assert parameter.grad is not None
+            dist.all_reduce(parameter.grad)
+        optimizer.step()
+        if rank == 0:
+            print(f"STEP {time.time():.6f} {attempt} {step}", flush=True)
+        if step % every == 0:
+            enb.save_checkpoint(step, state)
+        pause = pace - (time.monotonic() - began)
+        if pause > 0:
+            time.sleep(pause)
+    enb.save_checkpoint(step, state, blocking=True)  # waits for the one in flight (torchrun too)
+    dist.destroy_process_group()
+    return start
+
+
+def save_cost(layers: int, width: int, steps: int, every: int, mode: str) -> dict[str, object]:
+    """``layers`` square linear layers of ``width`` (float32, no bias, plain SGD: the model is
+    the whole checkpoint), gradients all-reduced, saved with ``enb.save_checkpoint`` every
+    ``every`` steps: ``mode`` "async" (the default), "blocking" or "none". Each step's seconds
+    (the save's call included), and the seconds the last save still took after the loop."""
+    import time
+
+    import elastic_nb as enb
+    from elastic_nb.worker.checkpoint import finish
+
+    dist.init_process_group(backend="gloo")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*(torch.nn.Linear(width, width, bias=False)
+                                  for _ in range(layers)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6)
+    state = {"model": model, "optim": optimizer}
+    data = torch.randn(8, width)
+    times, saved = [], []
+    for step in range(steps):
+        began = time.perf_counter()
+        optimizer.zero_grad()
+        model(data).pow(2).mean().backward()
+        for parameter in model.parameters():
+            assert parameter.grad is not None
+            dist.all_reduce(parameter.grad)
+        optimizer.step()
+        if mode != "none" and step % every == every - 1:
+            enb.save_checkpoint(step, state, blocking=mode == "blocking")
+            saved.append(step)
+        times.append(time.perf_counter() - began)
+    began = time.perf_counter()
+    finish()
+    drain = time.perf_counter() - began
+    dist.destroy_process_group()
+    return {"times": times, "saved": saved, "drain": drain,
+            "bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+
 WORKLOADS = {"allreduce_once": allreduce_once, "elastic_steps": elastic_steps, "flood": flood,
              "restart_probe": restart_probe, "tight_allreduces": tight_allreduces,
              "skip_allreduce": skip_allreduce, "train_steps": train_steps,
-             "report_rate": report_rate, "ddp_checkpointed": ddp_checkpointed}
+             "report_rate": report_rate, "ddp_checkpointed": ddp_checkpointed,
+             "checkpointed_steps": checkpointed_steps, "save_cost": save_cost}
 
 if __name__ == "__main__":
     import ast

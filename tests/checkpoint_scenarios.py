@@ -93,3 +93,12 @@ def train(steps: int, every: int, kill_at: int | None = None, trip_at: int | Non
     dist.destroy_process_group()
     return {"weights": weights, "start": start, "world": world,
             "world_from": enb.checkpoint_world(), "after_restore": after_restore}
+
+
+def train_elsewhere(steps: int, every: int) -> dict[str, Any]:
+    """``train`` on a node whose checkpoint directory is not the others' (a node on another machine
+    where the path is not the shared storage the others write to)."""
+    import tempfile
+
+    os.environ["ELASTIC_NB_CHECKPOINT_DIR"] = tempfile.mkdtemp(prefix="enb-not-shared-")
+    return train(steps, every)

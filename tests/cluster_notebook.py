@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import attack
@@ -58,6 +59,40 @@ def steps_until(world_wanted: int, steps: int) -> dict:
         step += 1
     dist.destroy_process_group()
     return {"world_size": world, "restart_count": int(os.environ["TORCHELASTIC_RESTART_COUNT"])}
+
+
+def train_checkpointed(steps: int, every: int) -> dict:
+    """A small training loop, 0.1 s a step, with ``enb.save_checkpoint`` every ``every`` steps and
+    ``enb.restore_checkpoint`` at its start; where it started, in which world, on which host."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    state = {"model": model, "optim": optimizer}
+    start = enb.restore_checkpoint(state)
+    print(f"starting at step {start} in a world of {world}", flush=True)
+    for step in range(start, steps):
+        x = torch.randn(4, 8, generator=torch.Generator().manual_seed(step * 100 + rank))
+        optimizer.zero_grad()
+        model(x).pow(2).mean().backward()
+        for p in model.parameters():
+            assert p.grad is not None
+            dist.all_reduce(p.grad)
+            p.grad /= world
+        optimizer.step()
+        print(f"step {step} world {world}", flush=True)
+        if step % every == 0:
+            enb.save_checkpoint(step, state)
+        time.sleep(0.1)
+    dist.destroy_process_group()
+    return {"start": start, "world": world, "world_from": enb.checkpoint_world(),
+            "host": socket.gethostname()}
 
 
 def tick() -> None:
@@ -136,6 +171,24 @@ def run(scenario: str, ssh_config: str) -> dict:
             subprocess.run(["scancel", "--signal=USR1", "--batch", submission(job, 1)], check=True)
         facts["results"] = job.result(timeout=180)
         facts["restart_count"] = job.restart_count
+    elif scenario == "slurm_checkpoint":
+        # the compute nodes' namespaces share this machine's files: a directory both nodes see
+        directory = tempfile.mkdtemp(prefix="enb-shared-checkpoints-")
+        job = enb.launch(train_checkpointed, 150, 5, nodes=[enb.Node(1, on=enb.Slurm()),
+                                                            enb.Node(1, on=enb.Slurm())],
+                         min_nodes=1, max_nodes=2, max_restarts=1, checkpoint_dir=directory,
+                         **OPTIONS)
+        job.wait_until(lambda: job.checkpoints and job.checkpoints[-1].step >= 10, timeout=120,
+                       what="a checkpoint of step 10 by both Slurm nodes")
+        job.kill(1)  # SIGKILL, on its compute node: the group restarts from the checkpoint
+        resumed = job.wait_until(lambda: [e for e in job.events if e.kind == "restored"],
+                                 timeout=120, what="the resume after the kill")[0]
+        job.wait_until(lambda: job.checkpoints[-1].step >= resumed.detail["step"] + 10,
+                       timeout=120, what="a checkpoint after the resume")
+        subprocess.run(["scancel", submission(job, 1)], check=True)  # its machine gone
+        facts["results"] = job.result(timeout=180)
+        facts["checkpoints"] = [[c.step, c.world_size] for c in job.checkpoints]
+        facts["directory"] = directory
     elif scenario == "slurm_time_limit":  # a real time limit: Slurm's own warning, unprompted
         limited = enb.Slurm(time="1", signal="USR1@55")  # one minute; warned 55 s before its end
         job = enb.launch(steps_until, 1, 5, nodes=[enb.Node(1, on=enb.Slurm()),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import checkpoint_scenarios
 import pytest
@@ -110,6 +111,20 @@ def test_a_lost_node_resumes_the_survivor_at_world_1_from_the_world_2_checkpoint
     assert restored.detail["next"] == results[0]["start"] > 0
     assert job.checkpoints[-1].world_size == 1
     assert "(world 2 → 1)" in str(restored)
+
+
+def test_a_node_that_cannot_see_the_directory_fails_every_rank_saying_so(tmp_path):
+    job = enb.launch(checkpoint_scenarios.train, STEPS, EVERY, checkpoint_dir=str(tmp_path),
+                     nodes=[enb.Node(1), enb.Node(1, fn=checkpoint_scenarios.train_elsewhere,
+                                                  args=(STEPS, EVERY))])
+    with pytest.raises(enb.JobFailed) as failed:
+        job.result(timeout=120)
+    assert job.restart_count == 0
+    for rank in (0, 1):  # not a silent start at step 0 on either
+        assert "CheckpointError" in (job.failures[rank].traceback or "")
+        assert "starting at step" not in job.logs(rank=rank)
+    assert re.search(r"checkpoint_dir .* is not shared: rank [01] on \S+ cannot see what rank 0 "
+                     r"on \S+ wrote there", str(failed.value))
 
 
 def test_the_default_directory_is_in_the_jobs_log_dir_and_the_ranks_are_told():

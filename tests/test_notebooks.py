@@ -19,7 +19,7 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 def test_the_course_is_there():
-    assert {"01", "02", "03", "04", "05", "06", "07", "09"} <= {p.name[:2] for p in NOTEBOOKS}
+    assert {"01", "02", "03", "04", "05", "06", "07", "08", "09"} <= {p.name[:2] for p in NOTEBOOKS}
 
 
 @pytest.mark.timeout(600)

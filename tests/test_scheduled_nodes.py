@@ -82,6 +82,25 @@ def test_a_slurm_job_cancelled_from_a_shell_is_a_lost_node_and_the_survivor_refo
     assert ended and ended[-1] == "CANCELLED", ended
 
 
+def test_slurm_nodes_resume_from_a_checkpoint_in_a_directory_both_see(cluster):
+    """Issue 25: a rank SIGKILLed on its compute node restarts the group from the newest complete
+    checkpoint both nodes wrote; then node 1's Slurm job is cancelled and the survivor resumes
+    alone, at world 1, from the world of 2's checkpoint."""
+    facts = notebook(cluster, "slurm_checkpoint")
+    first, second = [d for kind, _, d in facts["events"] if kind == "restored"]
+    assert (first["world_from"], first["world_to"]) == (2, 2) and first["step"] >= 10
+    assert (second["world_from"], second["world_to"]) == (2, 1)
+    assert second["step"] >= first["step"] + 10
+    [survivor] = facts["results"].values()
+    assert survivor["host"] in ("c1", "c2")
+    assert (survivor["world"], survivor["world_from"]) == (1, 2)
+    assert survivor["start"] == second["next"] == second["step"] + 1
+    saved = [(d["step"], d["world"]) for kind, _, d in facts["events"] if kind == "checkpoint"]
+    assert (first["step"], 2) in saved and (second["step"], 2) in saved
+    assert facts["checkpoints"][-1] == [145, 1]  # the survivor's, to the end
+    assert facts["nodes"] == {"0": "succeeded", "1": "lost"}
+
+
 def test_slurms_warning_signal_makes_a_node_leave_gracefully_without_spending_budget(cluster):
     facts = notebook(cluster, "slurm_preempt")
     # max_restarts=0: had the leave cost a restart, or failed the survivor's collective, no result
