@@ -19,9 +19,11 @@ from elastic_nb.wire.checkpoints import CHECKPOINT_DIR_ENV
 from elastic_nb.wire.options import BACKENDS, JobOptions
 from elastic_nb.wire.records import ProtocolError, checked_fields, decode_bytes, encode_bytes
 
-FORKSERVER_PRELOAD = ("torch", "torch.distributed", "torch.distributed.checkpoint",
+FORKSERVER_PRELOAD = ("torch", "torch.distributed", "torch.distributed.checkpoint", "torch._dynamo",
                       "elastic_nb.worker.trampoline")
-"""What a host's forkserver imports before it forks workers (the host starts it first)."""
+"""What a host's forkserver imports before it forks workers (the host starts it first):
+``torch._dynamo`` too, which building any optimizer imports (0.9 s a worker otherwise, at
+every restart; README, bench_checkpoint)."""
 
 
 @dataclass(frozen=True)
