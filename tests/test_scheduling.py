@@ -16,10 +16,12 @@ import sys
 import pytest
 
 import elastic_nb as enb
-from elastic_nb.kernel.launchers import reaper
+from elastic_nb.kernel import scheduled
+from elastic_nb.kernel.launchers import Launch, NodeCommand, reaper
 from elastic_nb.kernel.launchers.slurm import queue_status
 from elastic_nb.kernel.planning import make_plan
 from elastic_nb.model import controls, rules, scheduling
+from elastic_nb.model.plan import NodePlan
 from elastic_nb.model.scheduling import SchedulerStatus
 from elastic_nb.model.state import EventKind, JobState, JobStatus, NodeStatus
 
@@ -123,6 +125,12 @@ def test_a_placement_that_cannot_work_is_refused_before_anything_is_submitted(on
         make_plan(print, (), {}, {"nodes": [enb.Node(1, on=on)], "listen_addr": listen_addr})
 
 
+def test_a_node_elsewhere_needs_the_jobs_function_to_find_the_job():
+    with pytest.raises(enb.LaunchError, match=r"pass the function to launch\(fn, ...\)"):
+        make_plan(None, (), {}, {"nodes": [enb.Node(1, fn=print, on=enb.Slurm())],
+                                 "listen_addr": "0.0.0.0"})
+
+
 def test_the_warning_signal_is_named_as_the_signal_module_spells_it():
     assert enb.Slurm().signal_name == "SIGUSR1"
     assert enb.Slurm(signal="B:SIGTERM@120").signal_name == "SIGTERM"
@@ -156,3 +164,43 @@ def test_a_node_reserved_holds_its_index_and_one_that_joined_before_its_sbatch_r
     assert [e.detail for e in events] == [{"submission": "Slurm job 9"}]
     assert state.nodes[0].status == NodeStatus.STARTING
     assert state.nodes[0].scheduler == "submitting: Slurm"  # until the watch sees it running
+
+
+class _RecordedLaunch(Launch):
+    """A launch that records what it was asked (the node handle's order is under test here,
+    not a scheduler's)."""
+
+    name = "recorded"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def poll(self) -> SchedulerStatus | None:
+        return SchedulerStatus("RUNNING")
+
+    def kill(self, remote_pid: int, reached: bool) -> None:
+        self.asked.append("kill")
+
+    def cancel(self, remote_pid: int) -> None:
+        self.asked.append("cancel")
+
+    def output(self) -> str:
+        return ""
+
+
+def test_a_node_cancelled_while_it_is_being_submitted_is_cancelled_once_it_is(monkeypatch):
+    """``stop`` (or a kill) may come while sbatch runs off the job's lock: the node is marked,
+    and its launch is cancelled as soon as the launcher returns it, once."""
+    launch = _RecordedLaunch()
+
+    class Launcher:
+        def start(self, command: NodeCommand) -> Launch:
+            node.cancel()  # while "sbatch" runs
+            return launch
+
+    monkeypatch.setattr(scheduled, "launcher_for", lambda on: Launcher())
+    node = scheduled.ScheduledNode(0, NodePlan(1, "default", b"", on=enb.Slurm()),
+                                   NodeCommand(0, "run", (), "0" * 64))
+    assert node.submit() is launch
+    node.cancel()
+    assert launch.asked == ["cancel"]

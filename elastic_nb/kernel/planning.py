@@ -74,6 +74,10 @@ def plan_node(index: int, node: Node, default_payload: bytes | None) -> NodePlan
     if not isinstance(node.role, str) or not node.role:
         raise LaunchError(f"nodes[{index}].role must be a non-empty string")
     on = _check_placement(index, node.on)
+    if on is not None and default_payload is None:
+        raise LaunchError(f"nodes[{index}] runs elsewhere ({on.describe()}) and finds the job "
+                          "through its function: pass the function to launch(fn, ...), not "
+                          "only to its Node")
     if node.fn is None:
         if default_payload is None:
             raise LaunchError(f"nodes[{index}] has no fn and the job has no default function")

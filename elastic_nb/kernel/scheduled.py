@@ -142,17 +142,19 @@ class SchedulerWatch:
     def cancel_all(self) -> None:
         """End every launch of the job that is not over (``stop()``; the job's end), one call
         per kind, then look at each once more: the timeline names how it ended."""
-        for kind, nodes in _by_kind(self._unsettled()).items():
-            ends = [(launch, node.remote_pid) for node in nodes
-                    if (launch := node.claim_cancel()) is not None]
-            if ends:
-                kind.cancel_all(ends)
+        claimed = [(node, node.claim_cancel()) for node in self._unsettled(submitted=False)]
+        ends: dict[type[Launch], list[tuple[Launch, int]]] = defaultdict(list)
+        for node, launch in claimed:  # one still being submitted is cancelled once it is
+            if launch is not None:
+                ends[type(launch)].append((launch, node.remote_pid))
+        for kind, of_kind in ends.items():
+            kind.cancel_all(of_kind)
         self._look(self._unsettled())
 
-    def _unsettled(self) -> list[ScheduledNode]:
+    def _unsettled(self, submitted: bool = True) -> list[ScheduledNode]:
         with self._core.lock:
-            return [n for n in self._core.nodes.values()
-                    if isinstance(n, ScheduledNode) and n.launch is not None and not n.settled]
+            return [n for n in self._core.nodes.values() if isinstance(n, ScheduledNode)
+                    and not n.settled and (n.launch is not None or not submitted)]
 
     def _watch(self) -> None:
         while True:
