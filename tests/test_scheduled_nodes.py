@@ -230,7 +230,9 @@ def test_kill_node_on_an_ssh_node_reaches_the_remote_host_and_the_other_node_ref
 def test_stop_leaves_nothing_on_the_ssh_host(cluster):
     facts = notebook(cluster, "ssh_stop")
     assert facts["state"] == "stopped"
-    assert not cluster.other_pids(cluster.sshhost)
+    # the ssh client is gone when stop returns; sshd ends its side of the session just after
+    wait_until(lambda: not cluster.other_pids(cluster.sshhost), timeout=10,
+               what="the SSH host's session processes to end", interval=0.1)
 
 
 def test_an_unreachable_ssh_host_fails_the_node_with_an_error_that_names_the_fix(cluster):
