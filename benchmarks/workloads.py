@@ -108,6 +108,20 @@ def skip_allreduce(victim: int) -> None:
     dist.all_reduce(t)
 
 
+def all_reduced_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     data: torch.Tensor) -> torch.Tensor:
+    """One step of the benchmarks' training: the mean square of the output as the loss, its
+    gradients summed over the ranks, the optimizer's step; the loss."""
+    optimizer.zero_grad()
+    loss = model(data).pow(2).mean()
+    loss.backward()
+    for parameter in model.parameters():
+        assert parameter.grad is not None
+        dist.all_reduce(parameter.grad)
+    optimizer.step()
+    return loss
+
+
 def train_steps(steps: int) -> float:
     """A small training loop: a linear model's step, its gradients all-reduced, one printed
     line per step; steps per second."""
@@ -121,12 +135,7 @@ def train_steps(steps: int) -> float:
     rank = dist.get_rank()
     start = time.perf_counter()
     for step in range(steps):
-        optimizer.zero_grad()
-        loss = model(data).pow(2).mean()
-        loss.backward()
-        for parameter in model.parameters():
-            dist.all_reduce(parameter.grad)
-        optimizer.step()
+        loss = all_reduced_step(model, optimizer, data)
         print(f"rank {rank} step {step} loss {loss.item():.4f}", flush=True)
     rate = steps / (time.perf_counter() - start)
     print(f"steps/s {rate:.1f}", flush=True)
@@ -234,12 +243,7 @@ def checkpointed_steps(size: int, every: int, pace: float, after: int) -> int:
     step = start
     for step in range(start, last):
         began = time.monotonic()
-        optimizer.zero_grad()
-        model(data).pow(2).mean().backward()
-        for parameter in model.parameters():
-            assert parameter.grad is not None
-            dist.all_reduce(parameter.grad)
-        optimizer.step()
+        all_reduced_step(model, optimizer, data)
         if rank == 0:
             print(f"STEP {time.time():.6f} {attempt} {step}", flush=True)
         if step % every == 0:
@@ -272,12 +276,7 @@ def save_cost(layers: int, width: int, steps: int, every: int, mode: str) -> dic
     times, saved = [], []
     for step in range(steps):
         began = time.perf_counter()
-        optimizer.zero_grad()
-        model(data).pow(2).mean().backward()
-        for parameter in model.parameters():
-            assert parameter.grad is not None
-            dist.all_reduce(parameter.grad)
-        optimizer.step()
+        all_reduced_step(model, optimizer, data)
         if mode != "none" and step % every == every - 1:
             enb.save_checkpoint(step, state, blocking=mode == "blocking")
             saved.append(step)
