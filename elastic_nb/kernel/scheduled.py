@@ -142,13 +142,11 @@ class SchedulerWatch:
     def cancel_all(self) -> None:
         """End every launch of the job that is not over (``stop()``; the job's end), one call
         per kind, then look at each once more: the timeline names how it ended."""
-        claimed = [(node, node.claim_cancel()) for node in self._unsettled(submitted=False)]
-        ends: dict[type[Launch], list[tuple[Launch, int]]] = defaultdict(list)
-        for node, launch in claimed:  # one still being submitted is cancelled once it is
-            if launch is not None:
-                ends[type(launch)].append((launch, node.remote_pid))
-        for kind, of_kind in ends.items():
-            kind.cancel_all(of_kind)
+        # one still being submitted is marked: it is cancelled once its launcher returns it
+        claimed = [node for node in self._unsettled(submitted=False)
+                   if node.claim_cancel() is not None]
+        for kind, of_kind in _by_kind(claimed).items():
+            kind.cancel_all([(node.launch, node.remote_pid) for node in of_kind if node.launch])
         self._look(self._unsettled())
 
     def _unsettled(self, submitted: bool = True) -> list[ScheduledNode]:
