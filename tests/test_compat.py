@@ -10,6 +10,8 @@ from torch._C import _distributed_c10d
 from torch.distributed.elastic.agent.server import api as agent_api
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.multiprocessing import api as mp_api
+from torch.distributed.elastic.rendezvous import dynamic_rendezvous
+from torch.distributed.elastic.rendezvous import utils as rdzv_utils
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler
 from torch.distributed.elastic.utils import store as store_util
 
@@ -24,6 +26,8 @@ OWNERS = {
     "utils.store": store_util,
     "multiprocessing.api": mp_api,
     "_distributed_c10d": _distributed_c10d,
+    "dynamic_rendezvous": dynamic_rendezvous,
+    "rendezvous.utils": rdzv_utils,
 }
 INSTANCE_ATTRIBUTES = {  # set in __init__, so looked for in its source
     "SimpleElasticAgent._remaining_restarts", "SimpleElasticAgent._worker_group",
@@ -67,3 +71,38 @@ def test_a_notebook_function_keeps_its_cell_file_name():
     buffer = io.BytesIO()
     cloudpickle_compat.SourceKeepingPickler(buffer).dump(namespace["cell_fn"])
     assert pickle.loads(buffer.getvalue()).__code__.co_filename == "/tmp/ipykernel_1/cell7.py"
+
+
+@pytest.fixture
+def quickened(monkeypatch):
+    """``quicken_rendezvous``'s patches, undone after the test; the delays it asks for."""
+    monkeypatch.setattr(dynamic_rendezvous, "_delay", dynamic_rendezvous._delay)
+    monkeypatch.setattr(dynamic_rendezvous, "get_method_name", dynamic_rendezvous.get_method_name)
+    asked: list = []
+    monkeypatch.setattr(rdzv_utils, "_delay", asked.append)
+    return asked
+
+
+@pytest.mark.parametrize(("max_nodes", "spread"), [(1, 0.0), (2, 0.005), (5, 0.02), (200, 0.3)])
+def test_the_first_join_spreads_over_what_the_other_nodes_need(quickened, max_nodes, spread):
+    torch_compat.quicken_rendezvous(max_nodes)
+    dynamic_rendezvous._delay(seconds=(0, 0.3))  # next_rendezvous, round 0
+    dynamic_rendezvous._delay(seconds=1)  # the executor's poll: unchanged
+    assert quickened == [(0, pytest.approx(spread)), 1]
+
+
+def test_rendezvous_events_keep_the_names_torch_gives_them(quickened):
+    original = dynamic_rendezvous.get_method_name
+
+    def _record():  # as torch's: the name of the method that records
+        return original(), dynamic_rendezvous.get_method_name()
+
+    def _add_to_participants():
+        return _record()
+
+    before = _add_to_participants()
+    torch_compat.quicken_rendezvous(2)
+    after = _add_to_participants()
+    assert before == ("_add_to_participants", "_add_to_participants")
+    assert after == ("_add_to_participants", "_add_to_participants")
+    assert dynamic_rendezvous.get_method_name(depth=10_000) == original(depth=10_000)

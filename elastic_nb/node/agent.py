@@ -367,6 +367,7 @@ def prepare_process(config: AgentConfig) -> None:
     os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", LaunchConfig.signals_to_handle)
     if config.options.start_method == "forkserver":
         multiprocessing.set_forkserver_preload(list(FORKSERVER_PRELOAD))
+    torch_compat.quicken_rendezvous(config.options.max_nodes)
 
 
 class _ExceptionTextFilter(logging.Filter):

@@ -20,10 +20,13 @@ from elastic_nb.wire.options import BACKENDS, JobOptions
 from elastic_nb.wire.records import ProtocolError, checked_fields, decode_bytes, encode_bytes
 
 FORKSERVER_PRELOAD = ("torch", "torch.distributed", "torch.distributed.checkpoint", "torch._dynamo",
-                      "elastic_nb.worker.trampoline")
+                      "torch.distributed.checkpoint._fsspec_filesystem", "torch.utils.serialization",
+                      "torch.profiler._cupti_monitor", "elastic_nb.worker.trampoline")
 """What a host's forkserver imports before it forks workers (the host starts it first):
 ``torch._dynamo`` too, which building any optimizer imports (0.9 s a worker otherwise, at
-every restart; README, bench_checkpoint)."""
+every restart; README, bench_checkpoint), and what DCP's first load or save imports
+(fsspec, serialization, the profiler's monitor: 20 ms of every restart's restore). A
+name a later torch drops is skipped: the forkserver ignores an ImportError."""
 
 
 @dataclass(frozen=True)
