@@ -102,6 +102,7 @@ class Job(JobView):
             auth.write_key_file(self.key_file, self._core.key)
             for index in (i for i, p in plans.items() if p.on is not None):
                 self._starter.start(index, plans[index])  # reserved: submitted off the lock
+        self._core.read_checkpoints(force=True)  # a relaunch lists the ones it resumes from
         if self._plan.default_payload is not None:
             self._desk.open(self._store)
         try:  # nodes elsewhere first: a refusal (sbatch) leaves nothing running here
