@@ -246,6 +246,31 @@ class ReportingAgent(LocalElasticAgent):
                 local_rank=local, pid=pid, exitcode=code, error_file=pcontext.error_files[local])
         return found
 
+    def failed_before(self, moment: float) -> tuple[protocol.FailureReport, ...]:
+        """The ranks of this attempt that failed on their own before ``moment`` (a stop's
+        arrival): they had written torch's error file by then, which a stop's SIGTERM never
+        writes. A stop that crossed this node's failure on the wire must not hide it."""
+        pcontext = torch_compat.process_context(self)
+        if pcontext is None:
+            return ()
+        exits = torch_compat.worker_exitcodes(pcontext)
+        reports = []
+        for worker in worker_group_of(self).workers:
+            local = worker.local_rank
+            error_file = pcontext.error_files[local]
+            try:
+                written = os.stat(error_file).st_mtime
+            except OSError:
+                continue
+            if written >= moment or local >= len(exits):
+                continue
+            pid, code = exits[local]
+            failure = ProcessFailure(local_rank=local, pid=pid, exitcode=code or 1,
+                                     error_file=error_file)
+            reports.append(failure_report(worker.global_rank, failure, self.restart_count,
+                                          self.stderr_file(local)))
+        return tuple(reports)
+
     def _report_pauses(self, worker_group: WorkerGroup) -> None:
         """A rank that stopped in its debugger wrote a notice beside its logs: report it, and
         report when it is gone (the rank went on)."""

@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -109,6 +110,7 @@ class NodeHost:
         self._job: str | None = None  # the run id of the job this host was last given
         self._in_run = False  # inside agent.run(): a SIGTERM there stops the job as torch does
         self._stop_requested = False
+        self._stopped_at: float | None = None  # when the Job's stop reached the running job
         self._reusable = True
         self._left = False  # it left on its scheduler's warning (``leave``)
         threading.Thread(target=self._listen, name="elastic_nb-commands", daemon=True).start()
@@ -178,6 +180,9 @@ class NodeHost:
         except SignalException:
             # As torchrun: a node stopped by a signal leaves the rendezvous open for the others.
             shutdown_rendezvous = False
+            failed = agent.failed_before(self._stopped_at) if self._stopped_at is not None else ()
+            if failed:  # ranks that failed as the Job's stop (for another node's failure) came
+                self._link.send(protocol.Failed(failures=failed))
             return 0 if self._left else 1
         except Exception as exc:
             self._link.send(protocol.AgentError(_describe(exc, config), traceback.format_exc()))
@@ -185,6 +190,7 @@ class NodeHost:
         finally:
             with self._lock:
                 self._agent, self._in_run, self._stop_requested = None, False, False
+                self._stopped_at = None
             if shutdown_rendezvous:
                 handler.shutdown()
             else:
@@ -248,6 +254,8 @@ class NodeHost:
             if run_id is not None and run_id != self._job:
                 return
             if self._in_run:
+                if self._stopped_at is None:
+                    self._stopped_at = time.time()
                 os.kill(os.getpid(), signal.SIGTERM)  # torch stops the workers, then returns
             else:
                 self._stop_requested = True
