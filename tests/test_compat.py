@@ -5,6 +5,9 @@ A library that renamed one fails here, naming it, instead of deep inside a job.
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 import pytest
 from torch._C import _distributed_c10d
 from torch.distributed.elastic.agent.server import api as agent_api
@@ -78,6 +81,8 @@ def quickened(monkeypatch):
     """``quicken_rendezvous``'s patches, undone after the test; the delays it asks for."""
     monkeypatch.setattr(dynamic_rendezvous, "_delay", dynamic_rendezvous._delay)
     monkeypatch.setattr(dynamic_rendezvous, "get_method_name", dynamic_rendezvous.get_method_name)
+    monkeypatch.setattr(dynamic_rendezvous, "_BackendRendezvousStateHolder",
+                        dynamic_rendezvous._BackendRendezvousStateHolder)
     asked: list = []
     monkeypatch.setattr(rdzv_utils, "_delay", asked.append)
     return asked
@@ -87,8 +92,8 @@ def quickened(monkeypatch):
 def test_the_first_join_spreads_over_what_the_other_nodes_need(quickened, max_nodes, spread):
     torch_compat.quicken_rendezvous(max_nodes)
     dynamic_rendezvous._delay(seconds=(0, 0.3))  # next_rendezvous, round 0
-    dynamic_rendezvous._delay(seconds=1)  # the executor's poll: unchanged
-    assert quickened == [(0, pytest.approx(spread)), 1]
+    dynamic_rendezvous._delay(seconds=1)  # the executor's poll of a waiting node
+    assert quickened == [(0, pytest.approx(spread)), torch_compat.RENDEZVOUS_POLL]
 
 
 def test_rendezvous_events_keep_the_names_torch_gives_them(quickened):
@@ -106,3 +111,27 @@ def test_rendezvous_events_keep_the_names_torch_gives_them(quickened):
     assert before == ("_add_to_participants", "_add_to_participants")
     assert after == ("_add_to_participants", "_add_to_participants")
     assert dynamic_rendezvous.get_method_name(depth=10_000) == original(depth=10_000)
+
+
+def test_a_handler_reads_the_rendezvous_state_anew_as_often_as_it_polls(quickened):
+    class Backend:
+        name = "counting"
+        reads = 0
+
+        def get_state(self):
+            Backend.reads += 1
+            return None
+
+        def set_state(self, state, token=None):
+            return None
+
+    settings = dynamic_rendezvous.RendezvousSettings("run", 1, 1, dynamic_rendezvous.RendezvousTimeout(),
+                                  timedelta(seconds=1), 3)
+    torch_compat.quicken_rendezvous(1)
+    holder = dynamic_rendezvous._BackendRendezvousStateHolder(Backend(), settings)
+    holder.sync()
+    holder.sync()  # served from what it read just now
+    assert Backend.reads == 1
+    time.sleep(torch_compat.RENDEZVOUS_POLL * 1.5)
+    holder.sync()
+    assert Backend.reads == 2  # torch's holder would reuse the first read for a whole second
