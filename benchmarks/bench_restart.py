@@ -13,6 +13,9 @@ takes the time until every rank of the next attempt has entered user code
   enb forkserver  the same with start_method="forkserver"
   enb script      `elastic_nb.launch("workloads.py", "restart_probe", nproc=N, max_restarts=1)`:
                   the very script torchrun runs, as __main__ on every rank (forkserver)
+  enb 2 nodes     the function on two nodes of N/2 ranks (``nodes=[Node(N/2), Node(N/2)]``):
+                  both agents leave the old round and meet in a new one (torchrun's row
+                  stays the one-node figure)
 
 For elastic_nb it also splits the time by the Job's events (the Job's clock at
 each report): kill -> worker_failed (detection), -> restarting (the agent
@@ -36,17 +39,19 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import elastic_nb as enb  # noqa: E402
 from workloads import restart_probe  # noqa: E402
+
+import elastic_nb as enb  # noqa: E402
 
 ENTERED = re.compile(r"entered rank (\d+) pid (\d+) restarts (\d+) t=([\d.]+)")
 READY = re.compile(r"ready rank (\d+) pid (\d+)")
 PHASES = ("detect", "decide", "restart", "user code")
 
 
-def back_in_user_code(text: str, n: int) -> float | None:
-    """When the last of the ``n`` ranks of attempt 1 entered user code, or None."""
-    times = {int(r): float(t) for r, _, restarts, t in ENTERED.findall(text) if restarts == "1"}
+def back_in_user_code(text: str, n: int, killed: float) -> float | None:
+    """When the last of the ``n`` ranks entered user code again after the kill, or None (by
+    time, not restart count: a node that restarts for its peer spends no budget)."""
+    times = {int(r): float(t) for r, _, _, t in ENTERED.findall(text) if float(t) > killed}
     return max(times.values()) if len(times) == n else None
 
 
@@ -69,7 +74,7 @@ def time_torchrun(n: int, timeout: float = 120) -> float:
         os.kill(ready[1], signal.SIGKILL)
         back = None
         while back is None and time.monotonic() < deadline:
-            back = back_in_user_code("".join(lines), n)
+            back = back_in_user_code("".join(lines), n, killed)
             time.sleep(0.02)
         assert back is not None, "torchrun did not restart in time"
         return back - killed
@@ -78,11 +83,15 @@ def time_torchrun(n: int, timeout: float = 120) -> float:
         reader.join()
 
 
-def time_enb(n: int, start_method: str, script: bool = False,
+def time_enb(n: int, start_method: str, script: bool = False, nodes: int = 1,
              timeout: float = 120) -> tuple[float, dict[str, float]]:
-    """Kill to every rank back in user code, for the function or (``script``) the script."""
+    """Kill to every rank back in user code, for the function or (``script``) the script, on
+    one node or ``nodes`` nodes sharing the ``n`` ranks."""
     if script:
         job = enb.launch(os.path.join(HERE, "workloads.py"), "restart_probe", nproc=n,
+                         max_restarts=1, start_method=start_method)
+    elif nodes > 1:
+        job = enb.launch(restart_probe, nodes=[enb.Node(n // nodes) for _ in range(nodes)],
                          max_restarts=1, start_method=start_method)
     else:
         job = enb.launch(restart_probe, nproc=n, max_restarts=1, start_method=start_method)
@@ -91,9 +100,10 @@ def time_enb(n: int, start_method: str, script: bool = False,
                        what="every rank ready")
         killed = time.time()
         job.kill(1)
-        back = job.wait_until(lambda: back_in_user_code(job.logs(), n), timeout=timeout,
+        back = job.wait_until(lambda: back_in_user_code(job.logs(), n, killed), timeout=timeout,
                               what="every rank back in user code")
-        assert job.result(timeout=timeout) == dict.fromkeys(range(n), 0 if script else 1)
+        if nodes == 1:  # the peer node's ranks count no restart: they wait again, stopped below
+            assert job.result(timeout=timeout) == dict.fromkeys(range(n), 0 if script else 1)
         events = {kind: next(e.time for e in job.events if e.kind == kind and e.time >= killed)
                   for kind in ("worker_failed", "restarting")}
         started = max(e.time for e in job.events if e.kind == "started" and e.time >= killed)
@@ -111,20 +121,20 @@ def main() -> None:
     print(f"{os.cpu_count()} cores, medians of {args.repeats} runs, seconds from the kill to "
           "every rank back in user code")
     for n in args.sizes:
-        rows = (("enb spawn", "spawn", False), ("enb forkserver", "forkserver", False),
-                ("enb script", "forkserver", True))
-        totals: dict[str, list[float]] = {"torchrun": [], **{name: [] for name, _, _ in rows}}
-        phases: dict[str, dict[str, list[float]]] = {name: {} for name, _, _ in rows}
+        rows = (("enb spawn", "spawn", False, 1), ("enb forkserver", "forkserver", False, 1),
+                ("enb script", "forkserver", True, 1), ("enb 2 nodes", "forkserver", False, 2))
+        totals: dict[str, list[float]] = {"torchrun": [], **{row[0]: [] for row in rows}}
+        phases: dict[str, dict[str, list[float]]] = {row[0]: {} for row in rows}
         for _ in range(args.repeats):
             totals["torchrun"].append(time_torchrun(n))
-            for name, method, script in rows:
-                total, split = time_enb(n, method, script)
+            for name, method, script, nodes in rows:
+                total, split = time_enb(n, method, script, nodes)
                 totals[name].append(total)
                 for phase, seconds in split.items():
                     phases[name].setdefault(phase, []).append(seconds)
         base = statistics.median(totals["torchrun"])
         print(f"N={n}: torchrun {base:.2f}", flush=True)
-        for name, _, _ in rows:
+        for name, *_ in rows:
             median = statistics.median(totals[name])
             split = "  ".join(f"{p} {statistics.median(phases[name][p]):.2f}" for p in PHASES)
             print(f"      {name:<15} {median:.2f} ({median / base:.2f}x torchrun)   {split}",
