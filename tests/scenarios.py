@@ -39,6 +39,19 @@ def sad() -> None:
     raise RuntimeError("sad because i throw")
 
 
+def raises_while_its_peer_waits_in_a_collective() -> None:
+    """Rank 1 raises after a first all-reduce; rank 0's second all-reduce breaks for it."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group(backend="gloo")
+    tensor = torch.ones(1)
+    dist.all_reduce(tensor)
+    if dist.get_rank() == 1:
+        raise ValueError("rank 1 gives up")
+    dist.all_reduce(tensor)
+
+
 def echo(message: str) -> str:
     return message
 

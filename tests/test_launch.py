@@ -176,6 +176,17 @@ def test_worker_exiting_without_error_file():
     assert "exited with code 3 without an error report" in failure.message
 
 
+def test_the_failure_that_ended_a_job_of_two_nodes_is_named_not_the_broken_collective_after_it():
+    """Rank 1 raises; rank 0 fails in the collective that broke for it, before the Job's stop
+    (for rank 1's failure) reaches rank 0's node: that node reports only failures of its own."""
+    job = enb.launch(scenarios.raises_while_its_peer_waits_in_a_collective,
+                     nodes=[enb.Node(1), enb.Node(1)])
+    with pytest.raises(enb.JobFailed) as raised:
+        job.result(timeout=120)
+    assert str(raised.value).startswith("rank 1 (node 1, default) failed: ValueError: rank 1 gives up")
+    assert set(raised.value.failures) == {1}
+
+
 def test_unpicklable_return_value_is_a_clear_error():
     with pytest.raises(enb.JobFailed, match="cannot be sent back to the notebook"):
         enb.run(lambda: threading.Lock(), nproc=1)
