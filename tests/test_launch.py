@@ -177,14 +177,14 @@ def test_worker_exiting_without_error_file():
 
 
 def test_the_failure_that_ended_a_job_of_two_nodes_is_named_not_the_broken_collective_after_it():
-    """Rank 1 raises; rank 0 fails in the collective that broke for it, before the Job's stop
-    (for rank 1's failure) reaches rank 0's node: that node reports only failures of its own."""
+    """Rank 1 raises; rank 0 fails in the collective that broke for it, in the same second
+    (torch's stamp): whichever node's report comes first, the cause is rank 1's."""
     job = enb.launch(scenarios.raises_while_its_peer_waits_in_a_collective,
                      nodes=[enb.Node(1), enb.Node(1)])
     with pytest.raises(enb.JobFailed) as raised:
         job.result(timeout=120)
     assert str(raised.value).startswith("rank 1 (node 1, default) failed: ValueError: rank 1 gives up")
-    assert set(raised.value.failures) == {1}
+    assert 1 in raised.value.failures
 
 
 def test_unpicklable_return_value_is_a_clear_error():

@@ -6,6 +6,8 @@ and commands, and checks the result; the whole file runs in milliseconds.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from elastic_nb.model import controls, rules
@@ -141,6 +143,25 @@ def test_the_final_failure_names_the_first_rank_that_failed():
     assert kinds(events) == ["failed"]
     assert events[0].detail["error"] == "rank 0 (node 0, trainer) failed: killed rank 0"
     assert [f.rank for f in events[0].failures] == [0, 1, 2]
+    assert state.first_failure().rank == 0
+
+
+def test_in_the_same_second_a_rank_that_raised_comes_before_the_collective_it_broke():
+    state = job(1, 1)
+    started(state, 0, 0)
+    started(state, 1, 1)
+    broken = protocol.FailureReport(
+        rank=0, local_rank=0, pid=100, exitcode=1, signal=None, traceback=None,
+        message="RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer",
+        timestamp=T0 + 3, restart_count=0)
+    raised = protocol.FailureReport(
+        rank=1, local_rank=0, pid=101, exitcode=1, signal=None, traceback=None,
+        message="ValueError: rank 1 gives up", timestamp=T0 + 3, restart_count=0)
+    rules.apply(state, 0, protocol.Failed((broken,)), T0 + 4)  # the consequence reported first
+    rules.apply(state, 1, protocol.Failed((raised,)), T0 + 4)
+    assert state.first_failure().rank == 1
+    later = replace(raised, timestamp=T0 + 4)  # a second later it is not the cause
+    rules.apply(state, 1, protocol.Failed((later,)), T0 + 5)
     assert state.first_failure().rank == 0
 
 

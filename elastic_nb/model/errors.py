@@ -6,6 +6,22 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+PEER_LOSS_SIGNS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "remote process exited",  # NCCL
+    "DistNetworkError",
+    "recvValue failed",
+    "Socket closed",
+)
+"""What a rank's error says when a peer it talked to went away (gloo, NCCL, the c10d store)."""
+
+
+def broke_with_a_peer(message: str) -> bool:
+    """Whether a rank's failure is a broken connection to a peer (a consequence, mostly)."""
+    return any(sign in message for sign in PEER_LOSS_SIGNS)
+
 
 class LaunchError(ValueError):
     """Bad input to ``launch``/``run``, raised before any process starts."""
@@ -36,9 +52,11 @@ def ordered_failures(failures: Iterable[RankFailure]) -> tuple[RankFailure, ...]
     """Failures in the order they happened (by time, then rank): the first is the cause.
 
     torch stamps failures in whole seconds, so within one second a rank the
-    user killed comes before the peers its death took down.
+    user killed comes before the peers its death took down, and a rank that
+    raised or died on its own before a rank whose connection to a peer broke.
     """
-    return tuple(sorted(failures, key=lambda f: (f.time, not f.by_user, f.rank)))
+    return tuple(sorted(failures, key=lambda f: (
+        f.time, not f.by_user, f.signal is None and broke_with_a_peer(f.message), f.rank)))
 
 
 def first_failure(failures: Iterable[RankFailure]) -> RankFailure | None:

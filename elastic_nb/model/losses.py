@@ -26,18 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from elastic_nb.model.errors import broke_with_a_peer
 from elastic_nb.wire.options import heartbeat_interval
-
-PEER_LOSS_SIGNS = (
-    "Connection closed by peer",
-    "Connection reset by peer",
-    "Broken pipe",
-    "remote process exited",  # NCCL
-    "DistNetworkError",
-    "recvValue failed",
-    "Socket closed",
-)
-"""What a rank's error says when a peer it talked to went away (gloo, NCCL, the c10d store)."""
 
 
 def hold_window(liveness_timeout: float) -> float:
@@ -49,7 +39,7 @@ def hold_window(liveness_timeout: float) -> float:
 def may_follow_a_peer_loss(messages: Iterable[str]) -> bool:
     """Whether every one of these failures is a broken connection to a peer."""
     messages = list(messages)
-    return bool(messages) and all(any(sign in m for sign in PEER_LOSS_SIGNS) for m in messages)
+    return bool(messages) and all(broke_with_a_peer(m) for m in messages)
 
 
 def failed_on_its_own(held: bool, signals: Iterable[str | None],

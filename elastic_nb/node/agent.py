@@ -249,9 +249,7 @@ class ReportingAgent(LocalElasticAgent):
     def failed_before(self, moment: float) -> tuple[protocol.FailureReport, ...]:
         """The ranks of this attempt that failed on their own before ``moment`` (a stop's
         arrival): they had written torch's error file by then, which a stop's SIGTERM never
-        writes. A stop that crossed this node's failure on the wire must not hide it. A broken
-        connection to a peer is left out: it follows the failure that stopped the job, and
-        reported it would stand beside that cause as if it were one."""
+        writes. A stop that crossed this node's failure on the wire must not hide it."""
         pcontext = torch_compat.process_context(self)
         if pcontext is None:
             return ()
@@ -269,10 +267,8 @@ class ReportingAgent(LocalElasticAgent):
             pid, code = exits[local]
             failure = ProcessFailure(local_rank=local, pid=pid, exitcode=code or 1,
                                      error_file=error_file)
-            report = failure_report(worker.global_rank, failure, self.restart_count,
-                                    self.stderr_file(local))
-            if not may_follow_a_peer_loss([report.message]):
-                reports.append(report)
+            reports.append(failure_report(worker.global_rank, failure, self.restart_count,
+                                          self.stderr_file(local)))
         return tuple(reports)
 
     def _report_pauses(self, worker_group: WorkerGroup) -> None:
