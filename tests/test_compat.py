@@ -125,8 +125,8 @@ def test_a_handler_reads_the_rendezvous_state_anew_as_often_as_it_polls(quickene
         def set_state(self, state, token=None):
             return None
 
-    settings = dynamic_rendezvous.RendezvousSettings("run", 1, 1, dynamic_rendezvous.RendezvousTimeout(),
-                                  timedelta(seconds=1), 3)
+    settings = dynamic_rendezvous.RendezvousSettings(
+        "run", 1, 1, dynamic_rendezvous.RendezvousTimeout(), timedelta(seconds=1), 3)
     torch_compat.quicken_rendezvous(1)
     holder = dynamic_rendezvous._BackendRendezvousStateHolder(Backend(), settings)
     holder.sync()

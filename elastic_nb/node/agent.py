@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerGroup, WorkerSpec, WorkerState
@@ -226,49 +227,46 @@ class ReportingAgent(LocalElasticAgent):
         """Where the local rank of the last start writes its stderr (``NodeLogsSpecs``)."""
         return self._node_logs.stderr_of(local_rank)
 
+    def _worker_exits(self, worker_group: WorkerGroup
+                      ) -> Iterator[tuple[Any, int, int | None, str]]:
+        """``(worker, pid, exit code or None while it runs, error file)`` of each worker of this
+        attempt that torch has a process for: what the failure rules below pick from."""
+        pcontext = torch_compat.process_context(self)
+        if pcontext is None:
+            return
+        processes = torch_compat.worker_exitcodes(pcontext)
+        for worker in worker_group.workers:
+            local = worker.local_rank
+            if local < len(processes):
+                pid, code = processes[local]
+                yield worker, pid, code, pcontext.error_files[local]
+
     def _other_failures(self, worker_group: WorkerGroup,
                         result: RunResult) -> dict[int, ProcessFailure]:
         """Ranks that failed besides the one torch names (it reports the first it joins):
         a rank killed by the user and the peer whose collective broke because of it are both
         there, and the Job orders them. Those torch itself SIGTERMed afterwards are not."""
-        pcontext = torch_compat.process_context(self)
-        processes = torch_compat.worker_exitcodes(pcontext)
         named = {f.local_rank for f in result.failures.values()}
-        found: dict[int, ProcessFailure] = {}
-        for worker in worker_group.workers:
-            local = worker.local_rank
-            if pcontext is None or local in named or local >= len(processes):
-                continue
-            pid, code = processes[local]
-            if code in (None, 0, -signal.SIGTERM):
-                continue
-            found[worker.global_rank] = ProcessFailure(
-                local_rank=local, pid=pid, exitcode=code, error_file=pcontext.error_files[local])
-        return found
+        return {worker.global_rank: ProcessFailure(local_rank=worker.local_rank, pid=pid,
+                                                   exitcode=code, error_file=error_file)
+                for worker, pid, code, error_file in self._worker_exits(worker_group)
+                if worker.local_rank not in named and code not in (None, 0, -signal.SIGTERM)}
 
     def failed_before(self, moment: float) -> tuple[protocol.FailureReport, ...]:
         """The ranks of this attempt that failed on their own before ``moment`` (a stop's
         arrival): they had written torch's error file by then, which a stop's SIGTERM never
         writes. A stop that crossed this node's failure on the wire must not hide it."""
-        pcontext = torch_compat.process_context(self)
-        if pcontext is None:
-            return ()
-        exits = torch_compat.worker_exitcodes(pcontext)
         reports = []
-        for worker in worker_group_of(self).workers:
-            local = worker.local_rank
-            error_file = pcontext.error_files[local]
+        for worker, pid, code, error_file in self._worker_exits(worker_group_of(self)):
             try:
                 written = os.stat(error_file).st_mtime
             except OSError:
                 continue
-            if written >= moment or local >= len(exits):
-                continue
-            pid, code = exits[local]
-            failure = ProcessFailure(local_rank=local, pid=pid, exitcode=code or 1,
-                                     error_file=error_file)
-            reports.append(failure_report(worker.global_rank, failure, self.restart_count,
-                                          self.stderr_file(local)))
+            if written < moment:
+                failure = ProcessFailure(local_rank=worker.local_rank, pid=pid,
+                                         exitcode=code or 1, error_file=error_file)
+                reports.append(failure_report(worker.global_rank, failure, self.restart_count,
+                                              self.stderr_file(worker.local_rank)))
         return tuple(reports)
 
     def _report_pauses(self, worker_group: WorkerGroup) -> None:
